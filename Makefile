@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: setup run test lint bench clean
+
+# Re-install only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m imgcollapse.run $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest -q $(ARGS)
+
+bench: setup
+	$(PY) scripts/bench.py --out bench.json $(ARGS)
+
+clean:
+	rm -rf .pytest_cache .ruff_cache

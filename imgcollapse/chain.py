@@ -1,0 +1,128 @@
+"""The generational loop. For each generation: build the training set, fit, sample, score, draw, mark done.
+
+Everything a generation produces lands in `gen_XXX/` and counts only once `gen_XXX/DONE` exists, so a
+rerun of the same command resumes after the last finished generation and a larger `generation=`
+extends a finished chain. Each generation's seeds derive from (seed, generation) alone, so a resumed
+generation is the same as one run straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcollapse.data import ImageSet, Splits
+from imgcollapse.metrics import Evaluation
+from imgcollapse.models import Model
+from imgcollapse.regimes import Regime
+from imgcollapse.report.figures import grid_image, save_png
+from imgcollapse.store import RunStore, atomic_write, atomic_write_dir
+
+log = logging.getLogger(__name__)
+
+
+def generation_seeds(seed: int, generation: int) -> dict[str, int]:
+    """Independent 31-bit seeds for each random step of one generation, from (seed, generation) only."""
+    fit, sample, regime, labels = np.random.SeedSequence([seed, generation]).generate_state(4) >> 1
+    return {"fit": int(fit), "sample": int(sample), "regime": int(regime), "labels": int(labels)}
+
+
+def strip_seed(seed: int) -> int:
+    """The noise seed of the collapse strip: the same for every generation of a chain."""
+    return int(np.random.SeedSequence([seed, 2**31 - 1]).generate_state(1)[0] >> 1)
+
+
+def draw_labels(reference_labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """`n` class labels drawn with the frequencies of `reference_labels` (conditions for sampling)."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(reference_labels).double()
+    return torch.multinomial(counts / counts.sum(), n, replacement=True, generator=g)
+
+
+def run(
+    *,
+    store: RunStore,
+    splits: Splits,
+    make_model: Callable[[], Model],  # a fresh, untrained model of the configured kind
+    regime: Regime,
+    score: Callable[[ImageSet], Evaluation],  # metrics of a generation's samples against held-out data
+    generation: int,  # the last generation to train
+    seed: int,
+    num_synthetic: int,  # samples each generation makes for the next
+    conditional: bool,  # the model samples from class labels
+    grid_size: int = 64,
+    strip_seeds: int = 8,
+) -> list[dict[str, Any]]:
+    """Train generations up to `generation`, resuming after the last finished one; returns all rows."""
+    # Resume: keep the unbroken run of finished generations, drop anything after it.
+    start = store.num_done()
+    for g in store.stale_generations(start):
+        if store.is_done(g):
+            log.warning("gen %d is marked done but gen %d is not; it is redone", g, start)
+        store.reset_generation(g)
+    if start > generation:
+        log.info("chain already has generations 0..%d in %s; nothing to do (raise generation= to extend)",
+                 start - 1, store.root)
+        return store.rows()
+    if start:
+        log.info("resuming %s after generation %d", store.root, start - 1)
+    synthetic = [ImageSet.load(store.gen_dir(g) / "samples.npz") for g in range(start)]
+    strip_labels = (torch.arange(strip_seeds) % splits.train.num_classes) if conditional else None
+
+    for g in range(start, generation + 1):
+        began = time.perf_counter()
+        seeds = generation_seeds(seed, g)
+        gen_dir = store.gen_dir(g)
+
+        # Training set: real data for generation 0, the regime's mix after that.
+        if g == 0:
+            train_set, composition = splits.train, {"num_real": len(splits.train), "num_synthetic": 0}
+        else:
+            train_set, composition = regime.training_set(splits.train, synthetic, g, seeds["regime"])
+
+        # Fit a fresh model.
+        model = make_model()
+        fit_stats = model.fit(train_set, seed=seeds["fit"])
+        fitted = time.perf_counter()
+
+        # Sample the next generation's data (conditions follow the real class frequencies).
+        labels = draw_labels(splits.train.labels, num_synthetic, seeds["labels"]) if conditional else None
+        samples = model.sample(num_synthetic, seed=seeds["sample"], labels=labels)
+        strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
+        sampled = time.perf_counter()
+
+        # Score; unconditional samples carry the classifier's predicted labels from here on.
+        evaluation = score(samples)
+        if samples.labels is None and evaluation.probs is not None:
+            samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
+        samples.class_names = splits.train.class_names
+        scored = time.perf_counter()
+
+        # Write the generation, DONE last.
+        atomic_write_dir(gen_dir / "model", model.save)
+        atomic_write(gen_dir / "samples.npz", samples.save)
+        atomic_write(gen_dir / "strip.npz", strip.save)
+        save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
+        row = {
+            "generation": g,
+            **evaluation.row,
+            "train_loss": fit_stats.get("train_loss"),
+            "num_train": len(train_set),
+            **composition,
+            "seconds": time.perf_counter() - began,
+            "fit_seconds": fitted - began,
+            "sample_seconds": sampled - fitted,
+            "metrics_seconds": scored - sampled,
+        }
+        store.write_json(gen_dir / "metrics.json", row)
+        store.mark_done(g)
+        store.write_tables()
+        synthetic.append(samples)
+        log.info("gen %d/%d  fid %.1f  confidence %.2f  loss %.4f  %.0f s", g, generation, row["fid"],
+                 row["confidence"], row["train_loss"], row["seconds"])
+    return store.rows()

@@ -1,0 +1,126 @@
+"""The one training loop shared by the torch models: accelerate, AdamW + cosine schedule, EMA, NaN guard."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# loss_fn(network, images, labels, generator) -> scalar loss for one batch
+LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; carries where it happened and the knob most likely to blame."""
+
+    def __init__(self, step: int, last_finite: float | None) -> None:
+        self.step = step
+        self.last_finite = last_finite
+        last = "none" if last_finite is None else f"{last_finite:.4g}"
+        super().__init__(
+            f"loss became non-finite at step {step} (last finite loss {last}); "
+            "lower the learning rate (model.lr) and resume with resume=force"
+        )
+
+
+@dataclass
+class TrainResult:
+    loss: float  # mean loss over the last 10% of steps
+    seconds: float
+    steps: int
+
+
+def default_accelerator() -> Accelerator:
+    """A single-process accelerator on the best available device."""
+    return Accelerator()
+
+
+def train(
+    network: torch.nn.Module,
+    loss_fn: LossFn,
+    images: torch.Tensor,  # float, already in the model's input range
+    labels: torch.Tensor | None,
+    *,
+    steps: int,  # optimizer steps: the budget, independent of the data size
+    batch_size: int,  # global batch, split across processes
+    lr: float,
+    warmup_steps: int,
+    ema_decay: float | None,  # None: no EMA, the raw weights are kept
+    grad_clip: float | None,
+    seed: int,
+    accelerator: Accelerator | None = None,
+    check_every: int = 25,  # how often the NaN guard looks (a host sync on GPU)
+    desc: str = "train",
+) -> TrainResult:
+    """Train `network` in place for `steps` steps; on return it holds the EMA weights if EMA is on."""
+    # Initialize.
+    accelerator = accelerator or default_accelerator()
+    device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    local_batch = max(1, batch_size // world)
+    generator = torch.Generator(device=device).manual_seed(seed * 1000 + rank)
+
+    # Data: one tensor on the device, batches drawn by index, no DataLoader.
+    images = images.to(device)
+    labels = labels.to(device) if labels is not None else None
+    n = len(images)
+
+    # Network and optimizer.
+    network.to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
+    model, optimizer = accelerator.prepare(network, optimizer)
+    ema = EMAModel(network.parameters(), decay=ema_decay, foreach=True) if ema_decay else None
+
+    # Train.
+    losses = torch.zeros(steps, device=device)
+    last_checked = 0
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=desc, disable=None if accelerator.is_main_process else True, leave=False)
+    for step in range(steps):
+        idx = torch.randint(n, (local_batch,), generator=generator, device=device)
+        batch_labels = labels[idx] if labels is not None else None
+        with accelerator.autocast():
+            loss = loss_fn(model, images[idx], batch_labels, generator)
+        accelerator.backward(loss)
+        if grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(network.parameters())
+        losses[step] = loss.detach()
+        if (step + 1) % check_every == 0 or step + 1 == steps:
+            _check_finite(losses, last_checked, step + 1)
+            last_checked = step + 1
+            bar.set_postfix(loss=f"{losses[max(0, step - check_every + 1) : step + 1].mean().item():.4f}")
+            bar.update(step + 1 - bar.n)
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    # Done: keep the averaged weights, which are what samples are drawn from.
+    if ema is not None:
+        ema.copy_to(network.parameters())
+    network.eval()
+    tail = losses[-max(1, steps // 10) :]
+    return TrainResult(loss=float(tail.mean()), seconds=seconds, steps=steps)
+
+
+def _check_finite(losses: torch.Tensor, start: int, stop: int) -> None:
+    chunk = losses[start:stop]
+    bad = ~torch.isfinite(chunk)
+    if bool(bad.any()):
+        step = start + int(bad.nonzero()[0])
+        finite = losses[:step][torch.isfinite(losses[:step])]
+        raise TrainingDiverged(step, float(finite[-1]) if len(finite) else None)
+

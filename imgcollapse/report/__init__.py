@@ -1,0 +1,1 @@
+"""Pictures and pages from a run directory: grids, the collapse strip, curves, the HTML report."""

@@ -1,0 +1,105 @@
+"""Entry point: `python -m imgcollapse.run [overrides]` trains a chain of generations (see conf/)."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from accelerate import Accelerator
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import imgcollapse
+from imgcollapse import chain
+from imgcollapse.config import UserError, register, validate
+from imgcollapse.data import Splits
+from imgcollapse.metrics import evaluate, load_or_build_reference
+from imgcollapse.metrics.features import load_or_train_classifier
+from imgcollapse.metrics.scores import fid
+from imgcollapse.models.train import TrainingDiverged
+from imgcollapse.store import RunStore
+
+log = logging.getLogger("imgcollapse")
+register()
+
+
+def _metadata(config: DictConfig, splits: Splits, classifier_accuracy: float, fid_real: float) -> dict:
+    return {
+        "config": OmegaConf.to_container(config, resolve=True),
+        "dataset": {
+            "num_train": len(splits.train),
+            "num_heldout": len(splits.heldout),
+            "image_shape": list(splits.train.shape),
+            "class_names": splits.train.class_names,
+        },
+        "classifier_accuracy": classifier_accuracy,
+        "fid_real": fid_real,  # FID of the real training pool against the held-out split: the floor
+        "versions": {"imgcollapse": imgcollapse.__version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
+    """Validate the config, build every component from it and run the chain in `run_dir`."""
+    # Initialize.
+    config = validate(cfg)
+    run_dir = Path(run_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    accelerator = Accelerator(mixed_precision=config.accelerator.mixed_precision)
+    cache_dir = Path(config.cache_dir).expanduser()
+    store = RunStore(run_dir)
+    log.info("run dir %s", run_dir)
+
+    # Data, split once.
+    splits: Splits = instantiate(cfg.dataset)
+    log.info("dataset: %d training images, %d held out, shape %s", len(splits.train), len(splits.heldout),
+             splits.train.shape)
+
+    # Metrics: the domain classifier and held-out reference statistics, both cached.
+    m = config.metrics
+    classifier = load_or_train_classifier(splits.train, splits.heldout, cache_dir, epochs=m.classifier_epochs,
+                                          seed=m.classifier_seed)
+    reference = load_or_build_reference(splits.heldout, classifier, cache_dir)
+    fid_real = fid(classifier(splits.train.images)[0], reference.mu, reference.sigma)
+    log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f",
+             classifier.accuracy, fid_real)
+    if not (run_dir / "run.json").exists():
+        store.write_json(run_dir / "run.json", _metadata(cfg, splits, classifier.accuracy, fid_real))
+
+    # Model and regime, chosen by config.
+    make_model = functools.partial(instantiate, cfg.model, image_shape=splits.train.shape,
+                                   accelerator=accelerator, _convert_="all")
+    regime = instantiate(cfg.regime)
+
+    return chain.run(
+        store=store, splits=splits, make_model=make_model, regime=regime,
+        score=functools.partial(evaluate, reference=reference, classifier=classifier),
+        generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
+        conditional=bool(getattr(config.model, "num_classes", None)),
+        grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds,
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    except TrainingDiverged as e:
+        log.error("training diverged: %s", e)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The chain end to end on a tiny config: files on disk, rows, resume, extend, bad overrides."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_chain, run_cli
+
+from imgcollapse.data import ImageSet
+
+SMOKE = ("debug=smoke",)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A 3-generation smoke chain (generations 0, 1, 2) through the real entry point."""
+    run_dir = tmp_path_factory.mktemp("smoke")
+    result = run_cli(*SMOKE, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_chain_leaves_every_file(smoke_run):
+    run_dir, result = smoke_run
+    for g in range(3):
+        gen = run_dir / f"gen_{g:03d}"
+        for name in ("DONE", "samples.npz", "grid.png", "metrics.json", "strip.npz", "model/model_index.json"):
+            assert (gen / name).exists(), f"{gen / name} missing"
+    assert not (run_dir / "gen_003").exists()
+    samples = ImageSet.load(run_dir / "gen_001" / "samples.npz")
+    assert samples.images.dtype == torch.uint8 and samples.images.shape == (64, 1, 8, 8)
+    assert samples.labels is not None and len(samples.labels) == 64  # predicted labels flow on
+    assert "gen 2/2" in result.stdout + result.stderr
+
+
+def test_smoke_chain_metric_rows(smoke_run):
+    run_dir, _ = smoke_run
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["generation"]) for r in rows] == [0, 1, 2]
+    for column in ("generation", "fid", "train_loss", "seconds", "num_train"):
+        assert column in rows[0], column
+    for r in rows:
+        assert float(r["fid"]) > 0 and np.isfinite(float(r["fid"]))
+        assert float(r["seconds"]) > 0
+    assert int(rows[0]["num_train"]) == 1397  # generation 0: the real training pool
+    assert int(rows[1]["num_train"]) == 64  # replace: the last generation's 64 samples
+    jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in jsonl] == [0, 1, 2]
+    assert jsonl[1]["fid"] == pytest.approx(float(rows[1]["fid"]))
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["dataset"]["num_train"] == 1397 and meta["dataset"]["num_heldout"] == 400
+    assert meta["config"]["dataset"]["num_heldout"] == 400
+
+
+def test_nothing_written_to_cwd(smoke_run, tmp_path):
+    result = run_cli(*SMOKE, "generation=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_resume_redoes_only_the_unfinished_generation(tmp_path):
+    rows = run_chain(tmp_path, *SMOKE)
+    model_files = {g: (tmp_path / f"gen_{g:03d}" / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+                   for g in range(3)}
+    before = {g: p.stat().st_mtime_ns for g, p in model_files.items()}
+    (tmp_path / "gen_002" / "DONE").unlink()
+    resumed = run_chain(tmp_path, *SMOKE)
+    after = {g: p.stat().st_mtime_ns for g, p in model_files.items()}
+    assert after[0] == before[0] and after[1] == before[1]  # finished generations untouched
+    assert after[2] != before[2]  # the unfinished one was redone
+    assert (tmp_path / "gen_002" / "DONE").exists()
+    # seeds come from (seed, generation): the redone generation is the same as the first time
+    assert resumed[2]["fid"] == pytest.approx(rows[2]["fid"], rel=1e-6)
+    a = ImageSet.load(tmp_path / "gen_002" / "samples.npz")
+    assert len(a) == 64
+
+
+def test_extend_trains_only_the_new_generation(tmp_path):
+    run_chain(tmp_path, *SMOKE)
+    stamps = {g: (tmp_path / f"gen_{g:03d}" / "DONE").stat().st_mtime_ns for g in range(3)}
+    rows = run_chain(tmp_path, *SMOKE, "generation=3")
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3]
+    assert {g: (tmp_path / f"gen_{g:03d}" / "DONE").stat().st_mtime_ns for g in range(3)} == stamps
+    assert len(read_csv(tmp_path / "metrics.csv")) == 4
+
+
+def test_half_written_generation_is_redone(tmp_path):
+    run_chain(tmp_path, *SMOKE, "generation=0")
+    partial = tmp_path / "gen_001"
+    partial.mkdir()
+    (partial / "samples.npz").write_bytes(b"truncated")
+    rows = run_chain(tmp_path, *SMOKE, "generation=1")
+    assert [r["generation"] for r in rows] == [0, 1]
+    assert len(ImageSet.load(partial / "samples.npz")) == 64
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("generation=-1", ["generation", "-1"]),
+        ("model=nope", ["model", "ddpm"]),
+        ("model.lrr=0.1", ["model.lrr"]),
+        ("model.lr=fast", ["model.lr", "fast"]),
+        ("regime.real_fraction=10", ["regime.real_fraction", "10"]),
+    ],
+)
+def test_bad_override_names_the_key(tmp_path, override, names):
+    result = run_cli(*SMOKE, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    for name in names:
+        assert name in output, (name, output[-2000:])
+    assert "Traceback" not in output
+    assert not list((tmp_path / "run").glob("gen_*"))
