@@ -37,6 +37,39 @@ class DigitsConfig:
     channels: int = MISSING
     num_heldout: int = MISSING
     split_seed: int = MISSING
+    long_tail: float = MISSING
+
+
+@dataclass
+class TorchvisionConfig:
+    _target_: str = "imgcollapse.data.torchvision_sets.load_torchvision"
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    image_size: int = MISSING
+    channels: int = MISSING
+    limit: int | None = MISSING
+    num_heldout: int | None = MISSING
+    split_seed: int = MISSING
+    long_tail: float = MISSING
+
+
+@dataclass
+class CIFAR10Config(TorchvisionConfig):
+    verify_md5: bool = MISSING
+
+
+@dataclass
+class FolderConfig:
+    _target_: str = "imgcollapse.data.folder.load_folder"
+    path: str | None = MISSING
+    image_size: int = MISSING
+    channels: int = MISSING
+    heldout_fraction: float = MISSING
+    split_seed: int = MISSING
+    skip_bad: bool = MISSING
+    long_tail: float = MISSING
+    cache_dir: str | None = MISSING
 
 
 # Models -----------------------------------------------------------------------------------------
@@ -118,7 +151,8 @@ class Config:
 
 
 SCHEMAS = {
-    "dataset": {"digits": DigitsConfig},
+    "dataset": {"digits": DigitsConfig, "mnist": TorchvisionConfig, "fashion_mnist": TorchvisionConfig,
+                "cifar10": CIFAR10Config, "folder": FolderConfig},
     "model": {"ddpm": DDPMConfig},
 }
 
@@ -146,6 +180,27 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+def _validate_dataset(d: Any) -> None:
+    """Checks every dataset schema shares (size, channels, long tail), then each one's own keys."""
+    from imgcollapse.data.torchvision_sets import NAMES
+
+    _require(d.image_size > 0, "dataset.image_size", d.image_size, "an integer > 0")
+    _require(d.channels in (1, 3), "dataset.channels", d.channels, "1 or 3")
+    _require(d.long_tail >= 0, "dataset.long_tail", d.long_tail, "a Zipf exponent ≥ 0 (0: classes as they are)")
+    if isinstance(d, DigitsConfig):
+        _require(d.num_heldout > 0, "dataset.num_heldout", d.num_heldout, "an integer > 0")
+    if isinstance(d, TorchvisionConfig):
+        _require(d.name in NAMES, "dataset.name", d.name, f"one of {sorted(NAMES)}")
+        _require(d.limit is None or d.limit >= 10, "dataset.limit", d.limit,
+                 "null (torchvision's whole train split) or an integer ≥ 10 (one image per class)")
+        _require(d.num_heldout is None or d.num_heldout >= 10, "dataset.num_heldout", d.num_heldout,
+                 "null (torchvision's whole test split) or an integer ≥ 10 (one image per class)")
+    if isinstance(d, FolderConfig):
+        _require(d.path is not None and d.path != "", "dataset.path", d.path, "a folder of images: dataset.path=DIR")
+        _require(0 < d.heldout_fraction < 1, "dataset.heldout_fraction", d.heldout_fraction,
+                 "a fraction in (0, 1): the share of the folder's images held out for scoring")
+
+
 def validate(cfg: DictConfig) -> Config:
     """Check ranges, enums and combinations; return the typed config. Raises ConfigError."""
     from imgcollapse.models.ddpm import SAMPLERS, unet_downsampling
@@ -158,9 +213,7 @@ def validate(cfg: DictConfig) -> Config:
     _require(config.threads is None or config.threads > 0, "threads", config.threads, "null (all cores) or > 0")
 
     d = config.dataset
-    _require(d.image_size > 0, "dataset.image_size", d.image_size, "an integer > 0")
-    _require(d.channels in (1, 3), "dataset.channels", d.channels, "1 or 3")
-    _require(d.num_heldout > 0, "dataset.num_heldout", d.num_heldout, "an integer > 0")
+    _validate_dataset(d)
 
     m = config.model
     if isinstance(m, DDPMConfig):

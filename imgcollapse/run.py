@@ -38,6 +38,7 @@ def _metadata(config: DictConfig, splits: Splits, classifier_accuracy: float, fi
             "num_heldout": len(splits.heldout),
             "image_shape": list(splits.train.shape),
             "class_names": splits.train.class_names,
+            **splits.info,  # source, class counts, long tail, skipped files
         },
         "classifier_accuracy": classifier_accuracy,
         "fid_real": fid_real,  # FID of the real training pool against the held-out split: the floor
@@ -60,7 +61,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     log.info("run dir %s", run_dir)
 
     # Data, split once.
-    splits: Splits = instantiate(cfg.dataset)
+    # (built as a partial and called here, so a UserError such as missing files is not wrapped by Hydra)
+    splits: Splits = instantiate(cfg.dataset, _partial_=True)()
     log.info("dataset: %d training images, %d held out, shape %s", len(splits.train), len(splits.heldout),
              splits.train.shape)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +85,7 @@ class Splits:
 
     train: ImageSet
     heldout: ImageSet
+    info: dict = field(default_factory=dict)  # facts about the loading worth keeping in run.json (skipped files...)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
+from imgcollapse.config import UserError
 from imgcollapse.data import ImageSet, Splits
 
 
@@ -39,3 +40,65 @@ def split(data: ImageSet, num_heldout: int, seed: int) -> Splits:
     stratify = data.labels.numpy() if data.labels is not None else None
     train_idx, heldout_idx = train_test_split(index, test_size=num_heldout, random_state=seed, stratify=stratify)
     return Splits(data.subset(np.sort(train_idx)), data.subset(np.sort(heldout_idx)))
+
+
+def take(data: ImageSet, limit: int | None, seed: int) -> ImageSet:
+    """A fixed-seed subset of at most `limit` images, stratified by class when labelled (None: all)."""
+    if limit is None or limit >= len(data):
+        return data
+    index = np.arange(len(data))
+    stratify = data.labels.numpy() if data.labels is not None else None
+    kept, _ = train_test_split(index, train_size=limit, random_state=seed, stratify=stratify)
+    return data.subset(np.sort(kept))
+
+
+def class_counts(data: ImageSet) -> list[int] | None:
+    """Images per class, in class-index order (None for unlabelled data)."""
+    if data.labels is None or data.num_classes is None:
+        return None
+    return torch.bincount(data.labels, minlength=data.num_classes).tolist()
+
+
+def long_tail_counts(available: list[int], exponent: float) -> list[int]:
+    """Zipf-style class sizes: class k keeps about m·(k+1)^-exponent images, m as large as `available` allows.
+
+    Class 0 is the most frequent and the last class the rarest; every class that has images keeps at least one.
+    """
+    weights = (np.arange(len(available)) + 1.0) ** -exponent
+    present = [k for k, a in enumerate(available) if a > 0]
+    if not present:
+        return [0] * len(available)
+    scale = min(available[k] / weights[k] for k in present)
+    return [max(1, round(scale * weights[k])) if available[k] > 0 else 0 for k in range(len(available))]
+
+
+def long_tail(data: ImageSet, exponent: float, seed: int) -> ImageSet:
+    """Subsample a labelled set so class k has about (k+1)^-exponent times the images of class 0 (0: as is)."""
+    if exponent == 0:
+        return data
+    if data.labels is None or data.num_classes is None:
+        raise ValueError("a long tail needs class labels")
+    labels = data.labels.numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    counts = long_tail_counts(class_counts(data), exponent)  # type: ignore[arg-type]
+    kept = [rng.choice(np.flatnonzero(labels == k), n, replace=False) for k, n in enumerate(counts) if n]
+    return data.subset(np.sort(np.concatenate(kept)))
+
+
+def long_tail_splits(splits: Splits, exponent: float, seed: int) -> Splits:
+    """The same long tail on the training pool and the held-out split, so scores compare like with like."""
+    if exponent == 0:
+        return splits
+    return Splits(long_tail(splits.train, exponent, seed), long_tail(splits.heldout, exponent, seed + 1))
+
+
+def finish(splits: Splits, exponent: float, seed: int, info: dict) -> Splits:
+    """Every loader's last step: the optional long tail, then what run.json should say about the data."""
+    if exponent and splits.train.labels is None:
+        raise UserError(f"dataset.long_tail={exponent} needs class labels, and this dataset has none "
+                        "(a folder gets labels from class subfolders); set dataset.long_tail=0")
+    splits = long_tail_splits(splits, exponent, seed)
+    splits.info = {**info, "long_tail": exponent}
+    if splits.train.labels is not None:
+        splits.info["class_counts"] = {"train": class_counts(splits.train), "heldout": class_counts(splits.heldout)}
+    return splits
