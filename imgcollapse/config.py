@@ -187,10 +187,12 @@ def _validate_dataset(d: Any) -> None:
     _require(d.image_size > 0, "dataset.image_size", d.image_size, "an integer > 0")
     _require(d.channels in (1, 3), "dataset.channels", d.channels, "1 or 3")
     _require(d.long_tail >= 0, "dataset.long_tail", d.long_tail, "a Zipf exponent ≥ 0 (0: classes as they are)")
+    _require(0 <= d.split_seed < 2**32, "dataset.split_seed", d.split_seed, "an integer in [0, 2**32)")
     if isinstance(d, DigitsConfig):
         _require(d.num_heldout > 0, "dataset.num_heldout", d.num_heldout, "an integer > 0")
     if isinstance(d, TorchvisionConfig):
         _require(d.name in NAMES, "dataset.name", d.name, f"one of {sorted(NAMES)}")
+        _require(bool(d.root), "dataset.root", d.root, "the folder torchvision reads (and downloads into)")
         _require(d.limit is None or d.limit >= 10, "dataset.limit", d.limit,
                  "null (torchvision's whole train split) or an integer ≥ 10 (one image per class)")
         _require(d.num_heldout is None or d.num_heldout >= 10, "dataset.num_heldout", d.num_heldout,

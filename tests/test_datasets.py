@@ -354,3 +354,20 @@ def test_two_generation_chain_on_a_colour_folder(tmp_path):
     assert meta["dataset"]["class_names"] == ["blue", "green", "red"]
     counts = meta["dataset"]["class_counts"]
     assert sum(counts["heldout"]) == 10 and [a + b for a, b in zip(*counts.values(), strict=True)] == [16] * 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (("dataset=mnist", "dataset.limit=5"), "dataset.limit"),
+        (("dataset=fashion_mnist", "dataset.num_heldout=0"), "dataset.num_heldout"),
+        (("dataset=mnist", "dataset.name=svhn"), "dataset.name"),
+        (("dataset=cifar10", "dataset.channels=2"), "dataset.channels"),
+        (("dataset=folder", "dataset.path=/x", "dataset.heldout_fraction=1.5"), "dataset.heldout_fraction"),
+        (("dataset=folder", "dataset.path=/x", "dataset.split_seed=-1"), "dataset.split_seed"),
+    ],
+)
+def test_bad_dataset_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config(*overrides))
+    assert info.value.key == key
