@@ -19,6 +19,8 @@ from imgcollapse.config import ConfigError, UserError, validate
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.torchvision_sets import layout
 from imgcollapse.data.transforms import class_counts, long_tail, long_tail_counts
+from imgcollapse.metrics.features import train_classifier
+from imgcollapse.models.ddpm import DDPM
 
 
 def load(*overrides: str) -> Splits:
@@ -116,6 +118,21 @@ def test_cifar10_md5_check_names_the_way_out(cifar_root):
     root, _ = cifar_root
     with pytest.raises(UserError, match="verify_md5=false"):
         load("dataset=cifar10", f"dataset.root={root}", "dataset.download=false")
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_ddpm_and_metrics_classifier_take_each_shape(mnist_root, cifar_root, name):
+    """28×28 grey and 32×32 colour: the UNet trains and samples, the classifier trains and scores."""
+    root = (mnist_root if name == "mnist" else cifar_root)[0]
+    extra = ["dataset.verify_md5=false"] if name == "cifar10" else []
+    splits = load(f"dataset={name}", f"dataset.root={root}", "dataset.download=false", *extra)
+    model = DDPM(splits.train.shape, train_steps=2, batch_size=4, warmup_steps=1, sampling_steps=1)
+    model.fit(splits.train, seed=0)
+    assert model.sample(3, seed=0).images.shape == (3, *splits.train.shape)
+    classifier = train_classifier(splits.train, splits.heldout, epochs=1)
+    features, probs = classifier(splits.heldout.images)
+    assert features.shape == (len(splits.heldout), 128) and probs.shape == (len(splits.heldout), 10)
+    assert 0 <= classifier.accuracy <= 1
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])

@@ -68,7 +68,10 @@ def decode(path: Path, image_size: int, channels: int) -> torch.Tensor:
 
 def fingerprint(root: Path, files: list[Path], image_size: int, channels: int) -> str:
     """Cache key: the folder, every file's name, size and modification time, and the transform."""
-    stats = [(str(f), s.st_size, s.st_mtime_ns) for f in files for s in [(root / f).stat()]]
+    stats = []
+    for f in files:
+        st = (root / f).stat()
+        stats.append((str(f), st.st_size, st.st_mtime_ns))
     key = {"root": str(root), "files": stats, "image_size": image_size, "channels": channels,
            "version": FOLDER_VERSION}
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
