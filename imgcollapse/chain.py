@@ -21,6 +21,7 @@ from imgcollapse.metrics import Evaluation
 from imgcollapse.models import Model
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
+from imgcollapse.report.summary import summary_line
 from imgcollapse.store import RunStore, atomic_write, atomic_write_dir
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def run(
     conditional: bool,  # the model samples from class labels
     grid_size: int = 64,
     strip_seeds: int = 8,
+    after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
 ) -> list[dict[str, Any]]:
     """Train generations up to `generation`, resuming after the last finished one; returns all rows."""
     # Resume: keep the unbroken run of finished generations, drop anything after it.
@@ -123,6 +125,7 @@ def run(
         store.mark_done(g)
         store.write_tables()
         synthetic.append(samples)
-        log.info("gen %d/%d  fid %.1f  confidence %.2f  loss %.4f  %.0f s", g, generation, row["fid"],
-                 row["confidence"], row["train_loss"], row["seconds"])
+        log.info(summary_line(row, generation))
+        if after_generation is not None:
+            after_generation(g, row)
     return store.rows()

@@ -135,6 +135,12 @@ class AcceleratorConfig:
 
 
 @dataclass
+class LoggerConfig:
+    kind: str = MISSING
+    images: bool = MISSING
+
+
+@dataclass
 class Config:
     generation: int = MISSING
     seed: int = MISSING
@@ -148,6 +154,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 SCHEMAS = {
@@ -254,4 +261,13 @@ def validate(cfg: DictConfig) -> Config:
     _require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
     _require(config.accelerator.mixed_precision in ("no", "fp16", "bf16"), "accelerator.mixed_precision",
              config.accelerator.mixed_precision, "one of ['no', 'fp16', 'bf16']")
+    _validate_logger(config.logger)
     return config
+
+
+def _validate_logger(logger: LoggerConfig) -> None:
+    from imgcollapse.tracking import KINDS, tracker_available
+
+    _require(logger.kind in KINDS, "logger.kind", logger.kind, f"one of {list(KINDS)} (choose with logger=NAME)")
+    _require(tracker_available(logger.kind), "logger.kind", logger.kind,
+             f"a tracker whose package is installed: pip install 'imgcollapse[{logger.kind}]'")

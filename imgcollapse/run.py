@@ -7,6 +7,7 @@ import functools
 import logging
 import platform
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -20,11 +21,14 @@ import imgcollapse
 from imgcollapse import chain
 from imgcollapse.config import UserError, register, validate
 from imgcollapse.data import Splits
+from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.metrics import evaluate, load_or_build_reference
 from imgcollapse.metrics.features import load_or_train_classifier
 from imgcollapse.metrics.scores import fid
 from imgcollapse.models.train import TrainingDiverged
+from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
+from imgcollapse.tracking import Tracker, accelerator_kwargs
 
 log = logging.getLogger("imgcollapse")
 register()
@@ -48,17 +52,31 @@ def _metadata(config: DictConfig, splits: Splits, classifier_accuracy: float, fi
     }
 
 
+def _report(run_dir: Path, tracker: Tracker, generation: int | None = None, row: dict | None = None) -> None:
+    """Redraw the run's report from disk and log the generation to the tracker; never stops the chain."""
+    try:
+        began = time.perf_counter()
+        build_run_report(run_dir)
+        log.debug("report rebuilt in %.2f s", time.perf_counter() - began)
+        if row is not None:
+            tracker.log_generation(generation, row, run_dir / f"gen_{generation:03d}" / "grid.png")
+    except Exception as e:  # figures are derived from files on disk and can be rebuilt later
+        log.warning("report failed (%s: %s); rebuild it with: python -m imgcollapse.report %s",
+                    type(e).__name__, e, run_dir)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     """Validate the config, build every component from it and run the chain in `run_dir`."""
     # Initialize.
     config = validate(cfg)
     run_dir = Path(run_dir)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    accelerator = Accelerator(mixed_precision=config.accelerator.mixed_precision)
+    threads = resolve_threads(config.threads, hydra_launcher())
+    torch.set_num_threads(threads)
+    accelerator = Accelerator(mixed_precision=config.accelerator.mixed_precision,
+                              **accelerator_kwargs(config.logger.kind, run_dir))
     cache_dir = Path(config.cache_dir).expanduser()
     store = RunStore(run_dir)
-    log.info("run dir %s", run_dir)
+    log.info("run dir %s (torch threads %d)", run_dir, threads)
 
     # Data, split once.
     # (built as a partial and called here, so a UserError such as missing files is not wrapped by Hydra)
@@ -81,14 +99,23 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     make_model = functools.partial(instantiate, cfg.model, image_shape=splits.train.shape,
                                    accelerator=accelerator, _convert_="all")
     regime = instantiate(cfg.regime)
+    tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
+    tracker.start(OmegaConf.to_container(cfg, resolve=True))
 
-    return chain.run(
-        store=store, splits=splits, make_model=make_model, regime=regime,
-        score=functools.partial(evaluate, reference=reference, classifier=classifier),
-        generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
-        conditional=bool(getattr(config.model, "num_classes", None)),
-        grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds,
-    )
+    try:
+        return chain.run(
+            store=store, splits=splits, make_model=make_model, regime=regime,
+            score=functools.partial(evaluate, reference=reference, classifier=classifier),
+            generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
+            conditional=bool(getattr(config.model, "num_classes", None)),
+            grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds,
+            after_generation=functools.partial(_report, run_dir, tracker),
+        )
+    finally:
+        # Done, or stopped: the report once more, from whatever is on disk.
+        _report(run_dir, tracker)
+        tracker.finish()
+        log.info("report: %s", run_dir / "report.html")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

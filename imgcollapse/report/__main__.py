@@ -1,0 +1,62 @@
+"""`python -m imgcollapse.report DIR [DIR ...]`: rebuild a run's report or a sweep's aggregate from disk.
+
+A run directory (run.json, gen_XXX/) gets its strip, GIF, curves, class plot and report.html; a multirun
+directory (job subdirectories with .hydra/overrides.yaml) gets sweep.csv, sweep.png, sweep.html and every
+job's own report. Nothing is retrained; a chain that is running or was interrupted is reported as far as
+it got, with a list of what is missing. Exit status 2 if a DIR is neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from imgcollapse.report.run_report import build_run_report, is_run_dir
+from imgcollapse.report.sweep import build_sweep_report, is_sweep_dir
+
+log = logging.getLogger("imgcollapse.report")
+
+RUN_OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "classes.png", "report.html")
+SWEEP_OUTPUTS = ("sweep.csv", "sweep.png", "sweep.html")
+
+
+def report_run(root: Path) -> None:
+    record = build_run_report(root)
+    written = [name for name in RUN_OUTPUTS if (root / name).exists()]
+    log.info("%s: %d finished generation(s); wrote %s", root, len(record.done), ", ".join(written))
+    for line in record.missing:
+        log.warning("%s: %s", root, line)
+
+
+def report_sweep(root: Path, runs: bool) -> None:
+    sweep = build_sweep_report(root, runs=runs)
+    written = [name for name in SWEEP_OUTPUTS if (root / name).exists()]
+    log.info("%s: %d job(s), swept %s, %d rows; wrote %s", root, len(sweep.jobs), ", ".join(sweep.keys) or "nothing",
+             len(sweep.rows), ", ".join(written))
+    for line in sweep.missing:
+        log.warning("%s: %s", root, line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m imgcollapse.report", description=__doc__.split("\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run directories and/or multirun directories")
+    parser.add_argument("--no-runs", action="store_true", help="for a sweep, leave the jobs' own reports as they are")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    status = 0
+    for root in args.dirs:
+        if root.is_dir() and is_run_dir(root):
+            report_run(root)
+        elif root.is_dir() and is_sweep_dir(root):
+            report_sweep(root, runs=not args.no_runs)
+        else:
+            log.error("%s is neither a run directory (run.json, gen_XXX/) nor a multirun directory "
+                      "(job subdirectories with .hydra/overrides.yaml)", root)
+            status = 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

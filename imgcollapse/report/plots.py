@@ -1,0 +1,214 @@
+"""Charts drawn with matplotlib: metric curves per generation, class frequencies, sweep bands across seeds.
+
+Columns are read generically: any numeric column of `metrics.csv` gets a panel. A few naming conventions
+group columns into one panel (`num_*` training-set sizes, `*seconds` timings, `share_gen_*` sources) or
+leave them to their own figure (`class_freq_*` goes to the class plot). Figures are drawn on a bare
+`Figure` (no pyplot state) and saved without a software tag, so the same data gives the same PNG bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from imgcollapse.store import atomic_write
+
+PANEL_INCHES = (2.6, 2.0)  # one small panel per metric
+PANEL_COLUMNS = 4
+DPI = 100  # a panel is 260 x 200 pixels
+CLASS_FIGURE_INCHES = (10.0, 4.0)
+CLASS_FREQ_PREFIX = "class_freq_"  # per-class sample frequencies (metrics issue): drawn in classes.png
+GROUPS = (  # (title, predicate on a column name): columns that read better together in one panel
+    ("training-set size", lambda c: c.startswith("num_")),
+    ("seconds", lambda c: c.endswith("seconds")),
+    ("training-set share by source", lambda c: c.startswith("share_gen_")),
+)
+STYLE = {  # smaller text and fixed title position: drawing ~20 panels stays well under a second
+    "axes.titley": 1.0, "axes.titlepad": 3, "axes.titlesize": 9, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 6, "axes.labelsize": 7, "font.size": 8,
+}
+
+
+@dataclass
+class Panel:
+    title: str
+    columns: list[str] = field(default_factory=list)
+
+
+def to_number(value: Any) -> float:
+    """A metric value as float; None, '' and non-numbers become NaN."""
+    if isinstance(value, bool) or value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def numeric_columns(rows: Sequence[Mapping[str, Any]], skip: Sequence[str] = ("generation",)) -> list[str]:
+    """Columns (in first-seen order) whose values are numbers in at least one row and never text."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k not in skip]
+    numeric = []
+    for c in columns:
+        values = [row.get(c) for row in rows]
+        texts = [v for v in values if v not in (None, "") and math.isnan(to_number(v)) and str(v).lower() != "nan"]
+        if not texts and any(math.isfinite(to_number(v)) for v in values):
+            numeric.append(c)
+    return numeric
+
+
+def curve_panels(columns: Sequence[str]) -> list[Panel]:
+    """One panel per metric column, grouped columns sharing a panel; class frequencies left out."""
+    panels: list[Panel] = []
+    grouped: dict[str, Panel] = {}
+    for c in columns:
+        if c.startswith(CLASS_FREQ_PREFIX):
+            continue
+        title = next((t for t, belongs in GROUPS if belongs(c)), None)
+        if title is None:
+            panels.append(Panel(c, [c]))
+        elif title in grouped:
+            grouped[title].columns.append(c)
+        else:
+            grouped[title] = Panel(title, [c])
+            panels.append(grouped[title])
+    return panels
+
+
+def panel_grid_pixels(num_panels: int) -> tuple[int, int]:
+    """(width, height) in pixels of a figure of `num_panels` small panels."""
+    cols, rows = min(num_panels, PANEL_COLUMNS), math.ceil(num_panels / PANEL_COLUMNS)
+    return round(cols * PANEL_INCHES[0] * DPI), round(rows * PANEL_INCHES[1] * DPI)
+
+
+def _panel_axes(fig: Figure, num_panels: int) -> list:
+    cols, rows = min(num_panels, PANEL_COLUMNS), math.ceil(num_panels / PANEL_COLUMNS)
+    width, height = cols * PANEL_INCHES[0], rows * PANEL_INCHES[1]
+    axes = fig.subplots(rows, cols, squeeze=False).flat
+    # margins in inches, so every panel looks the same whatever the grid
+    fig.subplots_adjust(left=0.5 / width, right=1 - 0.1 / width, bottom=0.35 / height, top=1 - 0.3 / height,
+                        wspace=0.45, hspace=0.55)
+    axes = list(axes)
+    for ax in axes[num_panels:]:
+        ax.set_visible(False)
+    for ax in axes[:num_panels]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.grid(alpha=0.3, lw=0.5)
+    return axes[:num_panels]
+
+
+def _series(rows: Sequence[Mapping[str, Any]], column: str) -> tuple[np.ndarray, np.ndarray]:
+    g = np.array([to_number(r.get("generation")) for r in rows])
+    v = np.array([to_number(r.get(column)) for r in rows])
+    keep = np.isfinite(g) & np.isfinite(v)
+    return g[keep], v[keep]
+
+
+def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None) -> Figure:
+    """Every numeric metric against generation, one small panel each, generation 0 as a dashed line.
+
+    `references` maps a column to a real-data value drawn dotted (e.g. the real-vs-real FID floor).
+    """
+    panels = curve_panels(numeric_columns(rows))
+    if not panels:
+        raise ValueError("no numeric metric columns to draw")
+    references = references or {}
+    with matplotlib.rc_context(STYLE):
+        w, h = panel_grid_pixels(len(panels))
+        fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
+        for ax, panel in zip(_panel_axes(fig, len(panels)), panels, strict=True):
+            ax.set_title(panel.title)
+            for i, column in enumerate(panel.columns):
+                g, v = _series(rows, column)
+                color = f"C{i % 10}"
+                label = column if len(panel.columns) > 1 else None
+                ax.plot(g, v, marker="o", ms=2.5, lw=1.2, color=color, label=label)
+                if len(v):
+                    ax.axhline(v[0], ls="--", lw=0.8, color=color, alpha=0.6)  # the first (generation-0) value
+                if column in references and math.isfinite(references[column]):
+                    ax.axhline(references[column], ls=":", lw=1.0, color="green", label="real data")
+            if len(panel.columns) > 1 and len(panel.columns) <= 6 or any(c in references for c in panel.columns):
+                ax.legend(loc="best", frameon=False)
+            ax.set_xlabel("generation")
+    return fig
+
+
+def classes_figure(class_names: Sequence[str], real: Sequence[float] | None, generations: Sequence[int],
+                   frequencies: np.ndarray) -> Figure:
+    """Per-class share of samples by generation (heatmap, rarest real classes at the bottom) and bars of
+    the real frequencies next to the first and last generation. `frequencies` is generations × classes."""
+    frequencies = np.asarray(frequencies, dtype=float)
+    order = np.argsort(-np.asarray(real), kind="stable") if real is not None else np.arange(len(class_names))
+    names = [str(class_names[i]) for i in order]
+    columns = ([np.asarray(real)[order]] if real is not None else []) + [f[order] for f in frequencies]
+    labels = (["real"] if real is not None else []) + [str(g) for g in generations]
+    table = np.stack(columns, axis=1)  # classes × (real + generations)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=CLASS_FIGURE_INCHES, dpi=DPI)
+        heat, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.9, wspace=0.25)
+        image = heat.imshow(table * 100, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+        heat.set_xticks(range(len(labels)), labels)
+        heat.set_yticks(range(len(names)), names)
+        heat.set_xlabel("generation")
+        heat.set_title("share of samples per class (%), by generation")
+        if real is not None:
+            heat.axvline(0.5, color="white", lw=2)
+        if table.size <= 400:  # annotate cells while they are large enough to read
+            for (i, j), value in np.ndenumerate(table):
+                heat.text(j, i, f"{value * 100:.0f}", ha="center", va="center", fontsize=6,
+                          color="white" if value < table.max() * 0.6 else "black")
+        fig.colorbar(image, ax=heat, fraction=0.04, pad=0.02)
+        x = np.arange(len(names))
+        series = [("real", columns[0])] if real is not None else []
+        series += [(f"gen {generations[0]}", frequencies[0][order])]
+        if len(generations) > 1:
+            series.append((f"gen {generations[-1]}", frequencies[-1][order]))
+        width = 0.8 / len(series)
+        for k, (label, values) in enumerate(series):
+            bars.bar(x + (k - (len(series) - 1) / 2) * width, values * 100, width, label=label,
+                     color="grey" if label == "real" else f"C{k}")
+        bars.set_xticks(x, names, rotation=90 if len(names) > 12 else 0)
+        bars.set_ylabel("% of samples")
+        bars.set_title("real vs first and last generation")
+        bars.legend(frameon=False)
+    return fig
+
+
+def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> Figure:
+    """One panel per metric: a line per group (mean across seeds) with a ±1 standard deviation band.
+
+    `bands[metric][group] = (generations, mean, std)`.
+    """
+    metrics = list(bands)
+    if not metrics:
+        raise ValueError("no numeric metric columns to draw")
+    with matplotlib.rc_context(STYLE):
+        w, h = panel_grid_pixels(len(metrics))
+        fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
+        for index, (ax, metric) in enumerate(zip(_panel_axes(fig, len(metrics)), metrics, strict=True)):
+            ax.set_title(metric)
+            for k, (group, (g, mean, std)) in enumerate(bands[metric].items()):
+                color = f"C{k % 10}"
+                ax.plot(g, mean, marker="o", ms=2.5, lw=1.2, color=color, label=group)
+                ax.fill_between(g, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+            ax.set_xlabel("generation")
+            if index == 0:
+                ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write a matplotlib figure as PNG atomically, with no software tag, so reruns are byte-identical."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
