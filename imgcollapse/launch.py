@@ -20,8 +20,8 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _env_thread_cap() -> int | None:
-    value = os.environ.get("OMP_NUM_THREADS", "")
+def _env_thread_cap(env: Mapping[str, str]) -> int | None:
+    value = env.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
@@ -35,15 +35,16 @@ def joblib_concurrency(n_jobs: int | None, cores: int) -> int:
 
 
 def resolve_threads(threads: int | None, launcher: Mapping[str, Any] | None, cores: int | None = None,
-                    env_cap: int | None = None) -> int:
+                    env: Mapping[str, str] | None = None) -> int:
     """Torch threads for this job: `threads` if set, else this job's share of the cores.
 
-    `launcher` is the Hydra launcher config of a multirun job (None for a single run).
+    `launcher` is the Hydra launcher config of a multirun job (None for a single run); `env` the
+    environment (default: this process's), whose OMP_NUM_THREADS caps the share.
     """
     if threads:
         return threads
     cores = cores or available_cores()
-    env_cap = env_cap if env_cap is not None else _env_thread_cap()
+    env_cap = _env_thread_cap(os.environ if env is None else env)
     share = cores
     if launcher is not None and "n_jobs" in launcher:  # joblib
         share = cores // joblib_concurrency(launcher.get("n_jobs"), cores)
