@@ -138,7 +138,7 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
                     ax.axhline(v[0], ls="--", lw=0.8, color=color, alpha=0.6)  # the first (generation-0) value
                 if column in references and math.isfinite(references[column]):
                     ax.axhline(references[column], ls=":", lw=1.0, color="green", label="real data")
-            if len(panel.columns) > 1 and len(panel.columns) <= 6 or any(c in references for c in panel.columns):
+            if 1 < len(panel.columns) <= 6 or any(c in references for c in panel.columns):
                 ax.legend(loc="best", frameon=False)
             ax.set_xlabel("generation")
     return fig
