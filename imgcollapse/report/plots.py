@@ -149,7 +149,9 @@ def classes_figure(class_names: Sequence[str], real: Sequence[float] | None, gen
     """Per-class share of samples by generation (heatmap, rarest real classes at the bottom) and bars of
     the real frequencies next to the first and last generation. `frequencies` is generations × classes."""
     frequencies = np.asarray(frequencies, dtype=float)
-    order = np.argsort(-np.asarray(real), kind="stable") if real is not None else np.arange(len(class_names))
+    # rarest real classes at the bottom; classes within half a percent of each other keep their order
+    order = (np.argsort(-np.round(np.asarray(real) * 100), kind="stable") if real is not None
+             else np.arange(len(class_names)))
     names = [str(class_names[i]) for i in order]
     columns = ([np.asarray(real)[order]] if real is not None else []) + [f[order] for f in frequencies]
     labels = (["real"] if real is not None else []) + [str(g) for g in generations]
