@@ -51,7 +51,7 @@ def run(
     splits: Splits,
     make_model: Callable[[], Model],  # a fresh, untrained model of the configured kind
     regime: Regime,
-    score: Callable[[ImageSet], Evaluation],  # metrics of a generation's samples against held-out data
+    score: Callable[[ImageSet, ImageSet], Evaluation],  # metrics of (samples, training set) against held-out data
     generation: int,  # the last generation to train
     seed: int,
     num_synthetic: int,  # samples each generation makes for the next
@@ -98,8 +98,9 @@ def run(
         strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
         sampled = time.perf_counter()
 
-        # Score; unconditional samples carry the classifier's predicted labels from here on.
-        evaluation = score(samples)
+        # Score (memorization against this generation's training set); unconditional samples carry the
+        # classifier's predicted labels from here on (none without a classifier).
+        evaluation = score(samples, train_set)
         if samples.labels is None and evaluation.probs is not None:
             samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
         samples.class_names = splits.train.class_names

@@ -117,10 +117,20 @@ class SamplingConfig:
 
 @dataclass
 class MetricsConfig:
-    extractors: list[str] = MISSING
+    extractors: Any = MISSING  # "auto" or a list drawn from imgcollapse.metrics.EXTRACTORS
     num_samples: int | None = MISSING
+    nearest_k: int = MISSING
+    kid_subsets: int = MISSING
+    kid_subset_size: int = MISSING
+    near_copy_ratio: float = MISSING
+    tail_fraction: float = MISSING
+    lost_threshold: float = MISSING
     classifier_epochs: int = MISSING
     classifier_seed: int = MISSING
+    inception_weights: str = MISSING
+    inception_source: str = MISSING
+    inception_download: bool = MISSING
+    inception_batch_size: int = MISSING
 
 
 @dataclass
@@ -252,11 +262,7 @@ def validate(cfg: DictConfig) -> Config:
     _require(0 <= r.real_fraction <= 1, "regime.real_fraction", r.real_fraction, "a fraction in [0, 1]")
     _require(r.subsample is None or r.subsample > 0, "regime.subsample", r.subsample, "null or an integer > 0")
 
-    mt = config.metrics
-    for e in mt.extractors:
-        _require(e in ("classifier",), "metrics.extractors", mt.extractors, "a list drawn from ['classifier']")
-    _require(mt.num_samples is None or mt.num_samples > 1, "metrics.num_samples", mt.num_samples,
-             "null (all samples) or an integer ≥ 2")
+    _validate_metrics(config.metrics, config.num_synthetic)
     _require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
     _require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
     _require(config.accelerator.mixed_precision in ("no", "fp16", "bf16"), "accelerator.mixed_precision",
@@ -271,3 +277,32 @@ def _validate_logger(logger: LoggerConfig) -> None:
     _require(logger.kind in KINDS, "logger.kind", logger.kind, f"one of {list(KINDS)} (choose with logger=NAME)")
     _require(tracker_available(logger.kind), "logger.kind", logger.kind,
              f"a tracker whose package is installed: pip install 'imgcollapse[{logger.kind}]'")
+
+
+def _validate_metrics(mt: MetricsConfig, num_synthetic: int) -> None:
+    from imgcollapse.metrics import EXTRACTORS
+    from imgcollapse.metrics.features import INCEPTION_SOURCES
+
+    allowed = f"'auto' or a non-empty list drawn from {list(EXTRACTORS)}"
+    if isinstance(mt.extractors, str):
+        _require(mt.extractors == "auto", "metrics.extractors", mt.extractors, allowed)
+    else:
+        names = list(mt.extractors)
+        _require(0 < len(names) == len(set(names)) and all(e in EXTRACTORS for e in names),
+                 "metrics.extractors", names, allowed)
+    _require(mt.nearest_k >= 1, "metrics.nearest_k", mt.nearest_k, "an integer ≥ 1")
+    _require(num_synthetic > mt.nearest_k + 1, "metrics.nearest_k", mt.nearest_k,
+             f"smaller than num_synthetic - 1 = {num_synthetic - 1}: prdc needs k neighbours of each sample")
+    _require(mt.num_samples is None or mt.nearest_k + 1 < mt.num_samples <= num_synthetic, "metrics.num_samples",
+             mt.num_samples, f"null (all samples) or an integer in ({mt.nearest_k + 1}, num_synthetic={num_synthetic}]")
+    _require(mt.kid_subsets >= 1, "metrics.kid_subsets", mt.kid_subsets, "an integer ≥ 1")
+    _require(mt.kid_subset_size >= 2, "metrics.kid_subset_size", mt.kid_subset_size, "an integer ≥ 2")
+    _require(0 < mt.near_copy_ratio <= 1, "metrics.near_copy_ratio", mt.near_copy_ratio, "a fraction in (0, 1]")
+    _require(0 < mt.tail_fraction <= 1, "metrics.tail_fraction", mt.tail_fraction, "a fraction in (0, 1]")
+    _require(0 < mt.lost_threshold <= 1, "metrics.lost_threshold", mt.lost_threshold, "a fraction in (0, 1]")
+    _require(mt.classifier_epochs >= 1, "metrics.classifier_epochs", mt.classifier_epochs, "an integer ≥ 1")
+    _require(mt.classifier_seed >= 0, "metrics.classifier_seed", mt.classifier_seed, "an integer ≥ 0")
+    _require(bool(mt.inception_weights), "metrics.inception_weights", mt.inception_weights, "a file path")
+    _require(mt.inception_source in INCEPTION_SOURCES, "metrics.inception_source", mt.inception_source,
+             f"one of {list(INCEPTION_SOURCES)}")
+    _require(mt.inception_batch_size > 0, "metrics.inception_batch_size", mt.inception_batch_size, "an integer > 0")

@@ -22,9 +22,7 @@ from imgcollapse import chain
 from imgcollapse.config import UserError, register, validate
 from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
-from imgcollapse.metrics import evaluate, load_or_build_reference
-from imgcollapse.metrics.features import load_or_train_classifier
-from imgcollapse.metrics.scores import fid
+from imgcollapse.metrics import Settings, evaluate, setup_metrics
 from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
@@ -34,7 +32,7 @@ log = logging.getLogger("imgcollapse")
 register()
 
 
-def _metadata(config: DictConfig, splits: Splits, classifier_accuracy: float, fid_real: float) -> dict:
+def _metadata(config: DictConfig, splits: Splits, classifier_accuracy: float | None, fid_real: float | None) -> dict:
     return {
         "config": OmegaConf.to_container(config, resolve=True),
         "dataset": {
@@ -84,16 +82,25 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     log.info("dataset: %d training images, %d held out, shape %s", len(splits.train), len(splits.heldout),
              splits.train.shape)
 
-    # Metrics: the domain classifier and held-out reference statistics, both cached.
+    # Metrics: feature extractors with held-out reference statistics, all cached.
     m = config.metrics
-    classifier = load_or_train_classifier(splits.train, splits.heldout, cache_dir, epochs=m.classifier_epochs,
-                                          seed=m.classifier_seed)
-    reference = load_or_build_reference(splits.heldout, classifier, cache_dir)
-    fid_real = fid(classifier(splits.train.images)[0], reference.mu, reference.sigma)
-    log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f",
-             classifier.accuracy, fid_real)
-    if not (run_dir / "run.json").exists():
-        store.write_json(run_dir / "run.json", _metadata(cfg, splits, classifier.accuracy, fid_real))
+    metrics = setup_metrics(
+        splits, cache_dir, extractors=m.extractors, device=accelerator.device,
+        classifier_epochs=m.classifier_epochs, classifier_seed=m.classifier_seed,
+        inception_weights=m.inception_weights, inception_source=m.inception_source,
+        inception_download=m.inception_download, inception_batch_size=m.inception_batch_size,
+        settings=Settings(num_samples=m.num_samples, nearest_k=m.nearest_k, kid_subsets=m.kid_subsets,
+                          kid_subset_size=m.kid_subset_size, near_copy_ratio=m.near_copy_ratio,
+                          tail_fraction=m.tail_fraction, lost_threshold=m.lost_threshold, seed=config.seed),
+    )
+    accuracy = metrics.classifier.accuracy if metrics.classifier is not None else None
+    fid_real = metrics.baseline.get("fid")
+    if metrics.classifier is not None:
+        log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f", accuracy, fid_real)
+    metadata = (store.read_json(run_dir / "run.json") if (run_dir / "run.json").exists()
+                else _metadata(cfg, splits, accuracy, fid_real))
+    metadata["metrics"] = metrics.metadata()  # refreshed on resume: what this invocation could compute
+    store.write_json(run_dir / "run.json", metadata)
 
     # Model and regime, chosen by config.
     make_model = functools.partial(instantiate, cfg.model, image_shape=splits.train.shape,
@@ -105,7 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     try:
         return chain.run(
             store=store, splits=splits, make_model=make_model, regime=regime,
-            score=functools.partial(evaluate, reference=reference, classifier=classifier),
+            score=functools.partial(evaluate, metrics=metrics),
             generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
             conditional=bool(getattr(config.model, "num_classes", None)),
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds,

