@@ -248,15 +248,16 @@ def space_scores(features: np.ndarray, train_features: np.ndarray | None, space:
                  settings: Settings, seconds: dict[str, float] | None = None) -> dict[str, float]:
     """FID, KID, precision/recall/density/coverage and (given the training set) memorization in one space."""
     seconds = {} if seconds is None else seconds
-    ref = space.reference
-    with _timed(seconds, "fid_kid"):
-        row = {"fid": fid(features, ref.mu, ref.sigma),
-               "kid": kid(features, ref.features, num_subsets=settings.kid_subsets,
-                          subset_size=settings.kid_subset_size, seed=settings.seed)}
-    with _timed(seconds, "prdc"):
+    ref, name = space.reference, space.name
+    with _timed(seconds, f"{name}_fid"):
+        row = {"fid": fid(features, ref.mu, ref.sigma)}
+    with _timed(seconds, f"{name}_kid"):
+        row["kid"] = kid(features, ref.features, num_subsets=settings.kid_subsets,
+                         subset_size=settings.kid_subset_size, seed=settings.seed)
+    with _timed(seconds, f"{name}_prdc"):
         row.update(prdc(features, ref.features, settings.nearest_k))
     if train_features is not None:
-        with _timed(seconds, "memorization"):
+        with _timed(seconds, f"{name}_memorization"):
             row.update(memorization(features, train_features, ref.features, near_copy_ratio=settings.near_copy_ratio))
     return {k + space.suffix: v for k, v in row.items()}
 
@@ -276,14 +277,14 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
             row.update(dict.fromkeys((c + SUFFIX[name] for c in SPACE_COLUMNS), None))
             row.update(dict.fromkeys(CLASS_COLUMNS if name == "classifier" else (), None))
             continue
-        with _timed(seconds, f"features_{name}"):
+        with _timed(seconds, f"{name}_features"):
             features, _ = space.memo(scored)
             train_features, _ = space.memo(train_set.images)  # pool and earlier samples: looked up, not computed
             if name == "classifier":  # its predictions label every sample, scored or not
                 probs = space.memo(samples.images)[1]
         row.update(space_scores(features, train_features, space, s, seconds))
         if probs is not None and metrics.real_freq is not None and name == "classifier":
-            with _timed(seconds, "classes"):
+            with _timed(seconds, "classifier_classes"):
                 row.update(confidence(probs[idx]))
                 row.update(class_statistics(probs[idx].argmax(1), metrics.real_freq, tail_fraction=s.tail_fraction,
                                             lost_threshold=s.lost_threshold))
