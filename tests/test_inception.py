@@ -66,7 +66,7 @@ def test_auto_extractors_and_the_unlabelled_fallback():
     assert resolve_extractors("auto", gpu=False, labelled=True) == ["classifier"]
     assert resolve_extractors("auto", gpu=True, labelled=True) == ["classifier", "inception"]
     assert resolve_extractors("auto", gpu=False, labelled=False) == ["classifier", "inception"]
-    assert resolve_extractors(["classifier"], gpu=False, labelled=False) == ["classifier", "inception"]
+    assert resolve_extractors(["classifier"], gpu=False, labelled=False) == ["classifier"]  # as asked
     assert resolve_extractors(["inception"], gpu=True, labelled=True) == ["inception"]
 
 

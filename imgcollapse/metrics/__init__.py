@@ -178,12 +178,12 @@ class Metrics:
 
 
 def resolve_extractors(requested: str | list[str], *, gpu: bool, labelled: bool) -> list[str]:
-    """`auto` is the classifier on CPU and both on GPU (Inception runs ~12 images/s on 2 CPU cores). An
-    unlabelled dataset has no classifier, so Inception is added as the one extractor that needs no labels."""
-    names = (["classifier", "inception"] if gpu else ["classifier"]) if requested == "auto" else list(requested)
-    if not labelled and "inception" not in names:
-        names.append("inception")
-    return names
+    """`auto`: the classifier on CPU (Inception runs ~12 images/s on 2 CPU cores), both on GPU, and both for
+    unlabelled data, where no classifier can be trained and Inception is the one extractor left. A list is
+    taken as given."""
+    if requested != "auto":
+        return list(requested)
+    return ["classifier", "inception"] if gpu or not labelled else ["classifier"]
 
 
 def setup_metrics(
