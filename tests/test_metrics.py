@@ -119,6 +119,8 @@ def test_class_statistics_on_constructed_predictions():
     assert stats["lost_classes"] == 1
     assert stats["tail_ratio"] == pytest.approx(0.5)  # only class 4 of the tail is left
     assert stats["class_freq_5"] == 0.0 and stats["class_freq_0"] == pytest.approx(0.3)
+    named = class_statistics(dropped, real, class_names=list("abcdef"))
+    assert named["class_freq_f"] == 0.0 and "class_freq_5" not in named
     assert stats["class_tv"] == pytest.approx(0.1) and stats["class_kl"] > 0
     assert stats["class_entropy"] < base["class_entropy"]
     thinned = faithful[~((faithful == 4) & (np.arange(len(faithful)) % 20 != 0))]  # class 4 at 5% of its share

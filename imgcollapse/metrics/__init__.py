@@ -158,6 +158,7 @@ class Metrics:
     settings: Settings
     classifier: Classifier | None
     real_freq: np.ndarray | None  # class frequencies of the real training pool (what generation 0 learned)
+    class_names: list[str] | None = None  # name the class_freq_<name> columns
     unavailable: dict[str, str] = field(default_factory=dict)  # extractor -> why its columns are empty
     baseline: dict[str, float] = field(default_factory=dict)  # real training pool vs held-out: the floor
 
@@ -207,6 +208,7 @@ def setup_metrics(
                     splits.train, splits.heldout, cache_dir, epochs=classifier_epochs, seed=classifier_seed)
                 metrics.classifier = extractor  # type: ignore[assignment]
                 metrics.real_freq = class_frequencies(splits.train.labels.numpy(), splits.train.num_classes)
+                metrics.class_names = [str(n) for n in splits.train.class_names]
             else:
                 extractor = load_inception(Path(inception_weights), source=inception_source,
                                            download_missing=inception_download, device=device,
@@ -287,7 +289,7 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
             with _timed(seconds, "classifier_classes"):
                 row.update(confidence(probs[idx]))
                 row.update(class_statistics(probs[idx].argmax(1), metrics.real_freq, tail_fraction=s.tail_fraction,
-                                            lost_threshold=s.lost_threshold))
+                                            lost_threshold=s.lost_threshold, class_names=metrics.class_names))
     log.debug("metrics seconds: %s", {k: round(v, 3) for k, v in seconds.items()})
     return Evaluation(row=row, probs=probs, seconds=seconds)
 

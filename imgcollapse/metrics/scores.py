@@ -77,13 +77,14 @@ def tail_classes(real_freq: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def class_statistics(predicted: np.ndarray, real_freq: np.ndarray, *, tail_fraction: float = 0.3,
-                     lost_threshold: float = 0.1) -> dict[str, float]:
+                     lost_threshold: float = 0.1, class_names: list[str] | None = None) -> dict[str, float]:
     """How the samples' predicted classes compare with the real class frequencies.
 
     class_kl: KL(samples ‖ real) in nats (finite even when a class is lost: `lost_classes` counts those);
     class_tv: total variation distance; class_entropy: entropy of the samples' classes in nats;
     tail_ratio: share of samples in the rarest real classes over their real share (1 = kept, 0 = gone);
-    lost_classes: classes at < `lost_threshold` of their real frequency; class_freq_K: each class's share.
+    lost_classes: classes at < `lost_threshold` of their real frequency; class_freq_<name>: each class's share
+    (named by `class_names`, else by class index).
     """
     real_freq = np.asarray(real_freq, dtype=np.float64)
     freq = class_frequencies(predicted, len(real_freq))
@@ -95,7 +96,8 @@ def class_statistics(predicted: np.ndarray, real_freq: np.ndarray, *, tail_fract
         "tail_ratio": float(freq[tail].sum() / real_freq[tail].sum()),
         "lost_classes": int((freq < lost_threshold * real_freq).sum()),
     }
-    row.update({f"class_freq_{k}": float(f) for k, f in enumerate(freq)})
+    names = class_names if class_names is not None else [str(k) for k in range(len(freq))]
+    row.update({f"class_freq_{name}": float(f) for name, f in zip(names, freq, strict=True)})
     return row
 
 
