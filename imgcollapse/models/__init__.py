@@ -1,11 +1,14 @@
-"""Generative models. Each is a small class the chain drives through four methods:
+"""Generative models. Each is a small class the chain drives through four methods and one attribute:
 
-    fit(data: ImageSet, seed: int) -> dict[str, float]       train from scratch on `data`
+    fit(data: ImageSet, seed: int) -> dict[str, float]       train from scratch on `data` (has "train_loss")
     sample(n: int, seed: int, labels=None) -> ImageSet        deterministic for a given seed
     save(path: Path) -> None                                  a self-contained directory
     load(path: Path, accelerator=None) -> Model  (classmethod)
+    num_classes: int | None                                   set: conditional, `sample` needs `labels`
 
-Models are built by `hydra.utils.instantiate(cfg.model, image_shape=..., accelerator=...)`.
+Models are built by `hydra.utils.instantiate(cfg.model, image_shape=..., accelerator=...)`:
+`ddpm` (diffusers), `vae` (a small conv VAE), `gmm` (scikit-learn's GaussianMixture). All take 1- or
+3-channel images; vae and gmm any height and width, ddpm sizes its UNet's downsampling divides.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from imgcollapse.data import ImageSet
 
 
 class Model(Protocol):
+    num_classes: int | None  # class-conditional models sample from labels; None: unconditional
+
     def fit(self, data: ImageSet, seed: int) -> dict[str, float]: ...
 
     def sample(self, n: int, seed: int, labels: torch.Tensor | None = None) -> ImageSet: ...

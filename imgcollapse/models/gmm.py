@@ -1,0 +1,169 @@
+"""scikit-learn's GaussianMixture on flattened pixels, optionally in a PCA subspace: the fast baseline.
+
+Sampling draws component k with probability weight_k and x = mean_k + sqrt(temperature) · L_k ε, where
+L_k L_kᵀ is component k's covariance: the temperature scales the covariance (MAD's sampling bias λ for
+Gaussians). Both the component choice and ε come from the seeded noise stream, so image i depends only
+on (seed, i), as for every model. Checkpoints are plain arrays (npz) plus a JSON config, never pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+
+from imgcollapse.data import ImageSet, to_float, to_uint8
+from imgcollapse.models import noise
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "imgcollapse.json"
+ARRAYS_FILE = "gmm.npz"
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+def cholesky_factors(covariances: np.ndarray, covariance_type: str, n_components: int, dim: int) -> np.ndarray:
+    """Lower-triangular L_k with L_k L_kᵀ = Σ_k for each component, as a [K, D, D] array."""
+    if covariance_type == "full":
+        return np.linalg.cholesky(covariances)
+    if covariance_type == "tied":
+        return np.broadcast_to(np.linalg.cholesky(covariances), (n_components, dim, dim)).copy()
+    if covariance_type == "diag":
+        return np.stack([np.diag(np.sqrt(c)) for c in covariances])
+    return np.sqrt(covariances)[:, None, None] * np.eye(dim)  # spherical: one variance per component
+
+
+def precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Precision matrices from their Cholesky factors (sklearn's own identity, P = U Uᵀ)."""
+    if covariance_type in ("full", "tied"):
+        return precisions_cholesky @ np.swapaxes(precisions_cholesky, -1, -2)
+    return precisions_cholesky**2
+
+
+class GMM:
+    """Gaussian mixture over pixels (or their top principal components); `fit` runs EM from scratch."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        accelerator: Accelerator | None = None,  # accepted for the common interface; EM runs on CPU
+        n_components: int = 10,
+        covariance_type: str = "full",
+        pca_components: int | None = None,
+        reg_covar: float = 1e-4,
+        max_iter: int = 100,
+        n_init: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        if covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"model.covariance_type={covariance_type!r} is not one of {COVARIANCE_TYPES}")
+        self.config = {
+            "image_shape": [int(v) for v in image_shape],
+            "n_components": n_components,
+            "covariance_type": covariance_type,
+            "pca_components": pca_components,
+            "reg_covar": reg_covar,
+            "max_iter": max_iter,
+            "n_init": n_init,
+            "temperature": temperature,
+        }
+        self.image_shape = tuple(self.config["image_shape"])
+        self.num_classes = None  # unconditional: the chain labels its samples with the metrics classifier
+        self.pca: PCA | None = None
+        self.mixture: GaussianMixture | None = None
+
+    @property
+    def dim(self) -> int:
+        """Dimension the mixture lives in: principal components if PCA is on, else pixels."""
+        return self.config["pca_components"] or int(np.prod(self.image_shape))
+
+    def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
+        """PCA (if configured) then EM; returns the training set's negative log-likelihood per dimension."""
+        if tuple(data.shape) != self.image_shape:
+            raise ValueError(f"this GMM was built for images of shape {self.image_shape}, got {data.shape}")
+        c = self.config
+        if len(data) < c["n_components"]:
+            raise ValueError(f"model.n_components={c['n_components']} needs at least that many training images, "
+                             f"got {len(data)}")
+        x = to_float(data.images).flatten(1).double().numpy()
+        self.pca = None
+        if c["pca_components"]:
+            if c["pca_components"] > min(x.shape):
+                raise ValueError(f"model.pca_components={c['pca_components']} exceeds min(images, pixels) = "
+                                 f"{min(x.shape)}")
+            self.pca = PCA(n_components=c["pca_components"], svd_solver="full", random_state=seed)
+            x = self.pca.fit_transform(x)
+        self.mixture = GaussianMixture(
+            n_components=c["n_components"], covariance_type=c["covariance_type"], reg_covar=c["reg_covar"],
+            max_iter=c["max_iter"], n_init=c["n_init"], random_state=seed,
+        )
+        with warnings.catch_warnings():  # reported once below, in the log, instead of as a warning per fit
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.mixture.fit(x)
+        if not self.mixture.converged_:
+            log.warning("EM did not converge in model.max_iter=%d iterations; raise it", c["max_iter"])
+        return {"train_loss": float(-self.mixture.score(x) / x.shape[1]), "converged": float(self.mixture.converged_)}
+
+    def sample(self, n: int, seed: int, labels: torch.Tensor | None = None) -> ImageSet:
+        """Draw `n` images; image i depends only on (seed, i). Labels are ignored (unconditional)."""
+        if self.mixture is None:
+            raise RuntimeError("fit or load the GMM before sampling")
+        m, dim = self.mixture, self.dim
+        draws = noise((dim + 1,), seed, 0, n).double().numpy()
+        # The first coordinate picks the component (its normal CDF is uniform); the rest is ε.
+        uniform = torch.special.ndtr(torch.from_numpy(draws[:, 0])).numpy()
+        component = np.minimum(np.searchsorted(np.cumsum(m.weights_), uniform), len(m.weights_) - 1)
+        factors = cholesky_factors(m.covariances_, m.covariance_type, m.n_components, dim)
+        scale = np.sqrt(self.config["temperature"])
+        x = m.means_[component] + scale * np.einsum("nij,nj->ni", factors[component], draws[:, 1:])
+        if self.pca is not None:
+            x = self.pca.inverse_transform(x)
+        images = torch.from_numpy(x).float().clamp(-1, 1).view(n, *self.image_shape)
+        return ImageSet(to_uint8(images), None)
+
+    # Persistence --------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """The fitted arrays (mixture and PCA) as npz plus the constructor config as JSON."""
+        if self.mixture is None:
+            raise RuntimeError("nothing to save: the GMM is not fitted")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        m = self.mixture
+        arrays = {"weights": m.weights_, "means": m.means_, "covariances": m.covariances_,
+                  "precisions_cholesky": m.precisions_cholesky_}
+        if self.pca is not None:
+            arrays |= {"pca_components": self.pca.components_, "pca_mean": self.pca.mean_,
+                       "pca_explained_variance": self.pca.explained_variance_}
+        with open(path / ARRAYS_FILE, "wb") as f:
+            np.savez(f, **arrays)
+        (path / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+
+    @classmethod
+    def load(cls, path: Path, accelerator: Accelerator | None = None) -> GMM:
+        """Rebuild the fitted sklearn objects from the saved arrays (score_samples etc. work again)."""
+        path = Path(path)
+        model = cls(**json.loads((path / CONFIG_FILE).read_text()))
+        c = model.config
+        with np.load(path / ARRAYS_FILE) as z:
+            m = GaussianMixture(n_components=c["n_components"], covariance_type=c["covariance_type"])
+            m.weights_, m.means_, m.covariances_ = z["weights"], z["means"], z["covariances"]
+            m.precisions_cholesky_ = z["precisions_cholesky"]
+            m.precisions_ = precisions(m.precisions_cholesky_, c["covariance_type"])
+            m.converged_, m.n_iter_, m.n_features_in_ = True, 0, m.means_.shape[1]
+            model.mixture = m
+            if "pca_components" in z:
+                pca = PCA(n_components=c["pca_components"])
+                pca.components_, pca.mean_ = z["pca_components"], z["pca_mean"]
+                pca.explained_variance_ = z["pca_explained_variance"]
+                pca.n_components_, pca.n_features_in_ = len(pca.components_), pca.components_.shape[1]
+                pca.whiten = False
+                model.pca = pca
+        return model

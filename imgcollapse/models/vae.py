@@ -1,0 +1,171 @@
+"""A small convolutional VAE (Shumailov et al.'s setting): Bernoulli pixels, Gaussian prior, sampling temperature.
+
+The encoder halves the image once per entry of `block_out_channels` (3×3 convolutions, stride 2, so any
+height and width works, odd ones included); the decoder mirrors it, upsampling to the exact sizes the
+encoder saw. Samples are the decoder's mean image for prior draws `z = temperature · ε`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from imgcollapse.data import ImageSet
+from imgcollapse.models import noise
+from imgcollapse.models.train import default_accelerator, train
+
+CONFIG_FILE = "imgcollapse.json"
+WEIGHTS_FILE = "vae.safetensors"
+
+
+def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
+    """Feature-map size at each encoder level, the input first (a stride-2 3×3 conv maps n to ceil(n/2))."""
+    sizes = [(height, width)]
+    for _ in range(levels):
+        h, w = sizes[-1]
+        sizes.append((math.ceil(h / 2), math.ceil(w / 2)))
+    return sizes
+
+
+class VAENet(nn.Module):
+    """Conv encoder to (mu, logvar) of a `latent_dim` Gaussian; mirrored decoder to per-pixel logits."""
+
+    def __init__(self, image_shape: tuple[int, int, int], block_out_channels: list[int], latent_dim: int) -> None:
+        super().__init__()
+        channels, height, width = image_shape
+        widths = list(block_out_channels)
+        self.sizes = level_sizes(height, width, len(widths))
+        h, w = self.sizes[-1]
+        self.bottleneck = (widths[-1], h, w)
+
+        encoder: list[nn.Module] = []
+        for c_in, c_out in zip([channels, *widths[:-1]], widths, strict=True):
+            encoder += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.SiLU()]
+        self.encoder = nn.Sequential(*encoder, nn.Flatten())
+        self.to_latent = nn.Linear(widths[-1] * h * w, 2 * latent_dim)
+
+        self.from_latent = nn.Linear(latent_dim, widths[-1] * h * w)
+        decoder: list[nn.Module] = []
+        for level in range(len(widths) - 1, -1, -1):  # mirror of the encoder: upsample, then convolve
+            decoder += [nn.Upsample(size=self.sizes[level], mode="nearest"),
+                        nn.Conv2d(widths[level], widths[level - 1] if level else channels, 3, padding=1)]
+            if level:
+                decoder.append(nn.SiLU())
+        self.decoder = nn.Sequential(*decoder)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.to_latent(self.encoder(x)).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-pixel Bernoulli logits of images in [0, 1]."""
+        return self.decoder(F.silu(self.from_latent(z)).view(len(z), *self.bottleneck))
+
+
+class VAE:
+    """Convolutional VAE; `fit` trains from scratch for a fixed number of optimizer steps."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        accelerator: Accelerator | None = None,
+        block_out_channels: tuple[int, ...] = (32, 64),
+        latent_dim: int = 16,
+        beta: float = 1.0,
+        train_steps: int = 1500,
+        batch_size: int = 128,
+        lr: float = 2e-3,
+        warmup_steps: int = 50,
+        ema_decay: float | None = None,
+        grad_clip: float | None = 1.0,
+        temperature: float = 1.0,
+        sample_batch_size: int = 512,
+    ) -> None:
+        self.config = {
+            "image_shape": [int(v) for v in image_shape],
+            "block_out_channels": [int(c) for c in block_out_channels],
+            "latent_dim": latent_dim,
+            "beta": beta,
+            "train_steps": train_steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "warmup_steps": warmup_steps,
+            "ema_decay": ema_decay,
+            "grad_clip": grad_clip,
+            "temperature": temperature,
+            "sample_batch_size": sample_batch_size,
+        }
+        self.accelerator = accelerator or default_accelerator()
+        self.image_shape = tuple(self.config["image_shape"])
+        self.num_classes = None  # unconditional: the chain labels its samples with the metrics classifier
+        self.net = self._build(seed=0)
+
+    def _build(self, seed: int) -> VAENet:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return VAENet(self.image_shape, self.config["block_out_channels"], self.config["latent_dim"])
+
+    # Training -----------------------------------------------------------------------------------
+    def _loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
+        """Negative ELBO per pixel (nats): Bernoulli reconstruction + beta · KL(q(z|x) || N(0, I))."""
+        inner = getattr(net, "module", net)  # accelerate may wrap the network (DDP) for several processes
+        mu, logvar = inner.encode(x * 2 - 1)
+        z = mu + torch.randn(mu.shape, generator=g, device=mu.device) * (0.5 * logvar).exp()
+        recon = F.binary_cross_entropy_with_logits(inner.decode(z), x, reduction="none").flatten(1).sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        return (recon + self.config["beta"] * kl).mean() / x[0].numel()
+
+    def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
+        """Train a freshly initialised VAE on `data` for `train_steps` steps."""
+        self._check_shape(data.shape)
+        self.net = self._build(seed)
+        c = self.config
+        result = train(
+            self.net, self._loss, data.images.float() / 255.0, None,
+            steps=c["train_steps"], batch_size=c["batch_size"], lr=c["lr"], warmup_steps=c["warmup_steps"],
+            ema_decay=c["ema_decay"], grad_clip=c["grad_clip"], seed=seed, accelerator=self.accelerator,
+            desc="train vae",
+        )
+        return {"train_loss": result.loss, "train_seconds": result.seconds}
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        if tuple(shape) != self.image_shape:
+            raise ValueError(f"this VAE was built for images of shape {self.image_shape}, got {tuple(shape)}")
+
+    # Sampling -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(self, n: int, seed: int, labels: torch.Tensor | None = None) -> ImageSet:
+        """Decode `n` prior draws z = temperature · ε; image i depends only on (seed, i). Labels are ignored."""
+        device = self.accelerator.device
+        self.net.to(device).eval()
+        c = self.config
+        out = torch.empty((n, *self.image_shape), dtype=torch.uint8)
+        for start in tqdm(range(0, n, c["sample_batch_size"]), desc="sample vae", disable=None, leave=False):
+            stop = min(n, start + c["sample_batch_size"])
+            z = noise((c["latent_dim"],), seed, start, stop).to(device) * c["temperature"]
+            out[start:stop] = torch.sigmoid(self.net.decode(z)).mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
+        return ImageSet(out, None)
+
+    # Persistence --------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Weights as safetensors plus the constructor config: `VAE.load(path)` rebuilds it."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, path / WEIGHTS_FILE)
+        (path / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+
+    @classmethod
+    def load(cls, path: Path, accelerator: Accelerator | None = None) -> VAE:
+        path = Path(path)
+        model = cls(accelerator=accelerator, **json.loads((path / CONFIG_FILE).read_text()))
+        model.net.load_state_dict(load_file(path / WEIGHTS_FILE))
+        model.net.eval()
+        return model
