@@ -5,17 +5,32 @@ All regimes are one function of (real pool, synthetic sets so far, generation, s
   accumulate  the real pool plus every synthetic set so far, optionally subsampled to a fixed size
   fresh       a fresh draw of real images each generation plus the last samples, at `real_fraction`
   augment     a fixed real subset (drawn once) plus the last samples, at `real_fraction`
+
+Randomness comes from (seed, generation, purpose) only, where `seed` is the chain's seed: a resumed chain
+builds the same sets, and augment's real subset is the same in every generation.
+
+Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` samples, a verifier scores
+them, and `curate` keeps the `n` it scores highest; those are what later generations train on.
+  none        keep every sample (no extra candidates)
+  confidence  the metrics classifier's probability of its predicted class: keep what it finds unambiguous
+  condition   the classifier's probability of the sample's own label, i.e. the class a conditional model
+              was asked for: keep samples that show what they were meant to (for unconditional models,
+              whose labels are the classifier's predictions, this equals `confidence`)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from imgcollapse.config import ConfigError
 from imgcollapse.data import ImageSet
 
 KINDS = ("replace", "accumulate", "fresh", "augment")
+CURATIONS = ("none", "confidence", "condition")
 
 
 def _rng(seed: int, *tags: int) -> np.random.Generator:
@@ -29,6 +44,15 @@ class Regime:
     kind: str = "replace"
     real_fraction: float = 0.0  # fresh/augment: share of real images in each training set
     subsample: int | None = None  # accumulate: draw this many images from everything so far (None: all)
+    curation: str = "none"  # verifier that filters synthetic samples (CURATIONS)
+    keep_fraction: float = 1.0  # curation: share of the candidates kept
+
+    def check(self, num_real: int, num_synthetic: int) -> None:
+        """Fail before training if this regime cannot build generation 1's set from these sizes."""
+        if self.kind == "accumulate" and self.subsample is not None and self.subsample > num_real + num_synthetic:
+            raise ConfigError("regime.subsample", self.subsample,
+                              f"at most {num_real + num_synthetic}: the real pool ({num_real}) plus one "
+                              f"generation's samples (num_synthetic={num_synthetic}) is all generation 1 has")
 
     def training_set(
         self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
@@ -46,14 +70,39 @@ class Regime:
         elif self.kind in ("fresh", "augment"):
             size = len(last)
             num_real = min(len(real), round(self.real_fraction * size))
-            # augment draws its real subset once (same tags every generation); fresh draws anew each time
-            real_rng = _rng(seed, 0, 2) if self.kind == "augment" else _rng(seed, generation, 2)
-            real_idx = np.sort(real_rng.choice(len(real), num_real, replace=False))
-            syn_idx = np.sort(_rng(seed, generation, 3).choice(len(last), size - num_real, replace=False))
-            parts = [("real", real.subset(real_idx)), (generation - 1, last.subset(syn_idx))]
+            if self.kind == "augment":  # one permutation for the whole chain: the same real subset every time
+                real_idx = _rng(seed, 0, 2).permutation(len(real))[:num_real]
+            else:  # a new draw every generation
+                real_idx = _rng(seed, generation, 2).choice(len(real), num_real, replace=False)
+            syn_idx = _rng(seed, generation, 3).choice(len(last), size - num_real, replace=False)
+            parts = [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]
         else:
             raise ValueError(f"regime.kind={self.kind!r} is not one of {KINDS}")
         return _combine(parts, generation)
+
+    # Curation -----------------------------------------------------------------------------------
+    def num_candidates(self, num_synthetic: int) -> int:
+        """How many samples the model makes so that curation can keep `num_synthetic` of them."""
+        return num_synthetic if self.curation == "none" else math.ceil(num_synthetic / self.keep_fraction)
+
+    def curate(self, candidates: ImageSet, probs: np.ndarray, n: int) -> tuple[ImageSet, dict[str, float]]:
+        """The `n` candidates the verifier scores highest (in their original order) and curation stats."""
+        if self.curation == "none":
+            return candidates.subset(np.arange(n)), {}
+        scores = verifier_scores(self.curation, probs, candidates.labels)
+        keep = np.sort(np.argsort(-scores, kind="stable")[:n])
+        stats = {"num_candidates": len(candidates), "curation_threshold": float(scores[keep].min()),
+                 "curated_score": float(scores[keep].mean()), "candidate_score": float(scores.mean())}
+        return candidates.subset(keep), stats
+
+
+def verifier_scores(curation: str, probs: np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+    """Per-sample verifier score in [0, 1] from the metrics classifier's class probabilities [N, K]."""
+    if curation == "confidence" or (curation == "condition" and labels is None):
+        return probs.max(axis=1)
+    if curation == "condition":
+        return probs[np.arange(len(probs)), np.asarray(labels)]
+    raise ValueError(f"regime.curation={curation!r} is not one of {CURATIONS}")
 
 
 def _subsample(parts: list[tuple], size: int, rng: np.random.Generator) -> list[tuple]:

@@ -1,0 +1,165 @@
+"""Regimes build exact training sets; curation keeps the highest-scoring candidates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imgcollapse.config import ConfigError
+from imgcollapse.data import ImageSet
+from imgcollapse.regimes import Regime, verifier_scores
+
+REAL, SYN = 300, 40  # real pool size, images per generation
+
+
+def tagged(source: int, n: int) -> ImageSet:
+    """Images that say where they came from: pixel (0,0) = source (0 real, g+1 generation g), (0,1),(1,0) = index."""
+    images = torch.zeros((n, 1, 2, 2), dtype=torch.uint8)
+    images[:, 0, 0, 0] = source
+    images[:, 0, 0, 1] = torch.arange(n) // 256
+    images[:, 0, 1, 0] = torch.arange(n) % 256
+    labels = (torch.arange(n) * 7 + source) % 10  # a label that depends on the image, to follow it
+    return ImageSet(images, labels, [str(i) for i in range(10)])
+
+
+def sources(data: ImageSet) -> np.ndarray:
+    return data.images[:, 0, 0, 0].numpy()
+
+
+def ids(data: ImageSet) -> np.ndarray:
+    """(source, index) of every image as one integer."""
+    return (data.images[:, 0, 0, 0].long() * 65536 + data.images[:, 0, 0, 1].long() * 256
+            + data.images[:, 0, 1, 0].long()).numpy()
+
+
+def chain_sets(regime: Regime, generations: int, seed: int = 0) -> list[tuple[ImageSet, dict]]:
+    """Training sets of generations 1..`generations` with tagged synthetic sets standing in for samples."""
+    real = tagged(0, REAL)
+    synthetic = [tagged(g + 1, SYN) for g in range(generations)]
+    return [regime.training_set(real, synthetic[:g], g, seed) for g in range(1, generations + 1)]
+
+
+def assert_labels_follow_images(data: ImageSet) -> None:
+    index = data.images[:, 0, 0, 1].long() * 256 + data.images[:, 0, 1, 0].long()
+    assert torch.equal(data.labels, (index * 7 + data.images[:, 0, 0, 0].long()) % 10)
+
+
+def test_replace_is_the_last_samples_only():
+    for g, (data, composition) in enumerate(chain_sets(Regime("replace"), 3), start=1):
+        assert (sources(data) == g).all() and len(data) == SYN
+        assert composition == {"num_real": 0, "num_synthetic": SYN, f"share_gen_{g - 1:03d}": 1.0}
+        assert_labels_follow_images(data)
+
+
+def test_accumulate_keeps_everything_and_grows():
+    for g, (data, composition) in enumerate(chain_sets(Regime("accumulate"), 4), start=1):
+        total = REAL + g * SYN
+        assert len(data) == total
+        assert np.bincount(sources(data), minlength=g + 1).tolist() == [REAL] + [SYN] * g
+        assert len(set(ids(data))) == total  # no image twice
+        assert composition["num_real"] == REAL and composition["num_synthetic"] == g * SYN
+        for k in range(g):
+            assert composition[f"share_gen_{k:03d}"] == pytest.approx(SYN / total)
+        assert_labels_follow_images(data)
+
+
+def test_accumulate_subsample_holds_its_size():
+    size = 200
+    sets = chain_sets(Regime("accumulate", subsample=size), 4)
+    for g, (data, composition) in enumerate(sets, start=1):
+        counts = np.bincount(sources(data), minlength=g + 1)
+        assert len(data) == size and len(set(ids(data))) == size
+        assert composition["num_real"] == counts[0] and composition["num_synthetic"] == size - counts[0]
+        for k in range(g):
+            assert composition.get(f"share_gen_{k:03d}", 0.0) == pytest.approx(counts[k + 1] / size)
+        assert_labels_follow_images(data)
+    # by generation 4 the pool is 300 real + 160 synthetic: a uniform draw takes about 35% synthetic
+    assert 0.2 < sets[-1][1]["num_synthetic"] / size < 0.5
+    assert not np.array_equal(ids(sets[2][0]), ids(sets[3][0]))  # a new draw each generation
+    again = chain_sets(Regime("accumulate", subsample=size), 4)
+    assert all(np.array_equal(ids(a), ids(b)) for (a, _), (b, _) in zip(sets, again, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["fresh", "augment"])
+def test_fresh_and_augment_mix_at_the_real_fraction(kind):
+    sets = chain_sets(Regime(kind, real_fraction=0.25), 3)
+    for g, (data, composition) in enumerate(sets, start=1):
+        counts = np.bincount(sources(data), minlength=g + 1)
+        assert len(data) == SYN  # the training set has the last generation's size
+        assert counts[0] == 10 and counts[g] == 30 and counts.sum() == SYN  # round(0.25 * 40) real
+        assert composition == {"num_real": 10, "num_synthetic": 30, f"share_gen_{g - 1:03d}": 0.75}
+        assert_labels_follow_images(data)
+    real_parts = [set(ids(d)[sources(d) == 0]) for d, _ in sets]
+    if kind == "augment":  # drawn once: the same real images every generation
+        assert real_parts[0] == real_parts[1] == real_parts[2]
+    else:  # drawn anew every generation
+        assert real_parts[0] != real_parts[1] and real_parts[1] != real_parts[2]
+
+
+def test_augment_subset_does_not_depend_on_resuming():
+    """Built from (seed, generation) only: generation 3 alone gives the same set as in a full chain."""
+    regime = Regime("augment", real_fraction=0.5)
+    full = chain_sets(regime, 3, seed=7)[-1][0]
+    real, synthetic = tagged(0, REAL), [tagged(g + 1, SYN) for g in range(3)]
+    assert np.array_equal(ids(regime.training_set(real, synthetic, 3, 7)[0]), ids(full))
+    assert not np.array_equal(ids(regime.training_set(real, synthetic, 3, 8)[0]), ids(full))
+
+
+def test_regime_needs_every_earlier_set():
+    with pytest.raises(ValueError, match="generation 2"):
+        Regime("replace").training_set(tagged(0, REAL), [tagged(1, SYN)], 2, 0)
+
+
+def test_subsample_larger_than_generation_one_can_have_fails_early():
+    Regime("accumulate", subsample=REAL + SYN).check(REAL, SYN)
+    with pytest.raises(ConfigError, match="regime.subsample"):
+        Regime("accumulate", subsample=REAL + SYN + 1).check(REAL, SYN)
+
+
+# Curation -----------------------------------------------------------------------------------------
+def probs_with_confidence(top: np.ndarray, predicted: np.ndarray, classes: int = 10) -> np.ndarray:
+    """Class probabilities whose largest entry is `top` at class `predicted`, the rest spread evenly."""
+    p = np.tile(((1 - top) / (classes - 1))[:, None], (1, classes))
+    p[np.arange(len(top)), predicted] = top
+    return p
+
+
+def test_curation_keeps_the_most_confident():
+    regime = Regime("replace", curation="confidence", keep_fraction=0.4)
+    n = 20
+    assert regime.num_candidates(n) == 50 == math.ceil(n / 0.4)
+    candidates = tagged(1, 50)
+    top = np.random.default_rng(0).uniform(0.2, 1.0, 50)
+    kept, stats = regime.curate(candidates, probs_with_confidence(top, np.zeros(50, int)), n)
+    expected = np.sort(np.argsort(-top)[:n])
+    assert len(kept) == n
+    assert np.array_equal(ids(kept), ids(candidates)[expected])  # the top 20, in their original order
+    assert stats["num_candidates"] == 50
+    assert stats["curation_threshold"] == pytest.approx(np.sort(top)[-n])
+    assert stats["curated_score"] > stats["candidate_score"]
+    assert_labels_follow_images(kept)
+
+
+def test_condition_curation_scores_the_asked_for_class():
+    """A confident sample of the wrong class loses to a less confident one of the class it was made for."""
+    candidates = tagged(1, 4)  # labels 1, 8, 5, 2
+    predicted = candidates.labels.numpy().copy()
+    predicted[0] = (predicted[0] + 1) % 10  # sample 0 shows another class than asked for, confidently
+    probs = probs_with_confidence(np.array([0.99, 0.6, 0.7, 0.5]), predicted)
+    np.testing.assert_allclose(verifier_scores("condition", probs, candidates.labels),
+                               [0.01 / 9, 0.6, 0.7, 0.5])
+    kept, _ = Regime("replace", curation="condition", keep_fraction=0.5).curate(candidates, probs, 2)
+    assert ids(kept).tolist() == ids(candidates)[[1, 2]].tolist()
+    kept, _ = Regime("replace", curation="confidence", keep_fraction=0.5).curate(candidates, probs, 2)
+    assert ids(kept).tolist() == ids(candidates)[[0, 2]].tolist()
+
+
+def test_no_curation_keeps_every_sample_and_adds_no_columns():
+    regime = Regime("replace", curation="none", keep_fraction=0.5)  # keep_fraction only applies with curation
+    assert regime.num_candidates(30) == 30
+    candidates = tagged(1, 30)
+    kept, stats = regime.curate(candidates, np.full((30, 10), 0.1), 30)
+    assert np.array_equal(ids(kept), ids(candidates)) and stats == {}
