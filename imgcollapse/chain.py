@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgcollapse.config import ConfigError
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.metrics import Evaluation
 from imgcollapse.models import Model
@@ -25,6 +26,9 @@ from imgcollapse.report.summary import summary_line
 from imgcollapse.store import RunStore, atomic_write, atomic_write_dir
 
 log = logging.getLogger(__name__)
+
+# Class frequencies a conditional model's samples are asked for (`sampling.conditions`).
+CONDITIONS = ("real", "uniform", "train")
 
 
 def generation_seeds(seed: int, generation: int) -> dict[str, int]:
@@ -45,6 +49,17 @@ def draw_labels(reference_labels: torch.Tensor, n: int, seed: int) -> torch.Tens
     return torch.multinomial(counts / counts.sum(), n, replacement=True, generator=g)
 
 
+def condition_labels(conditions: str, real: ImageSet, train_set: ImageSet, n: int, seed: int) -> torch.Tensor:
+    """Labels to sample with: the real pool's class frequencies, uniform, or the training set's own."""
+    if conditions == "real":
+        return draw_labels(real.labels, n, seed)
+    if conditions == "uniform":
+        return draw_labels(torch.arange(real.num_classes), n, seed)
+    if conditions == "train":  # class imbalance the generation learned from is passed on
+        return draw_labels(train_set.labels, n, seed)
+    raise ValueError(f"sampling.conditions={conditions!r} is not one of {CONDITIONS}")
+
+
 def run(
     *,
     store: RunStore,
@@ -55,7 +70,7 @@ def run(
     generation: int,  # the last generation to train
     seed: int,
     num_synthetic: int,  # samples each generation makes for the next
-    conditional: bool,  # the model samples from class labels
+    conditions: str = "real",  # class frequencies a conditional model samples with (CONDITIONS)
     grid_size: int = 64,
     strip_seeds: int = 8,
     after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
@@ -74,7 +89,12 @@ def run(
     if start:
         log.info("resuming %s after generation %d", store.root, start - 1)
     synthetic = [ImageSet.load(store.gen_dir(g) / "samples.npz") for g in range(start)]
-    strip_labels = (torch.arange(strip_seeds) % splits.train.num_classes) if conditional else None
+    regime.check(len(splits.train), num_synthetic)
+    num_classes = make_model().num_classes  # a conditional model samples from class labels
+    if num_classes and num_classes != splits.train.num_classes:
+        raise ConfigError("model.num_classes", num_classes,
+                          f"the dataset's class count ({splits.train.num_classes}) or null (unconditional)")
+    strip_labels = (torch.arange(strip_seeds) % num_classes) if num_classes else None
 
     for g in range(start, generation + 1):
         began = time.perf_counter()
@@ -85,16 +105,18 @@ def run(
         if g == 0:
             train_set, composition = splits.train, {"num_real": len(splits.train), "num_synthetic": 0}
         else:
-            train_set, composition = regime.training_set(splits.train, synthetic, g, seeds["regime"])
+            train_set, composition = regime.training_set(splits.train, synthetic, g, seed)
 
         # Fit a fresh model.
         model = make_model()
         fit_stats = model.fit(train_set, seed=seeds["fit"])
         fitted = time.perf_counter()
 
-        # Sample the next generation's data (conditions follow the real class frequencies).
-        labels = draw_labels(splits.train.labels, num_synthetic, seeds["labels"]) if conditional else None
-        samples = model.sample(num_synthetic, seed=seeds["sample"], labels=labels)
+        # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
+        num_candidates = regime.num_candidates(num_synthetic)
+        labels = condition_labels(conditions, splits.train, train_set, num_candidates, seeds["labels"]) \
+            if num_classes else None
+        samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
         strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
         sampled = time.perf_counter()
 
@@ -104,11 +126,13 @@ def run(
         if samples.labels is None and evaluation.probs is not None:
             samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
         samples.class_names = splits.train.class_names
+        # Metrics describe the raw candidates; the next generation trains on what curation keeps.
+        kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
         scored = time.perf_counter()
 
         # Write the generation, DONE last.
         atomic_write_dir(gen_dir / "model", model.save)
-        atomic_write(gen_dir / "samples.npz", samples.save)
+        atomic_write(gen_dir / "samples.npz", kept.save)
         atomic_write(gen_dir / "strip.npz", strip.save)
         save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
         row = {
@@ -117,6 +141,7 @@ def run(
             "train_loss": fit_stats.get("train_loss"),
             "num_train": len(train_set),
             **composition,
+            **curation,
             "seconds": time.perf_counter() - began,
             "fit_seconds": fitted - began,
             "sample_seconds": sampled - fitted,
@@ -125,7 +150,7 @@ def run(
         store.write_json(gen_dir / "metrics.json", row)
         store.mark_done(g)
         store.write_tables()
-        synthetic.append(samples)
+        synthetic.append(kept)
         log.info(summary_line(row, generation))
         if after_generation is not None:
             after_generation(g, row)

@@ -97,6 +97,34 @@ class DDPMConfig:
     sample_batch_size: int = MISSING
 
 
+@dataclass
+class VAEConfig:
+    _target_: str = "imgcollapse.models.vae.VAE"
+    block_out_channels: list[int] = MISSING
+    latent_dim: int = MISSING
+    beta: float = MISSING
+    train_steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    warmup_steps: int = MISSING
+    ema_decay: float | None = MISSING
+    grad_clip: float | None = MISSING
+    temperature: float = MISSING
+    sample_batch_size: int = MISSING
+
+
+@dataclass
+class GMMConfig:
+    _target_: str = "imgcollapse.models.gmm.GMM"
+    n_components: int = MISSING
+    covariance_type: str = MISSING
+    pca_components: int | None = MISSING
+    reg_covar: float = MISSING
+    max_iter: int = MISSING
+    n_init: int = MISSING
+    temperature: float = MISSING
+
+
 # Regimes, sampling, metrics, report -------------------------------------------------------------
 @dataclass
 class RegimeConfig:
@@ -104,6 +132,8 @@ class RegimeConfig:
     kind: str = MISSING
     real_fraction: float = MISSING
     subsample: int | None = MISSING
+    curation: str = MISSING
+    keep_fraction: float = MISSING
 
 
 @dataclass
@@ -113,6 +143,7 @@ class SamplingConfig:
     guidance: float = MISSING
     temperature: float = MISSING
     batch_size: int = MISSING
+    conditions: str = MISSING
 
 
 @dataclass
@@ -170,7 +201,7 @@ class Config:
 SCHEMAS = {
     "dataset": {"digits": DigitsConfig, "mnist": TorchvisionConfig, "fashion_mnist": TorchvisionConfig,
                 "cifar10": CIFAR10Config, "folder": FolderConfig},
-    "model": {"ddpm": DDPMConfig},
+    "model": {"ddpm": DDPMConfig, "vae": VAEConfig, "gmm": GMMConfig},
 }
 
 
@@ -222,8 +253,9 @@ def _validate_dataset(d: Any) -> None:
 
 def validate(cfg: DictConfig) -> Config:
     """Check ranges, enums and combinations; return the typed config. Raises ConfigError."""
+    from imgcollapse.chain import CONDITIONS
     from imgcollapse.models.ddpm import SAMPLERS, unet_downsampling
-    from imgcollapse.regimes import KINDS
+    from imgcollapse.regimes import CURATIONS, KINDS
 
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     _require(config.generation >= 0, "generation", config.generation, "an integer ≥ 0 (the last generation)")
@@ -249,6 +281,12 @@ def validate(cfg: DictConfig) -> Config:
         _require(m.prediction_type in ("epsilon", "v_prediction"), "model.prediction_type", m.prediction_type,
                  "one of ['epsilon', 'v_prediction']")
         _require(m.snr_gamma is None or m.snr_gamma > 0, "model.snr_gamma", m.snr_gamma, "null or > 0")
+        _require(m.num_classes is None or m.num_classes > 1, "model.num_classes", m.num_classes,
+                 "null (unconditional) or the dataset's class count (> 1)")
+        _require(0 <= m.class_dropout < 1, "model.class_dropout", m.class_dropout, "a fraction in [0, 1)")
+    _validate_vae(m)
+    _validate_gmm(m, d)
+    _validate_sampling_bias(config)
 
     s = config.sampling
     _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {sorted(SAMPLERS)}")
@@ -261,6 +299,10 @@ def validate(cfg: DictConfig) -> Config:
     _require(r.kind in KINDS, "regime.kind", r.kind, f"one of {list(KINDS)}")
     _require(0 <= r.real_fraction <= 1, "regime.real_fraction", r.real_fraction, "a fraction in [0, 1]")
     _require(r.subsample is None or r.subsample > 0, "regime.subsample", r.subsample, "null or an integer > 0")
+    _require(r.curation in CURATIONS, "regime.curation", r.curation, f"one of {list(CURATIONS)}")
+    _require(0 < r.keep_fraction <= 1, "regime.keep_fraction", r.keep_fraction,
+             "a fraction in (0, 1]: the share of candidates curation keeps")
+    _require(s.conditions in CONDITIONS, "sampling.conditions", s.conditions, f"one of {list(CONDITIONS)}")
 
     _validate_metrics(config.metrics, config.num_synthetic)
     _require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
@@ -306,3 +348,44 @@ def _validate_metrics(mt: MetricsConfig, num_synthetic: int) -> None:
     _require(mt.inception_source in INCEPTION_SOURCES, "metrics.inception_source", mt.inception_source,
              f"one of {list(INCEPTION_SOURCES)}")
     _require(mt.inception_batch_size > 0, "metrics.inception_batch_size", mt.inception_batch_size, "an integer > 0")
+
+
+def _validate_vae(m: Any) -> None:
+    if not isinstance(m, VAEConfig):
+        return
+    _require(len(m.block_out_channels) > 0 and all(c > 0 for c in m.block_out_channels),
+             "model.block_out_channels", m.block_out_channels, "a non-empty list of positive widths")
+    _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "an integer > 0")
+    _require(m.beta > 0, "model.beta", m.beta, "> 0 (1: the plain ELBO)")
+    _require(m.train_steps > 0, "model.train_steps", m.train_steps, "an integer > 0")
+    _require(m.batch_size > 0, "model.batch_size", m.batch_size, "an integer > 0")
+    _require(m.lr > 0, "model.lr", m.lr, "a learning rate > 0")
+    _require(m.warmup_steps >= 0, "model.warmup_steps", m.warmup_steps, "an integer ≥ 0")
+    _require(m.ema_decay is None or 0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "null or in (0, 1)")
+    _require(m.grad_clip is None or m.grad_clip > 0, "model.grad_clip", m.grad_clip, "null or > 0")
+    _require(m.sample_batch_size > 0, "model.sample_batch_size", m.sample_batch_size, "an integer > 0")
+
+
+def _validate_gmm(m: Any, d: Any) -> None:
+    from imgcollapse.models.gmm import COVARIANCE_TYPES
+
+    if not isinstance(m, GMMConfig):
+        return
+    _require(m.n_components > 0, "model.n_components", m.n_components, "an integer > 0")
+    _require(m.covariance_type in COVARIANCE_TYPES, "model.covariance_type", m.covariance_type,
+             f"one of {list(COVARIANCE_TYPES)}")
+    pixels = getattr(d, "channels", 1) * getattr(d, "image_size", 1) ** 2
+    _require(m.pca_components is None or 0 < m.pca_components <= pixels, "model.pca_components",
+             m.pca_components, f"null (no PCA) or an integer in [1, {pixels}] (the pixels per image)")
+    _require(m.reg_covar > 0, "model.reg_covar", m.reg_covar, "> 0 (added to every variance)")
+    _require(m.max_iter > 0, "model.max_iter", m.max_iter, "an integer > 0")
+    _require(m.n_init > 0, "model.n_init", m.n_init, "an integer > 0")
+
+
+def _validate_sampling_bias(config: Config) -> None:
+    """Sampling bias must be one the configured model understands: guidance or temperature, not both."""
+    m, s = config.model, config.sampling
+    _require(s.guidance == 0 or bool(getattr(m, "num_classes", None)), "sampling.guidance", s.guidance,
+             "0 unless the model is class-conditional (model=ddpm with model.num_classes set)")
+    _require(s.temperature == 1 or hasattr(m, "temperature"), "sampling.temperature", s.temperature,
+             "1.0 for this model, which has no temperature (diffusion's sampling bias is sampling.guidance)")

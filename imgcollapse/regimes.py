@@ -85,10 +85,12 @@ class Regime:
         """How many samples the model makes so that curation can keep `num_synthetic` of them."""
         return num_synthetic if self.curation == "none" else math.ceil(num_synthetic / self.keep_fraction)
 
-    def curate(self, candidates: ImageSet, probs: np.ndarray, n: int) -> tuple[ImageSet, dict[str, float]]:
+    def curate(self, candidates: ImageSet, probs: np.ndarray | None, n: int) -> tuple[ImageSet, dict[str, float]]:
         """The `n` candidates the verifier scores highest (in their original order) and curation stats."""
         if self.curation == "none":
             return candidates.subset(np.arange(n)), {}
+        if probs is None:
+            raise ValueError("curation needs the metrics classifier's class probabilities")
         scores = verifier_scores(self.curation, probs, candidates.labels)
         keep = np.sort(np.argsort(-scores, kind="stable")[:n])
         stats = {"num_candidates": len(candidates), "curation_threshold": float(scores[keep].min()),

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import imgcollapse
 from imgcollapse import chain
-from imgcollapse.config import UserError, register, validate
+from imgcollapse.config import ConfigError, UserError, register, validate
 from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.metrics import Settings, evaluate, setup_metrics
@@ -106,6 +106,9 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     make_model = functools.partial(instantiate, cfg.model, image_shape=splits.train.shape,
                                    accelerator=accelerator, _convert_="all")
     regime = instantiate(cfg.regime)
+    if regime.curation != "none" and metrics.classifier is None:
+        raise ConfigError("regime.curation", regime.curation, "'none' here: curation's verifier is the metrics "
+                          "classifier, which this run does not have (unlabelled data or metrics.extractors)")
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
     tracker.start(OmegaConf.to_container(cfg, resolve=True))
 
@@ -114,7 +117,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
             store=store, splits=splits, make_model=make_model, regime=regime,
             score=functools.partial(evaluate, metrics=metrics),
             generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
-            conditional=bool(getattr(config.model, "num_classes", None)),
+            conditions=config.sampling.conditions,
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds,
             after_generation=functools.partial(_report, run_dir, tracker),
         )
