@@ -102,6 +102,7 @@ class VAEConfig:
     _target_: str = "imgcollapse.models.vae.VAE"
     block_out_channels: list[int] = MISSING
     latent_dim: int = MISSING
+    likelihood: str = MISSING
     beta: float = MISSING
     train_steps: int = MISSING
     batch_size: int = MISSING
@@ -351,11 +352,14 @@ def _validate_metrics(mt: MetricsConfig, num_synthetic: int) -> None:
 
 
 def _validate_vae(m: Any) -> None:
+    from imgcollapse.models.vae import LIKELIHOODS
+
     if not isinstance(m, VAEConfig):
         return
     _require(len(m.block_out_channels) > 0 and all(c > 0 for c in m.block_out_channels),
              "model.block_out_channels", m.block_out_channels, "a non-empty list of positive widths")
     _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "an integer > 0")
+    _require(m.likelihood in LIKELIHOODS, "model.likelihood", m.likelihood, f"one of {list(LIKELIHOODS)}")
     _require(m.beta > 0, "model.beta", m.beta, "> 0 (1: the plain ELBO)")
     _require(m.train_steps > 0, "model.train_steps", m.train_steps, "an integer > 0")
     _require(m.batch_size > 0, "model.batch_size", m.batch_size, "an integer > 0")

@@ -121,7 +121,9 @@ def test_vae_temperature_scales_the_latent(digits):
     assert spread[0.01] < 0.2 * spread[1.0]
 
 
-def test_vae_learns(digits):
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_vae_learns(digits, likelihood):
     """Training lowers the negative ELBO: the loss the shared loop reports is the VAE's objective."""
-    short, longer = tiny("vae", (1, 8, 8), train_steps=5), tiny("vae", (1, 8, 8), train_steps=150, lr=5e-3)
+    short = tiny("vae", (1, 8, 8), train_steps=5, likelihood=likelihood)
+    longer = tiny("vae", (1, 8, 8), train_steps=150, lr=5e-3, likelihood=likelihood)
     assert longer.fit(digits, seed=0)["train_loss"] < short.fit(digits, seed=0)["train_loss"] - 0.02

@@ -1,8 +1,15 @@
-"""A small convolutional VAE (Shumailov et al.'s setting): Bernoulli pixels, Gaussian prior, sampling temperature.
+"""A small convolutional VAE (Shumailov et al.'s setting): Gaussian prior, sampling temperature.
 
 The encoder halves the image once per entry of `block_out_channels` (3×3 convolutions, stride 2, so any
 height and width works, odd ones included); the decoder mirrors it, upsampling to the exact sizes the
 encoder saw. Samples are the decoder's mean image for prior draws `z = temperature · ε`.
+
+Pixel likelihood (`likelihood`): `gaussian` is a calibrated decoder (Rybkin et al. 2021, "σ-VAE"): one
+shared variance, set to the batch's mean squared error, which maximises the likelihood. It is scale-free,
+so a later generation whose images have less contrast still has reason to use its latent code.
+`bernoulli` is the classic MNIST choice (cross-entropy on intensities); on smooth synthetic images its
+irreducible entropy outweighs what the latent code can explain, and the next VAE ignores its latent
+(posterior collapse), so every sample becomes the same image within a few generations.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from imgcollapse.models.train import default_accelerator, train
 
 CONFIG_FILE = "imgcollapse.json"
 WEIGHTS_FILE = "vae.safetensors"
+LIKELIHOODS = ("gaussian", "bernoulli")
+MIN_LOG_SIGMA = -6.0  # the calibrated decoder's floor: sigma ≈ 0.0025, below one 8-bit grey level
 
 
 def level_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]:
@@ -66,7 +75,7 @@ class VAENet(nn.Module):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Per-pixel Bernoulli logits of images in [0, 1]."""
+        """Per-pixel logits: sigmoid gives the mean image in [0, 1]."""
         return self.decoder(F.silu(self.from_latent(z)).view(len(z), *self.bottleneck))
 
 
@@ -79,6 +88,7 @@ class VAE:
         accelerator: Accelerator | None = None,
         block_out_channels: tuple[int, ...] = (32, 64),
         latent_dim: int = 16,
+        likelihood: str = "gaussian",
         beta: float = 1.0,
         train_steps: int = 1500,
         batch_size: int = 128,
@@ -93,6 +103,7 @@ class VAE:
             "image_shape": [int(v) for v in image_shape],
             "block_out_channels": [int(c) for c in block_out_channels],
             "latent_dim": latent_dim,
+            "likelihood": likelihood,
             "beta": beta,
             "train_steps": train_steps,
             "batch_size": batch_size,
@@ -103,6 +114,8 @@ class VAE:
             "temperature": temperature,
             "sample_batch_size": sample_batch_size,
         }
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"model.likelihood={likelihood!r} is not one of {LIKELIHOODS}")
         self.accelerator = accelerator or default_accelerator()
         self.image_shape = tuple(self.config["image_shape"])
         self.num_classes = None  # unconditional: the chain labels its samples with the metrics classifier
@@ -115,13 +128,19 @@ class VAE:
 
     # Training -----------------------------------------------------------------------------------
     def _loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
-        """Negative ELBO per pixel (nats): Bernoulli reconstruction + beta · KL(q(z|x) || N(0, I))."""
+        """Negative ELBO per pixel (nats): reconstruction + beta · KL(q(z|x) || N(0, I))."""
         inner = getattr(net, "module", net)  # accelerate may wrap the network (DDP) for several processes
         mu, logvar = inner.encode(x * 2 - 1)
         z = mu + torch.randn(mu.shape, generator=g, device=mu.device) * (0.5 * logvar).exp()
-        recon = F.binary_cross_entropy_with_logits(inner.decode(z), x, reduction="none").flatten(1).sum(1)
+        logits = inner.decode(z)
+        if self.config["likelihood"] == "bernoulli":
+            recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        else:
+            squared = (torch.sigmoid(logits) - x).pow(2)
+            log_sigma = (0.5 * squared.mean().log()).clamp(min=MIN_LOG_SIGMA)  # the likelihood-maximising sigma
+            recon = squared / (2 * (2 * log_sigma).exp()) + log_sigma + 0.5 * math.log(2 * math.pi)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        return (recon + self.config["beta"] * kl).mean() / x[0].numel()
+        return (recon.flatten(1).sum(1) + self.config["beta"] * kl).mean() / x[0].numel()
 
     def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
         """Train a freshly initialised VAE on `data` for `train_steps` steps."""

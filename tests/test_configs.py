@@ -1,0 +1,129 @@
+"""Every config composes, validates and instantiates: each model, regime and paper preset, with and without
+debug=smoke, and every value a preset's sweep names. Bad values of the new keys fail with the key's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, compose_config
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from imgcollapse.config import ConfigError, GMMConfig, VAEConfig, validate
+from imgcollapse.models.ddpm import DDPM
+from imgcollapse.models.gmm import GMM
+from imgcollapse.models.vae import VAE
+from imgcollapse.regimes import Regime
+
+MODELS = {"ddpm": DDPM, "vae": VAE, "gmm": GMM}
+REGIMES = sorted(p.stem for p in Path(CONF_DIR, "regime").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+
+
+def build(*overrides: str):
+    """Compose, validate and instantiate the model and regime, as run.py does."""
+    cfg = compose_config(*overrides)
+    config = validate(cfg)
+    shape = (config.dataset.channels, config.dataset.image_size, config.dataset.image_size)
+    model = instantiate(cfg.model, image_shape=shape, _convert_="all")
+    return config, model, instantiate(cfg.regime), cfg
+
+
+def test_the_groups_are_all_here():
+    assert set(MODELS) == {p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")}
+    assert REGIMES == ["accumulate", "augment", "fresh", "replace"]
+    assert len(EXPERIMENTS) >= 11
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_and_regime_instantiates_under_smoke(model, regime):
+    config, built, built_regime, _ = build(f"model={model}", f"regime={regime}", "debug=smoke")
+    assert isinstance(built, MODELS[model]) and isinstance(built_regime, Regime)
+    assert built_regime.kind == regime
+    # smoke shrinks every model through its own conf/debug_model file
+    assert config.generation == 2 and config.num_synthetic == 64
+    assert built.config.get("train_steps", 20) <= 20 and built.config.get("max_iter", 10) <= 10
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_instantiates_at_full_scale(model):
+    config, built, _, _ = build(f"model={model}")
+    assert isinstance(built, MODELS[model]) and config.generation == 10
+    assert built.config.get("train_steps", 600) >= 600 and built.config.get("max_iter", 100) >= 100
+
+
+@pytest.mark.parametrize("debug", [None, "smoke"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_instantiates(experiment, debug):
+    overrides = [f"experiment={experiment}"] + ([f"debug={debug}"] if debug else [])
+    config, model, regime, _ = build(*overrides)
+    text = Path(CONF_DIR, "experiment", f"{experiment}.yaml").read_text()
+    assert "What you should see" in text  # every preset says what a user should see
+    assert config.generation == 2 if debug else config.generation >= 10
+
+
+def chosen(cfg, key: str) -> str:
+    """The value a composed config holds for a sweep key, spelled as on the command line."""
+    if key == "regime":
+        return cfg.regime.kind
+    value = OmegaConf.select(cfg, key)
+    return "null" if value is None else str(value)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_sweep_value_of_a_preset_validates(experiment):
+    """`-m` runs each value of the preset's hydra.sweeper.params: each must compose, validate and take effect."""
+    params = OmegaConf.load(Path(CONF_DIR, "experiment", f"{experiment}.yaml")).get("hydra", {})
+    params = params.get("sweeper", {}).get("params", {})
+    for key, values in params.items():
+        for value in str(values).split(","):
+            *_, cfg = build(f"experiment={experiment}", f"{key}={value}", "debug=smoke")
+            assert chosen(cfg, key) == value
+
+
+def test_preset_choices_reach_the_models():
+    config, model, regime, _ = build("experiment=gaussian_theory")
+    assert isinstance(config.model, GMMConfig) and model.config["n_components"] == 1 and config.num_synthetic == 100
+    config, model, regime, _ = build("experiment=shumailov_real10")
+    assert isinstance(config.model, VAEConfig) and regime.kind == "augment" and regime.real_fraction == 0.1
+    config, model, regime, _ = build("experiment=mad_sampling_bias")
+    assert model.num_classes == 10 and model.config["guidance"] == 1.0
+    config, model, regime, _ = build("experiment=feng_curation")
+    assert regime.curation == "confidence" and regime.num_candidates(100) == 200
+    config, model, regime, _ = build("experiment=mad_sampling_bias_gaussian", "sampling.temperature=0.7")
+    assert model.config["temperature"] == 0.7  # sampling.temperature flows into the model
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model=gmm", "model.covariance_type=bogus"], "model.covariance_type"),
+        (["model=gmm", "model.pca_components=0"], "model.pca_components"),
+        (["model=gmm", "model.pca_components=65"], "model.pca_components"),
+        (["model=gmm", "model.n_components=0"], "model.n_components"),
+        (["model=vae", "model.latent_dim=0"], "model.latent_dim"),
+        (["model=vae", "model.beta=0"], "model.beta"),
+        (["model=vae", "model.likelihood=poisson"], "model.likelihood"),
+        (["model=vae", "model.block_out_channels=[]"], "model.block_out_channels"),
+        (["regime.curation=bogus"], "regime.curation"),
+        (["regime.keep_fraction=0"], "regime.keep_fraction"),
+        (["regime.keep_fraction=1.5"], "regime.keep_fraction"),
+        (["sampling.conditions=bogus"], "sampling.conditions"),
+        (["model.num_classes=1"], "model.num_classes"),
+        (["sampling.guidance=1.0"], "sampling.guidance"),  # the default ddpm is unconditional
+        (["model=vae", "sampling.guidance=1.0"], "sampling.guidance"),
+        (["sampling.temperature=0.5"], "sampling.temperature"),  # diffusion has no temperature
+    ],
+)
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config("debug=smoke", *overrides))
+    assert error.value.key == key and key in str(error.value)
+
+
+def test_sampling_bias_each_model_understands_is_accepted():
+    validate(compose_config("model=vae", "sampling.temperature=0.5"))
+    validate(compose_config("model=gmm", "sampling.temperature=0.5"))
+    validate(compose_config("model.num_classes=10", "sampling.guidance=2.0"))
