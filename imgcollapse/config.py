@@ -371,7 +371,7 @@ def _validate_vae(m: Any) -> None:
 
 
 def _validate_gmm(m: Any, d: Any) -> None:
-    from imgcollapse.models.gmm import COVARIANCE_TYPES
+    from imgcollapse.models.gmm import COVARIANCE_TYPES, MAX_FULL_DIM
 
     if not isinstance(m, GMMConfig):
         return
@@ -381,6 +381,10 @@ def _validate_gmm(m: Any, d: Any) -> None:
     pixels = getattr(d, "channels", 1) * getattr(d, "image_size", 1) ** 2
     _require(m.pca_components is None or 0 < m.pca_components <= pixels, "model.pca_components",
              m.pca_components, f"null (no PCA) or an integer in [1, {pixels}] (the pixels per image)")
+    _require(m.covariance_type not in ("full", "tied") or (m.pca_components or pixels) <= MAX_FULL_DIM,
+             "model.pca_components", m.pca_components,
+             f"an integer ≤ {MAX_FULL_DIM} for a {m.covariance_type} covariance of {pixels}-pixel images "
+             "(e.g. model.pca_components=64), or model.covariance_type=diag")
     _require(m.reg_covar > 0, "model.reg_covar", m.reg_covar, "> 0 (added to every variance)")
     _require(m.max_iter > 0, "model.max_iter", m.max_iter, "an integer > 0")
     _require(m.n_init > 0, "model.n_init", m.n_init, "an integer > 0")

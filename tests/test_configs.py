@@ -103,6 +103,7 @@ def test_preset_choices_reach_the_models():
         (["model=gmm", "model.pca_components=0"], "model.pca_components"),
         (["model=gmm", "model.pca_components=65"], "model.pca_components"),
         (["model=gmm", "model.n_components=0"], "model.n_components"),
+        (["model=gmm", "dataset.image_size=32", "dataset.channels=3"], "model.pca_components"),
         (["model=vae", "model.latent_dim=0"], "model.latent_dim"),
         (["model=vae", "model.beta=0"], "model.beta"),
         (["model=vae", "model.likelihood=poisson"], "model.likelihood"),

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "imgcollapse.json"
 ARRAYS_FILE = "gmm.npz"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+MAX_FULL_DIM = 1024  # full/tied covariances beyond this many dimensions cost GBs and hours of EM: use PCA
 
 
 def cholesky_factors(covariances: np.ndarray, covariance_type: str, n_components: int, dim: int) -> np.ndarray:
