@@ -1,0 +1,258 @@
+"""How fast imgcollapse is, against plain diffusers, and where a generation's time goes.
+
+    python scripts/bench.py --out bench.json            # everything (about 30 min on 2 CPU cores)
+    python scripts/bench.py --out bench.json --quick    # loops, sampler and metrics only (about 3 min)
+
+Loops are measured in one process with the same model config, batch and threads, in interleaved
+repetitions (median and spread reported). Chains run as `python -m imgcollapse.run` subprocesses.
+Prints a table and writes JSON with top-level `train_ratio`, `sampling_ratio`, `metrics_share`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMPipeline, DDPMScheduler
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from imgcollapse.config import register
+from imgcollapse.data import ImageSet, to_float
+from imgcollapse.data.digits import load_digits
+from imgcollapse.metrics import Settings, evaluate, setup_metrics
+from imgcollapse.models.ddpm import DDPM, SAMPLERS, build_unet
+
+REPO = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore")
+
+
+def default_config(*overrides: str):
+    """The kit's default config (conf/), so the benchmark follows the defaults wherever they move."""
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "reps": len(values)}
+
+
+# Training: the kit's loop vs a bare diffusers loop ------------------------------------------------------
+def bare_train(model_kwargs: dict, data: torch.Tensor, steps: int, seed: int) -> float:
+    """UNet2DModel + DDPMScheduler.add_noise + MSE + AdamW, nothing else: steps/s."""
+    torch.manual_seed(seed)
+    unet = build_unet(tuple(data.shape[1:]), model_kwargs["block_out_channels"], model_kwargs["layers_per_block"],
+                      model_kwargs["attention"], None)
+    scheduler = DDPMScheduler(num_train_timesteps=model_kwargs["num_train_timesteps"],
+                              beta_schedule=model_kwargs["beta_schedule"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=model_kwargs["lr"])
+    batch = model_kwargs["batch_size"]
+    began = time.perf_counter()
+    for _ in range(steps):
+        x0 = data[torch.randint(len(data), (batch,))]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,))
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - began)
+
+
+def kit_train(model_kwargs: dict, pool: ImageSet, steps: int, seed: int) -> tuple[float, DDPM]:
+    """The kit's DDPM.fit (accelerate, EMA, schedule, v-target, min-SNR, NaN guard): steps/s."""
+    model = DDPM(pool.shape, **{**model_kwargs, "train_steps": steps})
+    began = time.perf_counter()
+    model.fit(pool, seed=seed)
+    return steps / (time.perf_counter() - began), model
+
+
+def bench_training(model_kwargs: dict, pool: ImageSet, steps: int, reps: int) -> dict:
+    data = to_float(pool.images)
+    bare_train(model_kwargs, data, 5, 0), kit_train(model_kwargs, pool, 5, 0)  # warm up allocators and kernels
+    bare, kit = [], []
+    for rep in range(reps):
+        bare.append(bare_train(model_kwargs, data, steps, rep))
+        kit.append(kit_train(model_kwargs, pool, steps, rep)[0])
+    ratio = statistics.median(kit) / statistics.median(bare)
+    return {"steps": steps, "batch_size": model_kwargs["batch_size"], "bare_steps_per_s": spread(bare),
+            "kit_steps_per_s": spread(kit), "ratio": ratio}
+
+
+# Sampling: the kit's sampler vs the diffusers pipeline ----------------------------------------------------
+def bench_sampling(model: DDPM, num: int, reps: int) -> dict:
+    c = model.config
+    pipe = DDIMPipeline(unet=model.unet, scheduler=SAMPLERS[c["sampler"]].from_config(model.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    batch = c["sample_batch_size"]
+
+    def run_pipeline() -> float:
+        began = time.perf_counter()
+        for start in range(0, num, batch):
+            pipe(batch_size=min(batch, num - start), num_inference_steps=c["sampling_steps"], output_type="np")
+        return num / (time.perf_counter() - began)
+
+    def run_kit() -> float:
+        began = time.perf_counter()
+        model.sample(num, seed=0)
+        return num / (time.perf_counter() - began)
+
+    run_pipeline(), run_kit()
+    pipeline, kit = [], []
+    for _ in range(reps):
+        pipeline.append(run_pipeline())
+        kit.append(run_kit())
+    return {"images": num, "sampler": c["sampler"], "steps": c["sampling_steps"], "batch_size": batch,
+            "pipeline_images_per_s": spread(pipeline), "kit_images_per_s": spread(kit),
+            "ratio": statistics.median(kit) / statistics.median(pipeline)}
+
+
+# Metrics -------------------------------------------------------------------------------------------------
+def metric_settings(cfg, num_samples: int | None = None) -> Settings:
+    m = cfg.metrics
+    return Settings(num_samples=num_samples, nearest_k=m.nearest_k, kid_subsets=m.kid_subsets,
+                    kid_subset_size=m.kid_subset_size, near_copy_ratio=m.near_copy_ratio,
+                    tail_fraction=m.tail_fraction, lost_threshold=m.lost_threshold, seed=0)
+
+
+def bench_metrics(cfg, splits, samples: ImageSet, cache_dir: Path, sizes: list[int]) -> dict:
+    """Seconds per generation for features and each score at the default sample count, and against size."""
+    def once(images: ImageSet) -> tuple[float, dict]:
+        metrics = setup_metrics(splits, cache_dir, settings=metric_settings(cfg), extractors=["classifier"],
+                                classifier_epochs=cfg.metrics.classifier_epochs)
+        began = time.perf_counter()
+        evaluation = evaluate(images, splits.train, metrics)
+        return time.perf_counter() - began, evaluation.seconds
+
+    default_n = cfg.num_synthetic
+    total, parts = once(samples.subset(np.arange(default_n)))
+    by_size = {str(n): once(samples.subset(np.arange(n)))[0] for n in sizes if n <= len(samples)}
+    return {"num_samples": default_n, "seconds": total, "parts": parts, "seconds_by_num_samples": by_size}
+
+
+# Whole chains --------------------------------------------------------------------------------------------
+def run_chain(run_dir: Path, *overrides: str) -> dict:
+    """`python -m imgcollapse.run` as a user runs it: wall time, per-generation seconds, peak RSS."""
+    began = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "imgcollapse.run", f"hydra.run.dir={run_dir}", *overrides],
+                            cwd=run_dir.parent, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    if result.returncode:
+        raise RuntimeError(f"chain {overrides} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
+    return {
+        "overrides": list(overrides), "wall_seconds": wall, "peak_rss_gib": peak_kib / 2**20,
+        "per_generation": [{k: r.get(k) for k in ("generation", "seconds", "fit_seconds", "sample_seconds",
+                                                   "metrics_seconds", "fid", "num_train")} for r in rows],
+    }
+
+
+def table(results: dict) -> str:
+    lines = [f"{'what':<46} {'value':>14}"]
+
+    def add(name: str, value: str) -> None:
+        lines.append(f"{name:<46} {value:>14}")
+
+    t, s = results["training"], results["sampling"]
+    add(f"train steps/s, bare diffusers (batch {t['batch_size']})", f"{t['bare_steps_per_s']['median']:.2f}")
+    add("train steps/s, kit", f"{t['kit_steps_per_s']['median']:.2f}")
+    add("train_ratio (kit / bare)", f"{results['train_ratio']:.3f}")
+    add(f"sample images/s, diffusers pipeline ({s['sampler']}-{s['steps']})",
+        f"{s['pipeline_images_per_s']['median']:.1f}")
+    add("sample images/s, kit", f"{s['kit_images_per_s']['median']:.1f}")
+    add("sampling_ratio (kit / pipeline)", f"{results['sampling_ratio']:.3f}")
+    m = results["metrics"]
+    add(f"metrics s/generation ({m['num_samples']} samples)", f"{m['seconds']:.2f}")
+    for n, sec in m["seconds_by_num_samples"].items():
+        add(f"  metrics s at num_samples={n}", f"{sec:.2f}")
+    add("metrics_share (of a generation)", f"{results['metrics_share']:.3f}")
+    for name, chain in results.get("chains", {}).items():
+        gens = chain["per_generation"]
+        add(f"chain {name}: wall minutes", f"{chain['wall_seconds'] / 60:.1f}")
+        add(f"chain {name}: s/generation (median)", f"{statistics.median(g['seconds'] for g in gens):.1f}")
+        add(f"chain {name}: peak RSS GiB", f"{chain['peak_rss_gib']:.2f}")
+    if "accumulate_replace_ratio" in results:
+        add("accumulate / replace s at the last generation", f"{results['accumulate_replace_ratio']:.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each loop")
+    parser.add_argument("--train-steps", type=int, default=60, help="steps per training repetition")
+    parser.add_argument("--sample-images", type=int, default=512, help="images per sampling repetition")
+    parser.add_argument("--quick", action="store_true", help="skip the whole-chain runs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = default_config()
+    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    model_kwargs.pop("_target_")
+    splits = instantiate(cfg.dataset, _partial_=True)()
+    results: dict = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "model": model_kwargs,
+    }
+
+    print("training loops ...", file=sys.stderr)
+    results["training"] = bench_training(model_kwargs, splits.train, args.train_steps, args.reps)
+    results["train_ratio"] = results["training"]["ratio"]
+
+    print("samplers ...", file=sys.stderr)
+    _, model = kit_train(model_kwargs, splits.train, args.train_steps, 0)
+    results["sampling"] = bench_sampling(model, args.sample_images, args.reps)
+    results["sampling_ratio"] = results["sampling"]["ratio"]
+
+    print("metrics ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = model.sample(4000, seed=1)
+        cache = Path(os.environ.get("IMGCOLLAPSE_CACHE", Path(tmp) / "cache")).expanduser()
+        results["metrics"] = bench_metrics(cfg, splits, samples, cache, [1000, 2000, 4000])
+
+        # A generation's time: measured in the default chain when it runs, else estimated from the loops.
+        steps_per_s = results["training"]["kit_steps_per_s"]["median"]
+        images_per_s = results["sampling"]["kit_images_per_s"]["median"]
+        generation_seconds = (model_kwargs["train_steps"] / steps_per_s
+                              + (cfg.num_synthetic + cfg.report.strip_seeds) / images_per_s
+                              + results["metrics"]["seconds"])
+        if not args.quick:
+            print("default chain (replace) and accumulate chain ...", file=sys.stderr)
+            chains = {
+                "default": run_chain(Path(tmp) / "default"),
+                "accumulate": run_chain(Path(tmp) / "accumulate", "regime=accumulate"),
+            }
+            results["chains"] = chains
+            generation_seconds = statistics.median(g["seconds"] for g in chains["default"]["per_generation"])
+            last = {name: c["per_generation"][-1]["seconds"] for name, c in chains.items()}
+            results["accumulate_replace_ratio"] = last["accumulate"] / last["default"]
+        results["generation_seconds"] = generation_seconds
+        results["metrics_share"] = results["metrics"]["seconds"] / generation_seconds
+
+    args.out.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(f"written to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
