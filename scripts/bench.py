@@ -33,7 +33,6 @@ from omegaconf import OmegaConf
 
 from imgcollapse.config import register
 from imgcollapse.data import ImageSet, to_float
-from imgcollapse.data.digits import load_digits
 from imgcollapse.metrics import Settings, evaluate, setup_metrics
 from imgcollapse.models.ddpm import DDPM, SAMPLERS, build_unet
 
