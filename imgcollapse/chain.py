@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcollapse.config import ConfigError
+from imgcollapse import faults
+from imgcollapse.config import ConfigError, UserError
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.metrics import Evaluation
 from imgcollapse.models import Model
+from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
 from imgcollapse.report.summary import summary_line
@@ -60,6 +62,17 @@ def condition_labels(conditions: str, real: ImageSet, train_set: ImageSet, n: in
     raise ValueError(f"sampling.conditions={conditions!r} is not one of {CONDITIONS}")
 
 
+def _finished_samples(store: RunStore, generation: int) -> ImageSet:
+    """A finished generation's samples (the next generations' data), or a clear error if they are damaged."""
+    path = store.gen_dir(generation) / "samples.npz"
+    try:
+        return ImageSet.load(path)
+    except (OSError, ValueError, KeyError) as e:  # missing, truncated or not an npz of images
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}), yet gen_{generation:03d} is marked done: "
+                        f"the run dir was damaged after it was written. Restore the file, or move gen_{generation:03d} "
+                        "and later away to redo them") from e
+
+
 def run(
     *,
     store: RunStore,
@@ -76,19 +89,25 @@ def run(
     after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
 ) -> list[dict[str, Any]]:
     """Train generations up to `generation`, resuming after the last finished one; returns all rows."""
-    # Resume: keep the unbroken run of finished generations, drop anything after it.
+    # Resume: keep the unbroken run of finished generations, drop anything after it (a finished generation
+    # is never rewritten: one past a gap is refused, not redone).
     start = store.num_done()
-    for g in store.stale_generations(start):
-        if store.is_done(g):
-            log.warning("gen %d is marked done but gen %d is not; it is redone", g, start)
+    stale = store.stale_generations(start)
+    if orphans := [g for g in stale if store.is_done(g)]:
+        raise UserError(f"{store.gen_dir(orphans[0])} is marked done but {store.gen_dir(start)} before it is not "
+                        "(the run dir was edited by hand?); finished generations are never rewritten: move "
+                        f"gen_{orphans[0]:03d} and later away, or restore gen_{start:03d}/DONE, then rerun")
+    for g in stale:
         store.reset_generation(g)
+    if start or (store.root / "metrics.csv").exists():  # a kill between DONE and the tables left them short
+        store.write_tables()
     if start > generation:
         log.info("chain already has generations 0..%d in %s; nothing to do (raise generation= to extend)",
                  start - 1, store.root)
         return store.rows()
     if start:
         log.info("resuming %s after generation %d", store.root, start - 1)
-    synthetic = [ImageSet.load(store.gen_dir(g) / "samples.npz") for g in range(start)]
+    synthetic = [_finished_samples(store, g) for g in range(start)]
     regime.check(len(splits.train), num_synthetic)
     num_classes = make_model().num_classes  # a conditional model samples from class labels
     if num_classes and num_classes != splits.train.num_classes:
@@ -109,7 +128,11 @@ def run(
 
         # Fit a fresh model.
         model = make_model()
-        fit_stats = model.fit(train_set, seed=seeds["fit"])
+        try:
+            fit_stats = model.fit(train_set, seed=seeds["fit"])
+        except TrainingDiverged as e:  # nothing of this generation is on disk yet; earlier ones stay as they are
+            e.generation = g
+            raise
         fitted = time.perf_counter()
 
         # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
@@ -148,7 +171,9 @@ def run(
             "metrics_seconds": scored - sampled,
         }
         store.write_json(gen_dir / "metrics.json", row)
+        faults.reached("before_done")
         store.mark_done(g)
+        faults.reached("after_done")
         store.write_tables()
         synthetic.append(kept)
         log.info(summary_line(row, generation))

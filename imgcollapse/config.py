@@ -189,6 +189,7 @@ class Config:
     num_synthetic: int = MISSING
     cache_dir: str = MISSING
     threads: int | None = MISSING
+    resume: str = MISSING
     dataset: Any = MISSING
     model: Any = MISSING
     regime: RegimeConfig = field(default_factory=RegimeConfig)
@@ -257,12 +258,15 @@ def validate(cfg: DictConfig) -> Config:
     from imgcollapse.chain import CONDITIONS
     from imgcollapse.models.ddpm import SAMPLERS, unet_downsampling
     from imgcollapse.regimes import CURATIONS, KINDS
+    from imgcollapse.resume import RESUME_MODES
 
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     _require(config.generation >= 0, "generation", config.generation, "an integer ≥ 0 (the last generation)")
     _require(config.seed >= 0, "seed", config.seed, "an integer ≥ 0")
     _require(config.num_synthetic > 0, "num_synthetic", config.num_synthetic, "an integer > 0")
     _require(config.threads is None or config.threads > 0, "threads", config.threads, "null (all cores) or > 0")
+    _require(config.resume in RESUME_MODES, "resume", config.resume,
+             f"one of {list(RESUME_MODES)} (force: resume a run dir with a config other than its own)")
 
     d = config.dataset
     _validate_dataset(d)
@@ -305,6 +309,7 @@ def validate(cfg: DictConfig) -> Config:
              "a fraction in (0, 1]: the share of candidates curation keeps")
     _require(s.conditions in CONDITIONS, "sampling.conditions", s.conditions, f"one of {list(CONDITIONS)}")
 
+    _validate_training_sets(config)
     _validate_metrics(config.metrics, config.num_synthetic)
     _require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
     _require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
@@ -397,3 +402,34 @@ def _validate_sampling_bias(config: Config) -> None:
              "0 unless the model is class-conditional (model=ddpm with model.num_classes set)")
     _require(s.temperature == 1 or hasattr(m, "temperature"), "sampling.temperature", s.temperature,
              "1.0 for this model, which has no temperature (diffusion's sampling bias is sampling.guidance)")
+
+
+def validate_data(config: Config, num_train: int, num_classes: int | None) -> None:
+    """Checks that need the loaded data (the training pool's size, its class count or None if unlabelled); run
+    before the metrics classifier or any model trains. Raises ConfigError."""
+    m, r = config.model, config.regime
+    wanted = getattr(m, "num_classes", None)
+    _require(not wanted or num_classes is not None, "model.num_classes", wanted,
+             "null: this dataset has no class labels (a folder gets them from class subfolders), so a model "
+             "cannot be conditioned on them")
+    _require(not wanted or wanted == num_classes, "model.num_classes", wanted,
+             f"null (unconditional) or the dataset's class count, {num_classes}")
+    pool = num_train + config.num_synthetic  # what accumulate draws from at generation 1, its smallest
+    _require(r.kind != "accumulate" or r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
+             f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
+             f"num_synthetic={config.num_synthetic} samples")
+
+
+def _validate_training_sets(config: Config) -> None:
+    """The training set of every generation after 0 must hold at least one batch."""
+    m, r = config.model, config.regime
+    batch = getattr(m, "batch_size", None)
+    if batch is None or config.generation == 0:  # generation 0 trains on the real pool, whatever its size
+        return
+    if r.kind == "accumulate":
+        _require(r.subsample is None or r.subsample >= batch, "regime.subsample", r.subsample,
+                 f"null or at least model.batch_size={batch}: each generation after 0 trains on that many images")
+    else:
+        _require(config.num_synthetic >= batch, "num_synthetic", config.num_synthetic,
+                 f"at least model.batch_size={batch}: under regime={r.kind} each generation after 0 trains on "
+                 "num_synthetic images, and a batch should not repeat them")

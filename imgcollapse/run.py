@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import os
 import platform
 import sys
 import time
@@ -18,14 +19,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import imgcollapse
-from imgcollapse import chain
-from imgcollapse.config import ConfigError, UserError, register, validate
+from imgcollapse import chain, faults
+from imgcollapse.config import Config, ConfigError, UserError, register, validate, validate_data
 from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
+from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Settings, evaluate, setup_metrics
 from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.report.run_report import build_run_report
-from imgcollapse.store import RunStore
+from imgcollapse.resume import check_config, check_data
+from imgcollapse.store import RunStore, WriteFailed
 from imgcollapse.tracking import Tracker, accelerator_kwargs
 
 log = logging.getLogger("imgcollapse")
@@ -63,11 +66,22 @@ def _report(run_dir: Path, tracker: Tracker, generation: int | None = None, row:
                     type(e).__name__, e, run_dir)
 
 
+def data_fingerprint(splits: Splits) -> dict[str, str]:
+    """Content hashes of the training pool and held-out split: what run.json compares on resume."""
+    return {"train": splits.train.fingerprint(), "heldout": splits.heldout.fingerprint()}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
-    """Validate the config, build every component from it and run the chain in `run_dir`."""
-    # Initialize.
+    """Validate the config, hold the run directory's lock, build every component and run the chain in it."""
+    faults.arm(os.environ.get(faults.ENV))  # the resume tests' kill points (imgcollapse/faults.py)
     config = validate(cfg)
-    run_dir = Path(run_dir)
+    with RunLock(Path(run_dir)):  # one writer per run dir
+        return _run(cfg, config, Path(run_dir))
+
+
+def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
+    """Run the chain in `run_dir`, whose lock this process holds."""
+    # Initialize.
     threads = resolve_threads(config.threads, hydra_launcher())
     torch.set_num_threads(threads)
     accelerator = Accelerator(mixed_precision=config.accelerator.mixed_precision,
@@ -75,12 +89,25 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     cache_dir = Path(config.cache_dir).expanduser()
     store = RunStore(run_dir)
     log.info("run dir %s (torch threads %d)", run_dir, threads)
+    for tmp in store.remove_temporaries():
+        log.info("removed %s, left by an interrupted write", tmp)
+
+    # Resume only with the config the run was started with (resume=force: with this one, recorded in run.json).
+    started = store.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    changes = [] if started is None else [check_config(run_dir, started.get("config", {}), resolved,
+                                                       mode=config.resume, next_generation=store.num_done())]
 
     # Data, split once.
     # (built as a partial and called here, so a UserError such as missing files is not wrapped by Hydra)
     splits: Splits = instantiate(cfg.dataset, _partial_=True)()
     log.info("dataset: %d training images, %d held out, shape %s", len(splits.train), len(splits.heldout),
              splits.train.shape)
+    validate_data(config, len(splits.train), splits.train.num_classes if splits.train.labels is not None else None)
+    fingerprint = data_fingerprint(splits)
+    if started is not None:
+        changes.append(check_data(run_dir, started.get("dataset", {}).get("fingerprint"), fingerprint,
+                                  mode=config.resume, next_generation=store.num_done()))
 
     # Metrics: feature extractors with held-out reference statistics, all cached.
     m = config.metrics
@@ -97,8 +124,14 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     fid_real = metrics.baseline.get("fid")
     if metrics.classifier is not None:
         log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f", accuracy, fid_real)
-    metadata = (store.read_json(run_dir / "run.json") if (run_dir / "run.json").exists()
-                else _metadata(cfg, splits, accuracy, fid_real))
+    metadata = started or _metadata(cfg, splits, accuracy, fid_real)
+    metadata["dataset"].setdefault("fingerprint", fingerprint)  # a resume on other data is refused
+    if changes := [c for c in changes if c]:  # resume=force: the run goes on with this config and data
+        log.warning("resume=force: generations %d.. use a changed config: %s", changes[0]["from_generation"],
+                    ", ".join(k for c in changes for k in c["changed"]))
+        metadata["config"] = resolved
+        metadata["dataset"]["fingerprint"] = fingerprint
+        metadata["config_changes"] = metadata.get("config_changes", []) + changes
     metadata["metrics"] = metrics.metadata()  # refreshed on resume: what this invocation could compute
     store.write_json(run_dir / "run.json", metadata)
 
@@ -138,6 +171,10 @@ def main(cfg: DictConfig) -> None:
     except TrainingDiverged as e:
         log.error("training diverged: %s", e)
         sys.exit(3)
+    except WriteFailed as e:  # disk full, quota, I/O error: the generation being written is not marked done
+        log.error("%s. Finished generations are kept; free space (or fix the error) and rerun the same command "
+                  "to resume", e)
+        sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -20,23 +20,56 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imgcollapse import faults
+
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary path beside `path`, fsync it, then rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+class WriteFailed(OSError):
+    """A run file could not be written (disk full, permissions, I/O error); its temporary copy is removed."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(error.errno, f"could not write {path}: {error.strerror or error}")
+        self.path = Path(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename: fsync the directory that holds the new name (a no-op where that is unsupported)."""
     try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary path beside `path`, fsync it, then rename it onto `path`.
+
+    Any OSError (disk full, ...) removes the temporary file and is raised as WriteFailed naming `path`.
+    """
+    path = Path(path)
+    tmp_path = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         write(tmp_path)
+        faults.reached("write", file=tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
+            raise WriteFailed(path, e) from e
         raise
 
 
@@ -46,17 +79,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary directory beside `path` with `write(tmp)`, then swap it in for `path`."""
+    """Fill a temporary directory beside `path` with `write(tmp)`, fsync its files, then swap it in for `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         write(tmp)
+        faults.reached("write")
+        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with open(file, "rb+") as f:
+                os.fsync(f.fileno())
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
+            raise WriteFailed(path, e) from e
         raise
 
 
@@ -109,6 +151,19 @@ class RunStore:
             if g >= start:
                 found.append(g)
         return sorted(found)
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files and directories (`.<name>.<random>.tmp`) that a killed writer left in the
+        run dir and its generation dirs; returns them. Only safe while holding the run's lock."""
+        found = []
+        for folder in [self.root, *sorted(self.root.glob("gen_[0-9][0-9][0-9]"))]:
+            for tmp in sorted(folder.glob(".*.tmp")):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+                found.append(tmp)
+        return found
 
     def reset_generation(self, generation: int) -> None:
         """Remove whatever a crashed attempt at `generation` left behind."""

@@ -39,8 +39,10 @@ def run_chain(run_dir: Path, *overrides: str) -> list[dict]:
     return run(compose_config(*overrides), run_dir)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m imgcollapse.run ARGS` in a subprocess: the real entry point, exit code and all."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m imgcollapse.run ARGS` in a subprocess: the real entry point, exit code and all (`env`: extra
+    environment variables)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "imgcollapse.run", *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgcollapse import faults
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.metrics.features import (
     Classifier,
@@ -284,6 +285,7 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
             train_features, _ = space.memo(train_set.images)  # pool and earlier samples: looked up, not computed
             if name == "classifier":  # its predictions label every sample, scored or not
                 probs = space.memo(samples.images)[1]
+        faults.reached("metrics")
         row.update(space_scores(features, train_features, space, s, seconds))
         if probs is not None and metrics.real_freq is not None and name == "classifier":
             with _timed(seconds, "classifier_classes"):

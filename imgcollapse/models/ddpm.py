@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMulti
 from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
+from imgcollapse import faults
 from imgcollapse.data import ImageSet, to_float, to_uint8
 from imgcollapse.models import noise
 from imgcollapse.models.train import default_accelerator, train
@@ -187,6 +188,7 @@ class DDPM:
                     x = scheduler.step(self._eps(x, t, y), t, x).prev_sample
             out[start:stop] = to_uint8(x.float().clamp(-1, 1)).cpu()
             bar.update(stop - start)
+            faults.reached("sample")
         bar.close()
         return ImageSet(out, labels.clone().long() if labels is not None else None)
 

@@ -13,6 +13,8 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from imgcollapse import faults
+
 log = logging.getLogger(__name__)
 
 # loss_fn(network, images, labels, generator) -> scalar loss for one batch
@@ -20,16 +22,26 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.G
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; carries where it happened and the knob most likely to blame."""
+    """The loss became NaN or infinite; carries where it happened and the knob most likely to blame.
 
-    def __init__(self, step: int, last_finite: float | None) -> None:
+    The chain fills in `generation`; the message is built when shown, so it names it.
+    """
+
+    def __init__(self, step: int, last_finite: float | None, lr: float | None = None,
+                 generation: int | None = None) -> None:
+        super().__init__(step, last_finite)
         self.step = step
         self.last_finite = last_finite
-        last = "none" if last_finite is None else f"{last_finite:.4g}"
-        super().__init__(
-            f"loss became non-finite at step {step} (last finite loss {last}); "
-            "lower the learning rate (model.lr) and resume with resume=force"
-        )
+        self.lr = lr
+        self.generation = generation
+
+    def __str__(self) -> str:
+        where = "" if self.generation is None else f"generation {self.generation}: "
+        last = "none" if self.last_finite is None else f"{self.last_finite:.4g}"
+        knob = "model.lr" if self.lr is None else f"model.lr, now {self.lr:g}"
+        return (f"{where}loss became non-finite at step {self.step} (last finite loss {last}); lower the learning "
+                f"rate ({knob}) and rerun the same command with the new value and resume=force: finished "
+                "generations are kept")
 
 
 @dataclass
@@ -100,8 +112,9 @@ def train(
         if ema is not None:
             ema.step(network.parameters())
         losses[step] = loss.detach()
+        faults.reached("train_step")
         if (step + 1) % check_every == 0 or step + 1 == steps:
-            _check_finite(losses, last_checked, step + 1)
+            _check_finite(losses, last_checked, step + 1, lr)
             last_checked = step + 1
             bar.set_postfix(loss=f"{losses[max(0, step - check_every + 1) : step + 1].mean().item():.4f}")
             bar.update(step + 1 - bar.n)
@@ -116,11 +129,11 @@ def train(
     return TrainResult(loss=float(tail.mean()), seconds=seconds, steps=steps)
 
 
-def _check_finite(losses: torch.Tensor, start: int, stop: int) -> None:
+def _check_finite(losses: torch.Tensor, start: int, stop: int, lr: float | None = None) -> None:
     chunk = losses[start:stop]
     bad = ~torch.isfinite(chunk)
     if bool(bad.any()):
         step = start + int(bad.nonzero()[0])
         finite = losses[:step][torch.isfinite(losses[:step])]
-        raise TrainingDiverged(step, float(finite[-1]) if len(finite) else None)
+        raise TrainingDiverged(step, float(finite[-1]) if len(finite) else None, lr)
 

@@ -1,0 +1,212 @@
+"""Never lose a chain: SIGKILL at named points and at random times, then resume to the same numbers.
+
+Each run is a forked child of the test process (the chain's imports are paid once) that runs the real
+`imgcollapse.run.run` with `IMGCOLLAPSE_FAULT=<point>[:<n>]` in its environment, so it kills itself with
+SIGKILL at that point, or that the test kills after a random delay. Every finished chain must equal an
+uninterrupted run of the same command: metrics.csv column by column, bit for bit (the same text), except
+the wall-time columns (`*seconds`); and every generation's samples, pixel for pixel. All runs use one
+thread, as the uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CONF_DIR, run_chain, run_cli
+
+from imgcollapse import faults
+from imgcollapse.data import ImageSet
+from imgcollapse.models.train import TrainingDiverged
+from imgcollapse.resume import ResumeRefused
+from imgcollapse.store import WriteFailed
+
+CHAIN = ("debug=smoke", "generation=1", "threads=1")  # generations 0 and 1, 20 steps, 64 samples in 2 batches
+KILLED = -signal.SIGKILL  # a child's exit code when SIGKILL ended it
+
+
+def run_forked(run_dir: Path, *overrides: str, fault: str | None = None, kill_after: float | None = None) -> int:
+    """Run the chain in a forked child; `fault` arms IMGCOLLAPSE_FAULT there, `kill_after` SIGKILLs it from
+    here after that many seconds. Returns the child's exit code (0: finished, -9: killed)."""
+
+    def child() -> None:
+        os.environ.pop(faults.ENV, None)
+        if fault:
+            os.environ[faults.ENV] = fault
+        run_chain(run_dir, *overrides)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=kill_after if kill_after is not None else 300)
+    if process.is_alive():
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+    return process.exitcode
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_chain(run_dir: Path, baseline: Path) -> None:
+    """The chain in `run_dir` equals the uninterrupted one: every metric (as written, so bit for bit) but wall
+    time, every sample; and nothing half-written is left behind."""
+    rows, expected = read_csv(run_dir / "metrics.csv"), read_csv(baseline / "metrics.csv")
+    assert [r["generation"] for r in rows] == [r["generation"] for r in expected]
+    assert list(rows[0]) == list(expected[0])
+    for row, want in zip(rows, expected, strict=True):
+        for column, value in want.items():
+            if not column.endswith("seconds"):
+                assert row[column] == value, (row["generation"], column, row[column], value)
+    jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in jsonl] == [int(r["generation"]) for r in expected]
+    for g in range(len(expected)):
+        ours, theirs = (ImageSet.load(d / f"gen_{g:03d}" / "samples.npz") for d in (run_dir, baseline))
+        assert np.array_equal(ours.images.numpy(), theirs.images.numpy()), g
+        assert np.array_equal(ours.labels.numpy(), theirs.labels.numpy()), g
+    assert not list(run_dir.rglob("*.tmp")), "temporary files left behind"
+    assert "released" in json.loads((run_dir / "run.lock").read_text())
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> tuple[Path, float]:
+    """The uninterrupted chain, and how long it took."""
+    run_dir = tmp_path_factory.mktemp("baseline")
+    began = time.perf_counter()
+    assert run_forked(run_dir, *CHAIN) == 0
+    return run_dir, time.perf_counter() - began
+
+
+def gen_files(run_dir: Path, g: int) -> set[str]:
+    d = run_dir / f"gen_{g:03d}"
+    return {p.name for p in d.iterdir()} if d.exists() else set()
+
+
+# (fault, what the run dir must show right after the kill); each run resumes the one before it.
+NAMED_KILLS = [
+    ("train_step:7", lambda d: not (d / "gen_000" / "DONE").exists()),  # generation 0, mid-training
+    ("sample:1", lambda d: not (d / "gen_000" / "DONE").exists()),  # after the first of two sampling batches
+    ("metrics:1", lambda d: "samples.npz" not in gen_files(d, 0)),  # while scoring, nothing written yet
+    ("write:3", lambda d: any(n.startswith(".samples.npz.") for n in gen_files(d, 0))),  # samples.npz torn
+    ("before_done:1", lambda d: {"samples.npz", "metrics.json"} <= gen_files(d, 0) and "DONE" not in gen_files(d, 0)),
+    ("after_done:1", lambda d: "DONE" in gen_files(d, 0) and not (d / "metrics.csv").exists()),  # tables short
+    ("write:2", lambda d: any(p.name.startswith(".metrics.csv.") for p in d.iterdir())),  # run.json, then torn table
+    ("train_step:15", lambda d: "DONE" not in gen_files(d, 1)),  # generation 1, mid-training
+    ("sample:3", lambda d: "DONE" not in gen_files(d, 1)),  # generation 1's strip batch
+    ("after_done:1", lambda d: "DONE" in gen_files(d, 1) and len(read_csv(d / "metrics.csv")) == 1),
+]
+
+
+def test_killed_at_every_named_point_resumes_to_the_same_numbers(baseline, tmp_path):
+    for fault, state in NAMED_KILLS:
+        assert run_forked(tmp_path, *CHAIN, fault=fault) == KILLED, f"{fault} was never reached"
+        assert state(tmp_path), f"unexpected state after {fault}"
+    assert run_forked(tmp_path, *CHAIN) == 0  # the last resume: generation 1 is done, the tables are rebuilt
+    assert_same_chain(tmp_path, baseline[0])
+
+
+def test_killed_at_random_times_resumes_to_the_same_numbers(baseline, tmp_path):
+    baseline_dir, seconds = baseline
+    rng = random.Random(8)
+    delays = [rng.uniform(0.1, 0.8) * seconds for _ in range(3)]
+    for delay in delays:
+        run_forked(tmp_path, *CHAIN, kill_after=delay)
+    assert run_forked(tmp_path, *CHAIN) == 0
+    assert_same_chain(tmp_path, baseline_dir)
+
+
+def test_a_kill_through_the_command_line(tmp_path):
+    """The real entry point reads IMGCOLLAPSE_FAULT and dies by SIGKILL; a bad spec is a user error."""
+    run_dir = tmp_path / "run"
+    result = run_cli(*CHAIN, "generation=0", f"hydra.run.dir={run_dir}", env={faults.ENV: "before_done"})
+    assert result.returncode == KILLED, result.stderr[-2000:]
+    assert (run_dir / "gen_000" / "samples.npz").exists() and not (run_dir / "gen_000" / "DONE").exists()
+    result = run_cli(*CHAIN, "generation=0", f"hydra.run.dir={run_dir}", env={faults.ENV: "nowhere:2"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "IMGCOLLAPSE_FAULT='nowhere:2' is not allowed" in result.stdout + result.stderr
+
+
+def test_a_diverged_generation_stops_keeps_the_earlier_ones_and_resumes_after_lowering_lr(baseline, tmp_path):
+    run_chain(tmp_path, *CHAIN, "generation=0")
+    done_at = (tmp_path / "gen_000" / "DONE").stat().st_mtime_ns
+    with pytest.raises(ResumeRefused, match="model.lr"):  # a new lr on an old run must be asked for
+        run_chain(tmp_path, *CHAIN, "model.lr=1e8")
+    with pytest.raises(TrainingDiverged) as info:
+        run_chain(tmp_path, *CHAIN, "model.lr=1e8", "resume=force")
+    message = str(info.value)
+    for part in ("generation 1", f"step {info.value.step}", "last finite loss", "model.lr, now 1e+08", "resume=force"):
+        assert part in message, (part, message)
+    assert (tmp_path / "gen_000" / "DONE").stat().st_mtime_ns == done_at  # generation 0 untouched
+    assert not (tmp_path / "gen_001").exists()
+    assert [r["generation"] for r in read_csv(tmp_path / "metrics.csv")] == ["0"]
+    run_chain(tmp_path, *CHAIN, "resume=force")  # back to the run's lr (run.json now holds 1e8): force again
+    assert_same_chain(tmp_path, baseline[0])
+    changes = json.loads((tmp_path / "run.json").read_text())["config_changes"]
+    assert [c["changed"]["model.lr"]["now"] for c in changes] == [1e8, 0.003]
+
+
+def test_divergence_through_the_command_line_exits_3_with_the_message(tmp_path):
+    result = run_cli(*CHAIN, "generation=0", "model.lr=1e8", f"hydra.run.dir={tmp_path / 'run'}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output[-2000:]
+    assert "generation 0: loss became non-finite" in output and "model.lr" in output
+    assert "Traceback" not in output
+
+
+def test_disk_full_while_saving_a_generation(baseline, tmp_path, monkeypatch):
+    """A write error half-way through samples.npz: generation 1 not done, no part of it trusted, resumable."""
+    real_save = ImageSet.save
+    calls = []
+
+    def save_then_fail(self, path):
+        calls.append(path)
+        if len(calls) == 3:  # gen 0: samples, strip; gen 1: samples -> half a file, then the disk is full
+            real_save(self, path)
+            os.truncate(path, Path(path).stat().st_size // 2)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(self, path)
+
+    monkeypatch.setattr(ImageSet, "save", save_then_fail)
+    with pytest.raises(WriteFailed, match="samples.npz: No space left on device"):
+        run_chain(tmp_path, *CHAIN)
+    assert "DONE" in gen_files(tmp_path, 0) and "DONE" not in gen_files(tmp_path, 1)
+    assert "samples.npz" not in gen_files(tmp_path, 1) and not list(tmp_path.rglob("*.tmp"))
+    assert [r["generation"] for r in read_csv(tmp_path / "metrics.csv")] == ["0"]
+    monkeypatch.setattr(ImageSet, "save", real_save)
+    run_chain(tmp_path, *CHAIN)
+    assert_same_chain(tmp_path, baseline[0])
+
+
+def test_write_error_at_the_entry_point_exits_4_with_the_message(tmp_path, capfd):
+    """`python -m imgcollapse.run`'s main() turns a WriteFailed into one log line and exit status 4 (run in a
+    forked child: Hydra's main configures logging and global state for its whole process)."""
+    import sys
+
+    import imgcollapse.run as entry
+
+    def child() -> None:
+        def full_disk(cfg, run_dir):
+            raise WriteFailed(Path(run_dir) / "gen_000" / "samples.npz", OSError(errno.ENOSPC, "No space left"))
+
+        entry.run = full_disk
+        # imported rather than run as __main__, Hydra needs the config folder's absolute path
+        sys.argv = ["imgcollapse.run", f"--config-path={CONF_DIR}", *CHAIN, f"hydra.run.dir={tmp_path / 'run'}"]
+        entry.main()
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=120)
+    output = "".join(capfd.readouterr())
+    assert process.exitcode == 4, output[-2000:]
+    assert "could not write" in output and "No space left" in output and "rerun the same command" in output
+    assert "Traceback" not in output
