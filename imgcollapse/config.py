@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -232,6 +233,7 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def _validate_dataset(d: Any) -> None:
     """Checks every dataset schema shares (size, channels, long tail), then each one's own keys."""
+    from imgcollapse.data.digits import DIGITS
     from imgcollapse.data.torchvision_sets import NAMES
 
     _require(d.image_size > 0, "dataset.image_size", d.image_size, "an integer > 0")
@@ -239,7 +241,8 @@ def _validate_dataset(d: Any) -> None:
     _require(d.long_tail >= 0, "dataset.long_tail", d.long_tail, "a Zipf exponent ≥ 0 (0: classes as they are)")
     _require(0 <= d.split_seed < 2**32, "dataset.split_seed", d.split_seed, "an integer in [0, 2**32)")
     if isinstance(d, DigitsConfig):
-        _require(d.num_heldout > 0, "dataset.num_heldout", d.num_heldout, "an integer > 0")
+        _require(10 <= d.num_heldout <= DIGITS - 10, "dataset.num_heldout", d.num_heldout,
+                 f"an integer in [10, {DIGITS - 10}]: each of the 10 classes on both sides of the {DIGITS:,} digits")
     if isinstance(d, TorchvisionConfig):
         _require(d.name in NAMES, "dataset.name", d.name, f"one of {sorted(NAMES)}")
         _require(bool(d.root), "dataset.root", d.root, "the folder torchvision reads (and downloads into)")
@@ -262,11 +265,12 @@ def validate(cfg: DictConfig) -> Config:
 
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     _require(config.generation >= 0, "generation", config.generation, "an integer ≥ 0 (the last generation)")
-    _require(config.seed >= 0, "seed", config.seed, "an integer ≥ 0")
+    _require(0 <= config.seed < 2**32, "seed", config.seed, "an integer in [0, 2**32)")
     _require(config.num_synthetic > 0, "num_synthetic", config.num_synthetic, "an integer > 0")
     _require(config.threads is None or config.threads > 0, "threads", config.threads, "null (all cores) or > 0")
     _require(config.resume in RESUME_MODES, "resume", config.resume,
              f"one of {list(RESUME_MODES)} (force: resume a run dir with a config other than its own)")
+    _require(bool(config.cache_dir), "cache_dir", config.cache_dir, "a folder (metrics classifier, references)")
 
     d = config.dataset
     _validate_dataset(d)
@@ -309,14 +313,53 @@ def validate(cfg: DictConfig) -> Config:
              "a fraction in (0, 1]: the share of candidates curation keeps")
     _require(s.conditions in CONDITIONS, "sampling.conditions", s.conditions, f"one of {list(CONDITIONS)}")
 
+    _validate_ddpm(m, s)
+    _validate_regime_keys(r)
     _validate_training_sets(config)
     _validate_metrics(config.metrics, config.num_synthetic)
     _require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
     _require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
     _require(config.accelerator.mixed_precision in ("no", "fp16", "bf16"), "accelerator.mixed_precision",
              config.accelerator.mixed_precision, "one of ['no', 'fp16', 'bf16']")
+    _require(config.accelerator.mixed_precision != "fp16" or torch.cuda.is_available(), "accelerator.mixed_precision",
+             config.accelerator.mixed_precision, "'no' or 'bf16' without a CUDA GPU (fp16 needs one)")
     _validate_logger(config.logger)
     return config
+
+
+def _validate_ddpm(m: Any, s: SamplingConfig) -> None:
+    """The diffusion model's keys beyond sizes and learning rate, and how it samples."""
+    from imgcollapse.models.ddpm import BETA_SCHEDULES, SAMPLERS
+
+    if not isinstance(m, DDPMConfig):
+        return
+    _require(m.layers_per_block >= 1, "model.layers_per_block", m.layers_per_block, "an integer ≥ 1")
+    _require(0 <= m.warmup_steps <= m.train_steps, "model.warmup_steps", m.warmup_steps,
+             f"an integer in [0, model.train_steps={m.train_steps}]")
+    _require(m.grad_clip is None or m.grad_clip > 0, "model.grad_clip", m.grad_clip, "null (no clipping) or > 0")
+    _require(m.beta_schedule in BETA_SCHEDULES, "model.beta_schedule", m.beta_schedule,
+             f"one of {list(BETA_SCHEDULES)} (what diffusers' DDPM, DDIM and DPM-Solver schedulers all take)")
+    _require(m.num_train_timesteps >= 2, "model.num_train_timesteps", m.num_train_timesteps, "an integer ≥ 2")
+    _require(m.num_classes is None or m.num_classes > 1, "model.num_classes", m.num_classes,
+             "null (unconditional) or the dataset's class count (> 1)")
+    _require(0 <= m.class_dropout < 1, "model.class_dropout", m.class_dropout, "a fraction in [0, 1)")
+    _require(s.steps <= m.num_train_timesteps, "sampling.steps", s.steps,
+             f"at most model.num_train_timesteps={m.num_train_timesteps}")
+    _require(m.sampler in SAMPLERS, "model.sampler", m.sampler, f"one of {sorted(SAMPLERS)}")
+    _require(1 <= m.sampling_steps <= m.num_train_timesteps, "model.sampling_steps", m.sampling_steps,
+             f"an integer in [1, model.num_train_timesteps={m.num_train_timesteps}]")
+    _require(m.sample_batch_size > 0, "model.sample_batch_size", m.sample_batch_size, "an integer > 0")
+    _require(m.guidance >= 0, "model.guidance", m.guidance, "≥ 0")
+    _require(m.guidance == 0 or bool(m.num_classes), "sampling.guidance", m.guidance,
+             "0 unless the model is class-conditional (model.num_classes set): guidance needs conditions")
+
+
+def _validate_regime_keys(r: RegimeConfig) -> None:
+    """A key the chosen regime ignores must keep its neutral value, so a typo'd experiment does not run silently."""
+    _require(r.subsample is None or r.kind == "accumulate", "regime.subsample", r.subsample,
+             f"null under regime={r.kind}: only regime=accumulate subsamples")
+    _require(r.real_fraction == 0 or r.kind in ("fresh", "augment"), "regime.real_fraction", r.real_fraction,
+             f"0 under regime={r.kind}, which mixes in no real images at a fraction (regime=fresh or augment do)")
 
 
 def _validate_logger(logger: LoggerConfig) -> None:

@@ -9,6 +9,8 @@ from sklearn.datasets import load_digits as _sklearn_digits
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.transforms import finish, resize, split, to_channels
 
+DIGITS = 1797  # images in scikit-learn's digits
+
 
 def load_digits(
     image_size: int = 8, channels: int = 1, num_heldout: int = 400, split_seed: int = 0, long_tail: float = 0.0

@@ -23,6 +23,7 @@ from imgcollapse.models import noise
 from imgcollapse.models.train import default_accelerator, train
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # every scheduler in SAMPLERS takes these
 CONFIG_FILE = "imgcollapse.json"
 
 

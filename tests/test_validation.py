@@ -1,0 +1,163 @@
+"""Bad input fails at start with one message naming the key, the value and what is allowed.
+
+A table of bad configs composed in-process through the real config tree and checked by `config.validate`;
+the checks that need the loaded data (`config.validate_data`); and a few through the real command line,
+for the exit status and the absence of a traceback.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config, run_chain, run_cli
+from PIL import Image
+
+from imgcollapse.config import ConfigError, validate, validate_data
+
+# (overrides, key, value as the message shows it, a piece of what is allowed)
+BAD = [
+    # Top level
+    (("generation=-1",), "generation", -1, "≥ 0"),
+    (("seed=-3",), "seed", -3, "[0, 2**32)"),
+    (("seed=4294967296",), "seed", 4294967296, "[0, 2**32)"),
+    (("num_synthetic=0",), "num_synthetic", 0, "> 0"),
+    (("threads=0",), "threads", 0, "null (all cores) or > 0"),
+    (("resume=always",), "resume", "always", "one of ['check', 'force']"),
+    (("cache_dir=''",), "cache_dir", "", "a folder"),
+    # Datasets
+    (("dataset.image_size=0",), "dataset.image_size", 0, "> 0"),
+    (("dataset.channels=2",), "dataset.channels", 2, "1 or 3"),
+    (("dataset.num_heldout=5",), "dataset.num_heldout", 5, "[10, 1787]"),
+    (("dataset.num_heldout=1790",), "dataset.num_heldout", 1790, "[10, 1787]"),
+    (("dataset.long_tail=-1",), "dataset.long_tail", -1.0, "Zipf exponent ≥ 0"),
+    (("dataset.split_seed=-1",), "dataset.split_seed", -1, "[0, 2**32)"),
+    (("dataset=folder",), "dataset.path", None, "a folder of images"),
+    (("dataset=folder", "dataset.path=/x", "dataset.heldout_fraction=1.5"), "dataset.heldout_fraction", 1.5, "(0, 1)"),
+    (("dataset=mnist", "dataset.limit=5"), "dataset.limit", 5, "≥ 10"),
+    (("dataset=mnist", "dataset.name=svhn"), "dataset.name", "svhn", "one of ['cifar10', 'fashion_mnist', 'mnist']"),
+    # Model
+    (("model.train_steps=0",), "model.train_steps", 0, "> 0"),
+    (("model.batch_size=0",), "model.batch_size", 0, "> 0"),
+    (("model.lr=0",), "model.lr", 0.0, "> 0"),
+    (("model.warmup_steps=-1",), "model.warmup_steps", -1, "[0, model.train_steps=600]"),
+    (("model.warmup_steps=5000",), "model.warmup_steps", 5000, "[0, model.train_steps=600]"),
+    (("model.layers_per_block=0",), "model.layers_per_block", 0, "≥ 1"),
+    (("model.block_out_channels=[]",), "model.block_out_channels", [], "non-empty list"),
+    (("model.block_out_channels=[16,16,16,16,16]",), "dataset.image_size", 8, "a multiple of 16"),  # 8 -> 4 -> 2 -> 1
+    (("model.ema_decay=1.5",), "model.ema_decay", 1.5, "null or in (0, 1)"),
+    (("model.grad_clip=0",), "model.grad_clip", 0.0, "null (no clipping) or > 0"),
+    (("model.beta_schedule=cosine",), "model.beta_schedule", "cosine", "'squaredcos_cap_v2'"),
+    (("model.num_train_timesteps=1",), "model.num_train_timesteps", 1, "≥ 2"),
+    (("model.prediction_type=sample",), "model.prediction_type", "sample", "['epsilon', 'v_prediction']"),
+    (("model.snr_gamma=0",), "model.snr_gamma", 0.0, "null or > 0"),
+    (("model.num_classes=1",), "model.num_classes", 1, "(> 1)"),
+    (("model.class_dropout=1",), "model.class_dropout", 1.0, "[0, 1)"),
+    (("model.sampler=euler",), "model.sampler", "euler", "['ddim', 'dpm++']"),
+    (("model.sample_batch_size=0",), "model.sample_batch_size", 0, "> 0"),
+    # Sampling
+    (("sampling.sampler=euler",), "sampling.sampler", "euler", "['ddim', 'dpm++']"),
+    (("sampling.steps=0",), "sampling.steps", 0, "> 0"),
+    (("sampling.steps=2000",), "sampling.steps", 2000, "at most model.num_train_timesteps=1000"),
+    (("sampling.batch_size=0",), "sampling.batch_size", 0, "> 0"),
+    (("sampling.guidance=-1",), "sampling.guidance", -1.0, "≥ 0"),
+    (("sampling.guidance=2",), "sampling.guidance", 2.0, "unless the model is class-conditional"),
+    (("sampling.temperature=0",), "sampling.temperature", 0.0, "> 0"),
+    # Regimes
+    (("regime.kind=mix",), "regime.kind", "mix", "['replace', 'accumulate', 'fresh', 'augment']"),
+    (("regime.real_fraction=10",), "regime.real_fraction", 10.0, "[0, 1]"),
+    (("regime=fresh", "regime.real_fraction=-0.1"), "regime.real_fraction", -0.1, "[0, 1]"),
+    (("regime=accumulate", "regime.subsample=0"), "regime.subsample", 0, "null or an integer > 0"),
+    (("regime.subsample=100",), "regime.subsample", 100, "only regime=accumulate subsamples"),
+    (("regime.real_fraction=0.5",), "regime.real_fraction", 0.5, "0 under regime=replace"),
+    (("regime=accumulate", "regime.real_fraction=0.5"), "regime.real_fraction", 0.5, "0 under regime=accumulate"),
+    # Sizes that must fit each other
+    (("debug=smoke", "num_synthetic=8"), "num_synthetic", 8, "at least model.batch_size=16"),
+    (("debug=smoke", "regime=accumulate", "regime.subsample=8"), "regime.subsample", 8, "model.batch_size=16"),
+    (("debug=smoke", "metrics.nearest_k=100"), "metrics.nearest_k", 100, "num_synthetic - 1 = 63"),
+    # Metrics
+    (("metrics.extractors=[foo]",), "metrics.extractors", ["foo"], "['classifier', 'inception']"),
+    (("metrics.extractors=bogus",), "metrics.extractors", "bogus", "'auto' or a non-empty list"),
+    (("metrics.nearest_k=0",), "metrics.nearest_k", 0, "≥ 1"),
+    (("metrics.num_samples=3",), "metrics.num_samples", 3, "null (all samples) or an integer in"),
+    (("metrics.kid_subsets=0",), "metrics.kid_subsets", 0, "≥ 1"),
+    (("metrics.kid_subset_size=1",), "metrics.kid_subset_size", 1, "≥ 2"),
+    (("metrics.near_copy_ratio=0",), "metrics.near_copy_ratio", 0.0, "(0, 1]"),
+    (("metrics.tail_fraction=1.5",), "metrics.tail_fraction", 1.5, "(0, 1]"),
+    (("metrics.lost_threshold=0",), "metrics.lost_threshold", 0.0, "(0, 1]"),
+    (("metrics.classifier_epochs=0",), "metrics.classifier_epochs", 0, "≥ 1"),
+    (("metrics.inception_source=web",), "metrics.inception_source", "web", "['auto', 'nvlabs', 'fid_helper']"),
+    (("metrics.inception_batch_size=0",), "metrics.inception_batch_size", 0, "> 0"),
+    # Report, hardware, logging
+    (("report.grid_size=0",), "report.grid_size", 0, "> 0"),
+    (("report.strip_seeds=0",), "report.strip_seeds", 0, "> 0"),
+    (("accelerator.mixed_precision=fp8",), "accelerator.mixed_precision", "fp8", "['no', 'fp16', 'bf16']"),
+    pytest.param(("accelerator.mixed_precision=fp16",), "accelerator.mixed_precision", "fp16", "fp16 needs one",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed with a GPU")),
+    (("logger.kind=wandb",), "logger.kind", "wandb", "['none', 'tensorboard']"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "value", "allowed"), BAD)
+def test_bad_config_names_key_value_and_what_is_allowed(overrides, key, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config(*overrides))
+    message = str(info.value)
+    assert message.startswith(f"{key}={value!r} is not allowed: "), message
+    assert allowed in message, message
+    assert info.value.key == key
+
+
+def test_the_table_is_big_enough():
+    assert len(BAD) >= 30
+
+
+# Checks that need the data: (overrides, training pool size, class count or None, key, value, allowed)
+BAD_WITH_DATA = [
+    (("model.num_classes=10",), 100, None, "model.num_classes", 10, "this dataset has no class labels"),
+    (("model.num_classes=5",), 1397, 10, "model.num_classes", 5, "the dataset's class count, 10"),
+    (("regime=accumulate", "regime.subsample=5000"), 1397, 10, "regime.subsample", 5000,
+     "at most 2797: generation 1 draws from the real pool's 1397 images and num_synthetic=1400"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "num_train", "num_classes", "key", "value", "allowed"), BAD_WITH_DATA)
+def test_bad_config_for_the_data(overrides, num_train, num_classes, key, value, allowed):
+    config = validate(compose_config(*overrides))
+    with pytest.raises(ConfigError) as info:
+        validate_data(config, num_train, num_classes)
+    assert str(info.value).startswith(f"{key}={value!r} is not allowed: ") and allowed in str(info.value)
+
+
+def test_good_configs_pass():
+    for overrides in [(), ("debug=smoke",), ("regime=accumulate", "regime.subsample=2000"),
+                      ("regime=fresh", "regime.real_fraction=0.3"), ("model.num_classes=10", "sampling.guidance=1")]:
+        config = validate(compose_config(*overrides))
+        validate_data(config, 1397, 10)
+
+
+def test_conditional_model_on_an_unlabelled_folder_stops_before_any_training(tmp_path, cache_dir):
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(ConfigError, match="model.num_classes=10 is not allowed: null: this dataset has no class"):
+        run_chain(tmp_path / "run", "debug=smoke", "generation=0", "dataset=folder", f"dataset.path={folder}",
+                  "dataset.image_size=8", "dataset.channels=1", "model.num_classes=10")
+    assert not list((tmp_path / "run").glob("gen_*")) and not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (("sampling.guidance=2",), "sampling.guidance=2.0 is not allowed: 0 unless the model is class-conditional"),
+        (("regime=accumulate", "regime.subsample=5000"), "regime.subsample=5000 is not allowed: null or at most 1461"),
+    ],
+)
+def test_bad_config_through_the_command_line(tmp_path, overrides, expected):
+    result = run_cli("debug=smoke", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert expected in output and "Traceback" not in output
+    assert not list((tmp_path / "run").glob("gen_*"))
