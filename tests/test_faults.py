@@ -210,3 +210,25 @@ def test_write_error_at_the_entry_point_exits_4_with_the_message(tmp_path, capfd
     assert process.exitcode == 4, output[-2000:]
     assert "could not write" in output and "No space left" in output and "rerun the same command" in output
     assert "Traceback" not in output
+
+
+def test_num_synthetic_larger_than_a_batch(tmp_path):
+    """70 samples in sampling batches of 32 (32 + 32 + 6), scored by the classifier in batches: the same images
+    as one batch of 128 would give, the same features as one batch, a finite row."""
+    from imgcollapse.chain import generation_seeds
+    from imgcollapse.data.digits import load_digits
+    from imgcollapse.metrics.features import load_or_train_classifier
+    from imgcollapse.models.ddpm import DDPM
+
+    rows = run_chain(tmp_path, "debug=smoke", "threads=1", "generation=0", "num_synthetic=70", "sampling.batch_size=32")
+    samples = ImageSet.load(tmp_path / "gen_000" / "samples.npz")
+    assert len(samples) == 70 and len(samples.labels) == 70 and np.isfinite(rows[0]["fid"])
+    model = DDPM.load(tmp_path / "gen_000" / "model")
+    model.config["sample_batch_size"] = 128
+    again = model.sample(70, seed=generation_seeds(0, 0)["sample"])
+    assert np.array_equal(again.images.numpy(), samples.images.numpy())
+    meta = json.loads((tmp_path / "run.json").read_text())
+    splits = load_digits()
+    classifier = load_or_train_classifier(splits.train, splits.heldout, Path(meta["config"]["cache_dir"]), epochs=2)
+    whole, batched = classifier(samples.images), classifier(samples.images, batch_size=16)
+    assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
