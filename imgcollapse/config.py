@@ -313,7 +313,7 @@ def validate(cfg: DictConfig) -> Config:
              "a fraction in (0, 1]: the share of candidates curation keeps")
     _require(s.conditions in CONDITIONS, "sampling.conditions", s.conditions, f"one of {list(CONDITIONS)}")
 
-    _validate_ddpm(m, s)
+    _validate_model_extras(m, s)
     _validate_regime_keys(r)
     _validate_training_sets(config)
     _validate_metrics(config.metrics, config.num_synthetic)
@@ -327,10 +327,16 @@ def validate(cfg: DictConfig) -> Config:
     return config
 
 
-def _validate_ddpm(m: Any, s: SamplingConfig) -> None:
-    """The diffusion model's keys beyond sizes and learning rate, and how it samples."""
+def _validate_model_extras(m: Any, s: SamplingConfig) -> None:
+    """Model keys beyond sizes and learning rate, and the sampling keys the model takes (after sampling's own
+    checks, so a bad sampling.* value is named as such, not as the model key it flows into)."""
     from imgcollapse.models.ddpm import BETA_SCHEDULES, SAMPLERS
 
+    if hasattr(m, "temperature"):
+        _require(m.temperature > 0, "model.temperature", m.temperature, "> 0 (the sampling temperature)")
+    if isinstance(m, VAEConfig):
+        _require(m.warmup_steps <= m.train_steps, "model.warmup_steps", m.warmup_steps,
+                 f"at most model.train_steps={m.train_steps}")
     if not isinstance(m, DDPMConfig):
         return
     _require(m.layers_per_block >= 1, "model.layers_per_block", m.layers_per_block, "an integer ≥ 1")
@@ -340,9 +346,6 @@ def _validate_ddpm(m: Any, s: SamplingConfig) -> None:
     _require(m.beta_schedule in BETA_SCHEDULES, "model.beta_schedule", m.beta_schedule,
              f"one of {list(BETA_SCHEDULES)} (what diffusers' DDPM, DDIM and DPM-Solver schedulers all take)")
     _require(m.num_train_timesteps >= 2, "model.num_train_timesteps", m.num_train_timesteps, "an integer ≥ 2")
-    _require(m.num_classes is None or m.num_classes > 1, "model.num_classes", m.num_classes,
-             "null (unconditional) or the dataset's class count (> 1)")
-    _require(0 <= m.class_dropout < 1, "model.class_dropout", m.class_dropout, "a fraction in [0, 1)")
     _require(s.steps <= m.num_train_timesteps, "sampling.steps", s.steps,
              f"at most model.num_train_timesteps={m.num_train_timesteps}")
     _require(m.sampler in SAMPLERS, "model.sampler", m.sampler, f"one of {sorted(SAMPLERS)}")
@@ -350,8 +353,6 @@ def _validate_ddpm(m: Any, s: SamplingConfig) -> None:
              f"an integer in [1, model.num_train_timesteps={m.num_train_timesteps}]")
     _require(m.sample_batch_size > 0, "model.sample_batch_size", m.sample_batch_size, "an integer > 0")
     _require(m.guidance >= 0, "model.guidance", m.guidance, "≥ 0")
-    _require(m.guidance == 0 or bool(m.num_classes), "sampling.guidance", m.guidance,
-             "0 unless the model is class-conditional (model.num_classes set): guidance needs conditions")
 
 
 def _validate_regime_keys(r: RegimeConfig) -> None:
@@ -457,6 +458,11 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
              "cannot be conditioned on them")
     _require(not wanted or wanted == num_classes, "model.num_classes", wanted,
              f"null (unconditional) or the dataset's class count, {num_classes}")
+    if isinstance(m, GMMConfig):  # generation 0 fits the real pool
+        _require(m.n_components <= num_train, "model.n_components", m.n_components,
+                 f"at most the training pool's {num_train} images")
+        _require(m.pca_components is None or m.pca_components <= num_train, "model.pca_components",
+                 m.pca_components, f"null or at most the training pool's {num_train} images")
     pool = num_train + config.num_synthetic  # what accumulate draws from at generation 1, its smallest
     _require(r.kind != "accumulate" or r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
              f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
@@ -464,15 +470,19 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
 
 
 def _validate_training_sets(config: Config) -> None:
-    """The training set of every generation after 0 must hold at least one batch."""
+    """Each generation after 0 trains on num_synthetic images (accumulate: on `subsample`, or on everything so
+    far): that set must hold a batch, and a GMM's components and PCA dimensions."""
     m, r = config.model, config.regime
-    batch = getattr(m, "batch_size", None)
-    if batch is None or config.generation == 0:  # generation 0 trains on the real pool, whatever its size
+    if config.generation == 0:  # generation 0 trains on the real pool (checked in validate_data)
         return
-    if r.kind == "accumulate":
-        _require(r.subsample is None or r.subsample >= batch, "regime.subsample", r.subsample,
-                 f"null or at least model.batch_size={batch}: each generation after 0 trains on that many images")
-    else:
-        _require(config.num_synthetic >= batch, "num_synthetic", config.num_synthetic,
-                 f"at least model.batch_size={batch}: under regime={r.kind} each generation after 0 trains on "
-                 "num_synthetic images, and a batch should not repeat them")
+    if r.kind == "accumulate" and r.subsample is None:  # real pool + all samples: never smaller than generation 0's
+        return
+    key, size = ("regime.subsample", r.subsample) if r.kind == "accumulate" else ("num_synthetic", config.num_synthetic)
+    why = f"each generation after 0 trains on {key}={size} images under regime={r.kind}"
+    batch = getattr(m, "batch_size", None)
+    _require(batch is None or size >= batch, key, size,
+             f"at least model.batch_size={batch}: {why}, and a batch should not repeat them")
+    if isinstance(m, GMMConfig):
+        _require(size >= m.n_components, key, size, f"at least model.n_components={m.n_components}: {why}")
+        _require(m.pca_components is None or size >= m.pca_components, key, size,
+                 f"at least model.pca_components={m.pca_components}: {why}, and PCA needs that many")

@@ -92,8 +92,9 @@ def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     for tmp in store.remove_temporaries():
         log.info("removed %s, left by an interrupted write", tmp)
 
-    # Resume only with the config the run was started with (resume=force: with this one, recorded in run.json).
-    started = store.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else None
+    # Resume only with the config the run was started with (resume=force: with this one, recorded in run.json);
+    # before any generation is finished there is nothing to protect, and the run starts afresh.
+    started = store.read_json(run_dir / "run.json") if store.num_done() and (run_dir / "run.json").exists() else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     changes = [] if started is None else [check_config(run_dir, started.get("config", {}), resolved,
                                                        mode=config.resume, next_generation=store.num_done())]

@@ -125,6 +125,25 @@ def test_killed_at_random_times_resumes_to_the_same_numbers(baseline, tmp_path):
     assert_same_chain(tmp_path, baseline_dir)
 
 
+@pytest.mark.parametrize(
+    ("variant", "kills"),
+    [
+        (("model=vae",), ["train_step:25", "sample:1"]),  # generation 1 mid-training, then its first batch
+        (("model=gmm", "regime=fresh", "regime.real_fraction=0.5", "regime.curation=confidence",
+          "regime.keep_fraction=0.5"), ["sample:2", "metrics:1"]),  # generation 0's strip, generation 1's scoring
+        (("model.num_classes=10", "sampling.guidance=1", "regime=accumulate"), ["write:4", "train_step:10"]),
+    ],
+    ids=["vae", "gmm-fresh-curated", "conditional-ddpm-accumulate"],
+)
+def test_every_model_and_regime_resumes_to_the_same_numbers(tmp_path, variant, kills):
+    chain = (*CHAIN, *variant)
+    assert run_forked(tmp_path / "baseline", *chain) == 0
+    for fault in kills:
+        assert run_forked(tmp_path / "killed", *chain, fault=fault) == KILLED, f"{fault} was never reached"
+    assert run_forked(tmp_path / "killed", *chain) == 0
+    assert_same_chain(tmp_path / "killed", tmp_path / "baseline")
+
+
 def test_a_kill_through_the_command_line(tmp_path):
     """The real entry point reads IMGCOLLAPSE_FAULT and dies by SIGKILL; a bad spec is a user error."""
     run_dir = tmp_path / "run"

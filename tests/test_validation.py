@@ -7,10 +7,12 @@ for the exit status and the absence of a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, run_chain, run_cli
+from conftest import CONF_DIR, compose_config, run_chain, run_cli
 from PIL import Image
 
 from imgcollapse.config import ConfigError, validate, validate_data
@@ -55,14 +57,22 @@ BAD = [
     (("model.class_dropout=1",), "model.class_dropout", 1.0, "[0, 1)"),
     (("model.sampler=euler",), "model.sampler", "euler", "['ddim', 'dpm++']"),
     (("model.sample_batch_size=0",), "model.sample_batch_size", 0, "> 0"),
+    (("model=vae", "model.likelihood=poisson"), "model.likelihood", "poisson", "['gaussian', 'bernoulli']"),
+    (("model=vae", "model.warmup_steps=5000"), "model.warmup_steps", 5000, "at most model.train_steps=1500"),
+    (("model=vae", "model.temperature=0"), "model.temperature", 0.0, "> 0"),
+    (("model=gmm", "model.covariance_type=round"), "model.covariance_type", "round", "'full', 'tied', 'diag'"),
+    (("model=gmm", "model.reg_covar=0"), "model.reg_covar", 0.0, "> 0"),
+    (("model=gmm", "model.max_iter=0"), "model.max_iter", 0, "> 0"),
     # Sampling
     (("sampling.sampler=euler",), "sampling.sampler", "euler", "['ddim', 'dpm++']"),
     (("sampling.steps=0",), "sampling.steps", 0, "> 0"),
     (("sampling.steps=2000",), "sampling.steps", 2000, "at most model.num_train_timesteps=1000"),
     (("sampling.batch_size=0",), "sampling.batch_size", 0, "> 0"),
-    (("sampling.guidance=-1",), "sampling.guidance", -1.0, "≥ 0"),
+    (("model.num_classes=10", "sampling.guidance=-1"), "sampling.guidance", -1.0, "≥ 0"),
     (("sampling.guidance=2",), "sampling.guidance", 2.0, "unless the model is class-conditional"),
-    (("sampling.temperature=0",), "sampling.temperature", 0.0, "> 0"),
+    (("model=vae", "sampling.temperature=0"), "sampling.temperature", 0.0, "> 0"),
+    (("sampling.temperature=0.5",), "sampling.temperature", 0.5, "1.0 for this model, which has no temperature"),
+    (("sampling.conditions=rare",), "sampling.conditions", "rare", "['real', 'uniform', 'train']"),
     # Regimes
     (("regime.kind=mix",), "regime.kind", "mix", "['replace', 'accumulate', 'fresh', 'augment']"),
     (("regime.real_fraction=10",), "regime.real_fraction", 10.0, "[0, 1]"),
@@ -71,9 +81,15 @@ BAD = [
     (("regime.subsample=100",), "regime.subsample", 100, "only regime=accumulate subsamples"),
     (("regime.real_fraction=0.5",), "regime.real_fraction", 0.5, "0 under regime=replace"),
     (("regime=accumulate", "regime.real_fraction=0.5"), "regime.real_fraction", 0.5, "0 under regime=accumulate"),
+    (("regime.curation=best",), "regime.curation", "best", "['none', 'confidence', 'condition']"),
+    (("regime.keep_fraction=1.5",), "regime.keep_fraction", 1.5, "(0, 1]"),
     # Sizes that must fit each other
     (("debug=smoke", "num_synthetic=8"), "num_synthetic", 8, "at least model.batch_size=16"),
     (("debug=smoke", "regime=accumulate", "regime.subsample=8"), "regime.subsample", 8, "model.batch_size=16"),
+    (("debug=smoke", "model=vae", "num_synthetic=8"), "num_synthetic", 8, "at least model.batch_size=16"),
+    (("debug=smoke", "model=gmm", "num_synthetic=3"), "num_synthetic", 3, "at least model.n_components=4"),
+    (("model=gmm", "model.covariance_type=diag", "model.pca_components=60", "num_synthetic=50"), "num_synthetic", 50,
+     "at least model.pca_components=60"),
     (("debug=smoke", "metrics.nearest_k=100"), "metrics.nearest_k", 100, "num_synthetic - 1 = 63"),
     # Metrics
     (("metrics.extractors=[foo]",), "metrics.extractors", ["foo"], "['classifier', 'inception']"),
@@ -112,12 +128,22 @@ def test_the_table_is_big_enough():
     assert len(BAD) >= 30
 
 
+@pytest.mark.parametrize("group", ["model", "regime", "dataset", "experiment"])
+def test_an_unknown_choice_lists_the_valid_names(group):
+    with pytest.raises(Exception, match=f"Could not find '{group}/nope'") as info:  # Hydra's MissingConfigException
+        compose_config(f"{group}=nope")
+    options = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    assert all(f"\t{name}" in str(info.value) for name in options)
+
+
 # Checks that need the data: (overrides, training pool size, class count or None, key, value, allowed)
 BAD_WITH_DATA = [
     (("model.num_classes=10",), 100, None, "model.num_classes", 10, "this dataset has no class labels"),
     (("model.num_classes=5",), 1397, 10, "model.num_classes", 5, "the dataset's class count, 10"),
     (("regime=accumulate", "regime.subsample=5000"), 1397, 10, "regime.subsample", 5000,
      "at most 2797: generation 1 draws from the real pool's 1397 images and num_synthetic=1400"),
+    (("model=gmm", "generation=0", "model.n_components=1500"), 1397, 10, "model.n_components", 1500,
+     "at most the training pool's 1397 images"),
 ]
 
 

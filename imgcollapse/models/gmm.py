@@ -20,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
+from imgcollapse import faults
 from imgcollapse.data import ImageSet, to_float, to_uint8
 from imgcollapse.models import noise
 
@@ -128,6 +129,7 @@ class GMM:
         if self.pca is not None:
             x = self.pca.inverse_transform(x)
         images = torch.from_numpy(x).float().clamp(-1, 1).view(n, *self.image_shape)
+        faults.reached("sample")
         return ImageSet(to_uint8(images), None)
 
     # Persistence --------------------------------------------------------------------------------

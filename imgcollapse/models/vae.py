@@ -25,6 +25,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from imgcollapse import faults
 from imgcollapse.data import ImageSet
 from imgcollapse.models import noise
 from imgcollapse.models.train import default_accelerator, train
@@ -171,6 +172,7 @@ class VAE:
             stop = min(n, start + c["sample_batch_size"])
             z = noise((c["latent_dim"],), seed, start, stop).to(device) * c["temperature"]
             out[start:stop] = torch.sigmoid(self.net.decode(z)).mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
+            faults.reached("sample")
         return ImageSet(out, None)
 
     # Persistence --------------------------------------------------------------------------------
