@@ -463,6 +463,11 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
                  f"at most the training pool's {num_train} images")
         _require(m.pca_components is None or m.pca_components <= num_train, "model.pca_components",
                  m.pca_components, f"null or at most the training pool's {num_train} images")
+    extractors = config.metrics.extractors
+    has_classifier = num_classes is not None and (extractors == "auto" or "classifier" in extractors)
+    _require(r.curation == "none" or has_classifier, "regime.curation", r.curation,
+             "'none' here: curation's verifier is the metrics classifier, which needs labelled data and "
+             "'classifier' in metrics.extractors")
     pool = num_train + config.num_synthetic  # what accumulate draws from at generation 1, its smallest
     _require(r.kind != "accumulate" or r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
              f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "

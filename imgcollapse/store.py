@@ -29,7 +29,8 @@ class WriteFailed(OSError):
     """A run file could not be written (disk full, permissions, I/O error); its temporary copy is removed."""
 
     def __init__(self, path: Path, error: OSError) -> None:
-        super().__init__(error.errno, f"could not write {path}: {error.strerror or error}")
+        message = f"could not write {path}: {error.strerror or error}"
+        super().__init__(*((error.errno, message) if error.errno is not None else (message,)))
         self.path = Path(path)
 
 

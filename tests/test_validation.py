@@ -144,6 +144,9 @@ BAD_WITH_DATA = [
      "at most 2797: generation 1 draws from the real pool's 1397 images and num_synthetic=1400"),
     (("model=gmm", "generation=0", "model.n_components=1500"), 1397, 10, "model.n_components", 1500,
      "at most the training pool's 1397 images"),
+    (("regime.curation=confidence",), 100, None, "regime.curation", "confidence", "needs labelled data"),
+    (("regime.curation=confidence", "metrics.extractors=[inception]"), 1397, 10, "regime.curation", "confidence",
+     "'classifier' in metrics.extractors"),
 ]
 
 
