@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from imgcollapse import faults
 from imgcollapse.config import ConfigError, UserError
@@ -73,6 +74,14 @@ def _finished_samples(store: RunStore, generation: int) -> ImageSet:
                         "and later away to redo them") from e
 
 
+def training_set(generation: int, real: ImageSet, synthetic: list[ImageSet], regime: Regime,
+                 seed: int) -> tuple[ImageSet, dict[str, float]]:
+    """Real data for generation 0, the regime's mix after that; with its composition."""
+    if generation == 0:
+        return real, {"num_real": len(real), "num_synthetic": 0}
+    return regime.training_set(real, synthetic, generation, seed)
+
+
 def run(
     *,
     store: RunStore,
@@ -87,6 +96,8 @@ def run(
     grid_size: int = 64,
     strip_seeds: int = 8,
     after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
+    processes: PartialState | None = None,  # under `accelerate launch` (the main process): the others train
+    # with it (help_train) and read what it writes; None: this process is the only one
 ) -> list[dict[str, Any]]:
     """Train generations up to `generation`, resuming after the last finished one; returns all rows."""
     # Resume: keep the unbroken run of finished generations, drop anything after it (a finished generation
@@ -120,11 +131,7 @@ def run(
         seeds = generation_seeds(seed, g)
         gen_dir = store.gen_dir(g)
 
-        # Training set: real data for generation 0, the regime's mix after that.
-        if g == 0:
-            train_set, composition = splits.train, {"num_real": len(splits.train), "num_synthetic": 0}
-        else:
-            train_set, composition = regime.training_set(splits.train, synthetic, g, seed)
+        train_set, composition = training_set(g, splits.train, synthetic, regime, seed)
 
         # Fit a fresh model.
         model = make_model()
@@ -173,6 +180,8 @@ def run(
         store.write_json(gen_dir / "metrics.json", row)
         faults.reached("before_done")
         store.mark_done(g)
+        if processes is not None:
+            processes.wait_for_everyone()  # the other processes read this generation's samples from disk
         faults.reached("after_done")
         store.write_tables()
         synthetic.append(kept)
@@ -180,3 +189,17 @@ def run(
         if after_generation is not None:
             after_generation(g, row)
     return store.rows()
+
+
+def help_train(*, store: RunStore, splits: Splits, make_model: Callable[[], Model], regime: Regime,
+               generation: int, seed: int, processes: PartialState) -> list[dict[str, Any]]:
+    """A non-main process of a multi-process chain: take part in each generation's data-parallel training,
+    then read the samples the main process wrote, which the next training set is built from."""
+    start = store.num_done()
+    synthetic = [_finished_samples(store, g) for g in range(start)]
+    for g in range(start, generation + 1):
+        make_model().fit(training_set(g, splits.train, synthetic, regime, seed)[0],
+                         seed=generation_seeds(seed, g)["fit"])
+        processes.wait_for_everyone()  # until the main process has written the generation
+        synthetic.append(_finished_samples(store, g))
+    return []

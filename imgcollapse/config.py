@@ -96,6 +96,7 @@ class DDPMConfig:
     sampling_steps: int = MISSING
     guidance: float = MISSING
     sample_batch_size: int = MISSING
+    compile: bool = MISSING
 
 
 @dataclass
@@ -319,8 +320,8 @@ def validate(cfg: DictConfig) -> Config:
     _validate_metrics(config.metrics, config.num_synthetic)
     _require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
     _require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
-    _require(config.accelerator.mixed_precision in ("no", "fp16", "bf16"), "accelerator.mixed_precision",
-             config.accelerator.mixed_precision, "one of ['no', 'fp16', 'bf16']")
+    _require(config.accelerator.mixed_precision in ("auto", "no", "fp16", "bf16"), "accelerator.mixed_precision",
+             config.accelerator.mixed_precision, "one of ['auto', 'no', 'fp16', 'bf16']")
     _require(config.accelerator.mixed_precision != "fp16" or torch.cuda.is_available(), "accelerator.mixed_precision",
              config.accelerator.mixed_precision, "'no' or 'bf16' without a CUDA GPU (fp16 needs one)")
     _validate_logger(config.logger)

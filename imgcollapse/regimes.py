@@ -78,7 +78,7 @@ class Regime:
             parts = [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]
         else:
             raise ValueError(f"regime.kind={self.kind!r} is not one of {KINDS}")
-        return _combine(parts, generation)
+        return _combine(parts, generation, by_source=self.kind == "accumulate")
 
     # Curation -----------------------------------------------------------------------------------
     def num_candidates(self, num_synthetic: int) -> int:
@@ -121,12 +121,14 @@ def _subsample(parts: list[tuple], size: int, rng: np.random.Generator) -> list[
     return out
 
 
-def _combine(parts: list[tuple], generation: int) -> tuple[ImageSet, dict[str, float]]:
+def _combine(parts: list[tuple], generation: int, by_source: bool) -> tuple[ImageSet, dict[str, float]]:
+    """One training set from (source, images) parts, and its composition; `by_source` adds the share each
+    earlier generation holds (only accumulate mixes several: elsewhere all synthetic data is the last one's)."""
     nonempty = [s for _, s in parts if len(s)]
     data = ImageSet.concat(nonempty)
     num_real = sum(len(s) for source, s in parts if source == "real")
     composition: dict[str, float] = {"num_real": num_real, "num_synthetic": len(data) - num_real}
-    for g in range(generation):
+    for g in range(generation if by_source else 0):
         count = sum(len(s) for source, s in parts if source == g)
         if count:
             composition[f"share_gen_{g:03d}"] = count / len(data)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import hydra
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -75,20 +76,42 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
     """Validate the config, hold the run directory's lock, build every component and run the chain in it."""
     faults.arm(os.environ.get(faults.ENV))  # the resume tests' kill points (imgcollapse/faults.py)
     config = validate(cfg)
+    # this process's place under `accelerate launch` / torchrun (or the only process); without a GPU the
+    # processes train on the CPU over gloo, which accelerate does only when told the run is CPU-only
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    if processes.num_processes > 1:
+        # the run dir is decided once, by the main process, whatever the others' Hydra made of the overrides
+        run_dir = broadcast_object_list([str(run_dir)])[0]
+    if not processes.is_main_process:  # the main process holds the lock and speaks for the run
+        logging.getLogger("imgcollapse").setLevel(logging.WARNING)
+        return _run(cfg, config, Path(run_dir))
     with RunLock(Path(run_dir)):  # one writer per run dir
         return _run(cfg, config, Path(run_dir))
 
 
+def mixed_precision(setting: str) -> str:
+    """`auto`: bf16 on a GPU that supports it, else no mixed precision (on CPU it costs more than it saves)."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
 def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
-    """Run the chain in `run_dir`, whose lock this process holds."""
+    """Run the chain in `run_dir`; the main process holds its lock, any other one only helps train."""
     # Initialize.
     threads = resolve_threads(config.threads, hydra_launcher())
     torch.set_num_threads(threads)
-    accelerator = Accelerator(mixed_precision=config.accelerator.mixed_precision,
-                              **accelerator_kwargs(config.logger.kind, run_dir))
+    if torch.cuda.is_available():  # TF32 matmuls and convolutions on Ampere and later: free speed for fp32 work
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    accelerator = Accelerator(mixed_precision=mixed_precision(config.accelerator.mixed_precision),
+                              cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.logger.kind, run_dir))
     cache_dir = Path(config.cache_dir).expanduser()
     store = RunStore(run_dir)
-    log.info("run dir %s (torch threads %d)", run_dir, threads)
+    log.info("run dir %s (torch threads %d, %s, mixed precision %s%s)", run_dir, threads, accelerator.device,
+             accelerator.mixed_precision,
+             f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else "")
+    if not accelerator.is_main_process:
+        return _help_train(cfg, config, store, accelerator)
     for tmp in store.remove_temporaries():
         log.info("removed %s, left by an interrupted write", tmp)
 
@@ -145,6 +168,7 @@ def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
                           "classifier, which this run does not have (unlabelled data or metrics.extractors)")
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
     tracker.start(OmegaConf.to_container(cfg, resolve=True))
+    accelerator.wait_for_everyone()  # other processes (accelerate launch) wait for the checks and metrics set-up
 
     try:
         return chain.run(
@@ -154,12 +178,23 @@ def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             conditions=config.sampling.conditions,
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds,
             after_generation=functools.partial(_report, run_dir, tracker),
+            processes=accelerator if accelerator.num_processes > 1 else None,
         )
     finally:
         # Done, or stopped: the report once more, from whatever is on disk.
         _report(run_dir, tracker)
         tracker.finish()
         log.info("report: %s", run_dir / "report.html")
+
+
+def _help_train(cfg: DictConfig, config: Config, store: RunStore, accelerator: Accelerator) -> list[dict]:
+    """A non-main process of `accelerate launch`: the same data, the same models, its share of each batch."""
+    splits: Splits = instantiate(cfg.dataset, _partial_=True)()
+    make_model = functools.partial(instantiate, cfg.model, image_shape=splits.train.shape,
+                                   accelerator=accelerator, _convert_="all")
+    accelerator.wait_for_everyone()  # while the main process checks the run and sets up the metrics
+    return chain.help_train(store=store, splits=splits, make_model=make_model, regime=instantiate(cfg.regime),
+                            generation=config.generation, seed=config.seed, processes=accelerator)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -1,7 +1,7 @@
 """How fast imgcollapse is, against plain diffusers, and where a generation's time goes.
 
-    python scripts/bench.py --out bench.json            # everything (about 30 min on 2 CPU cores)
-    python scripts/bench.py --out bench.json --quick    # loops, sampler and metrics only (about 3 min)
+    python scripts/bench.py --out bench.json            # everything (about 35 min on 2 CPU cores)
+    python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations, metrics (about 5 min)
 
 Loops are measured in one process with the same model config, batch and threads, in interleaved
 repetitions (median and spread reported). Chains run as `python -m imgcollapse.run` subprocesses.
@@ -61,7 +61,7 @@ def bare_train(model_kwargs: dict, data: torch.Tensor, steps: int, seed: int) ->
                               beta_schedule=model_kwargs["beta_schedule"])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=model_kwargs["lr"])
     batch = model_kwargs["batch_size"]
-    began = time.perf_counter()
+    began = time.perf_counter()  # the loop alone, as the kit's train_seconds
     for _ in range(steps):
         x0 = data[torch.randint(len(data), (batch,))]
         noise = torch.randn_like(x0)
@@ -73,24 +73,72 @@ def bare_train(model_kwargs: dict, data: torch.Tensor, steps: int, seed: int) ->
     return steps / (time.perf_counter() - began)
 
 
-def kit_train(model_kwargs: dict, pool: ImageSet, steps: int, seed: int) -> tuple[float, DDPM]:
-    """The kit's DDPM.fit (accelerate, EMA, schedule, v-target, min-SNR, NaN guard): steps/s."""
+def kit_train(model_kwargs: dict, pool: ImageSet, steps: int, seed: int) -> tuple[float, float, DDPM]:
+    """The kit's DDPM.fit (accelerate, EMA, schedule, v-target, min-SNR, NaN guard): steps/s of its training
+    loop, and the seconds `fit` spends around it (building the UNet, preparing, releasing)."""
     model = DDPM(pool.shape, **{**model_kwargs, "train_steps": steps})
     began = time.perf_counter()
-    model.fit(pool, seed=seed)
-    return steps / (time.perf_counter() - began), model
+    loop_seconds = model.fit(pool, seed=seed)["train_seconds"]
+    return steps / loop_seconds, time.perf_counter() - began - loop_seconds, model
 
 
 def bench_training(model_kwargs: dict, pool: ImageSet, steps: int, reps: int) -> dict:
     data = to_float(pool.images)
     bare_train(model_kwargs, data, 5, 0), kit_train(model_kwargs, pool, 5, 0)  # warm up allocators and kernels
-    bare, kit = [], []
+    bare, kit, overhead = [], [], []
     for rep in range(reps):
         bare.append(bare_train(model_kwargs, data, steps, rep))
-        kit.append(kit_train(model_kwargs, pool, steps, rep)[0])
+        speed, around, _ = kit_train(model_kwargs, pool, steps, rep)
+        kit.append(speed)
+        overhead.append(around)
     ratio = statistics.median(kit) / statistics.median(bare)
     return {"steps": steps, "batch_size": model_kwargs["batch_size"], "bare_steps_per_s": spread(bare),
-            "kit_steps_per_s": spread(kit), "ratio": ratio}
+            "kit_steps_per_s": spread(kit), "ratio": ratio, "kit_fit_overhead_seconds": spread(overhead)}
+
+
+def optimized_train(model_kwargs: dict, data: torch.Tensor, steps: int, variant: str) -> float:
+    """The bare loop with one optimization: channels_last, bf16 autocast or torch.compile: steady steps/s."""
+    torch.manual_seed(0)
+    unet = build_unet(tuple(data.shape[1:]), model_kwargs["block_out_channels"], model_kwargs["layers_per_block"],
+                      model_kwargs["attention"], None)
+    if variant == "channels_last":
+        unet = unet.to(memory_format=torch.channels_last)
+    network = torch.compile(unet) if variant == "compile" else unet
+    scheduler = DDPMScheduler(num_train_timesteps=model_kwargs["num_train_timesteps"],
+                              beta_schedule=model_kwargs["beta_schedule"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=model_kwargs["lr"])
+    batch, warm = model_kwargs["batch_size"], 5
+    for step in range(steps + warm):
+        if step == warm:  # compile (and allocator warm-up) happen in the first steps: time the steady state
+            began = time.perf_counter()
+        x0 = data[torch.randint(len(data), (batch,))]
+        if variant == "channels_last":
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            out = network(scheduler.add_noise(x0, noise, t), t).sample
+        loss = F.mse_loss(out.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - began)
+
+
+def bench_optimizations(model_kwargs: dict, pool: ImageSet, steps: int, reps: int) -> dict:
+    """Each optimization against the plain loop, interleaved (rotating order) so drift hits all alike."""
+    data = to_float(pool.images)
+    variants = ["plain", "channels_last", "bf16", "compile"]
+    began = time.perf_counter()
+    optimized_train(model_kwargs, data, 1, "compile")  # the one-off compile, timed on its own
+    compile_seconds = time.perf_counter() - began
+    speeds: dict[str, list[float]] = {v: [] for v in variants}
+    for rep in range(reps):
+        for v in variants[rep % 4:] + variants[: rep % 4]:
+            speeds[v].append(optimized_train(model_kwargs, data, steps, v))
+    plain = statistics.median(speeds["plain"])
+    return {"steps": steps, "compile_seconds": compile_seconds,
+            **{v: {"steps_per_s": spread(x), "speedup": statistics.median(x) / plain} for v, x in speeds.items()}}
 
 
 # Sampling: the kit's sampler vs the diffusers pipeline ----------------------------------------------------
@@ -119,6 +167,25 @@ def bench_sampling(model: DDPM, num: int, reps: int) -> dict:
     return {"images": num, "sampler": c["sampler"], "steps": c["sampling_steps"], "batch_size": batch,
             "pipeline_images_per_s": spread(pipeline), "kit_images_per_s": spread(kit),
             "ratio": statistics.median(kit) / statistics.median(pipeline)}
+
+
+def bench_sampler_quality(model_kwargs: dict, cfg, splits, cache_dir: Path,
+                          settings: list[tuple[str, int]]) -> list[dict]:
+    """FID of one default-trained model under each (sampler, steps) setting, with its sampling speed."""
+    model = DDPM(splits.train.shape, **model_kwargs)
+    model.fit(splits.train, seed=0)
+    metrics = setup_metrics(splits, cache_dir, settings=metric_settings(cfg), extractors=["classifier"],
+                            classifier_epochs=cfg.metrics.classifier_epochs)
+    out = []
+    for sampler, steps in settings:
+        model.config.update(sampler=sampler, sampling_steps=steps)
+        began = time.perf_counter()
+        samples = model.sample(cfg.num_synthetic, seed=1)
+        seconds = time.perf_counter() - began
+        row = evaluate(samples, splits.train, metrics).row
+        out.append({"sampler": sampler, "steps": steps, "fid": row["fid"], "recall": row["recall"],
+                    "images_per_s": cfg.num_synthetic / seconds})
+    return out
 
 
 # Metrics -------------------------------------------------------------------------------------------------
@@ -172,6 +239,7 @@ def table(results: dict) -> str:
     add(f"train steps/s, bare diffusers (batch {t['batch_size']})", f"{t['bare_steps_per_s']['median']:.2f}")
     add("train steps/s, kit", f"{t['kit_steps_per_s']['median']:.2f}")
     add("train_ratio (kit / bare)", f"{results['train_ratio']:.3f}")
+    add("kit fit seconds around its loop (once a generation)", f"{t['kit_fit_overhead_seconds']['median']:.2f}")
     add(f"sample images/s, diffusers pipeline ({s['sampler']}-{s['steps']})",
         f"{s['pipeline_images_per_s']['median']:.1f}")
     add("sample images/s, kit", f"{s['kit_images_per_s']['median']:.1f}")
@@ -186,6 +254,13 @@ def table(results: dict) -> str:
         add(f"chain {name}: wall minutes", f"{chain['wall_seconds'] / 60:.1f}")
         add(f"chain {name}: s/generation (median)", f"{statistics.median(g['seconds'] for g in gens):.1f}")
         add(f"chain {name}: peak RSS GiB", f"{chain['peak_rss_gib']:.2f}")
+    if "optimizations" in results:
+        o = results["optimizations"]
+        for v in ("channels_last", "bf16", "compile"):
+            add(f"training speed-up from {v}", f"{o[v]['speedup']:.2f}x")
+        add("torch.compile one-off compile seconds", f"{o['compile_seconds']:.0f}")
+    for q in results.get("sampler_quality", []):
+        add(f"FID with {q['sampler']}-{q['steps']} ({q['images_per_s']:.0f} images/s)", f"{q['fid']:.1f}")
     if "accumulate_replace_ratio" in results:
         add("accumulate / replace s at the last generation", f"{results['accumulate_replace_ratio']:.3f}")
     return "\n".join(lines)
@@ -219,9 +294,12 @@ def main() -> None:
     results["train_ratio"] = results["training"]["ratio"]
 
     print("samplers ...", file=sys.stderr)
-    _, model = kit_train(model_kwargs, splits.train, args.train_steps, 0)
+    _, _, model = kit_train(model_kwargs, splits.train, args.train_steps, 0)
     results["sampling"] = bench_sampling(model, args.sample_images, args.reps)
     results["sampling_ratio"] = results["sampling"]["ratio"]
+
+    print("optimizations ...", file=sys.stderr)
+    results["optimizations"] = bench_optimizations(model_kwargs, splits.train, args.train_steps * 2, args.reps)
 
     print("metrics ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,6 +314,10 @@ def main() -> None:
                               + (cfg.num_synthetic + cfg.report.strip_seeds) / images_per_s
                               + results["metrics"]["seconds"])
         if not args.quick:
+            print("FID against sampler and steps ...", file=sys.stderr)
+            results["sampler_quality"] = bench_sampler_quality(
+                model_kwargs, cfg, splits, cache, [("ddim", 10), ("ddim", 25), ("ddim", 50), ("dpm++", 10),
+                                                   ("dpm++", 20)])
             print("default chain (replace) and accumulate chain ...", file=sys.stderr)
             chains = {
                 "default": run_chain(Path(tmp) / "default"),

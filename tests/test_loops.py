@@ -44,15 +44,12 @@ def test_vae_and_gmm_run_the_chain(tmp_path, model, cls):
 @pytest.mark.parametrize(
     ("regime", "expected"),
     [
-        ("replace", [{"num_real": 0, "num_synthetic": 64, "share_gen_000": 1.0},
-                     {"num_real": 0, "num_synthetic": 64, "share_gen_001": 1.0}]),
+        ("replace", [{"num_real": 0, "num_synthetic": 64}, {"num_real": 0, "num_synthetic": 64}]),
         ("accumulate", [{"num_real": REAL, "num_synthetic": 64, "share_gen_000": 64 / (REAL + 64)},
                         {"num_real": REAL, "num_synthetic": 128, "share_gen_000": 64 / (REAL + 128),
                          "share_gen_001": 64 / (REAL + 128)}]),
-        ("fresh", [{"num_real": 32, "num_synthetic": 32, "share_gen_000": 0.5},
-                   {"num_real": 32, "num_synthetic": 32, "share_gen_001": 0.5}]),
-        ("augment", [{"num_real": 32, "num_synthetic": 32, "share_gen_000": 0.5},
-                     {"num_real": 32, "num_synthetic": 32, "share_gen_001": 0.5}]),
+        ("fresh", [{"num_real": 32, "num_synthetic": 32}, {"num_real": 32, "num_synthetic": 32}]),
+        ("augment", [{"num_real": 32, "num_synthetic": 32}, {"num_real": 32, "num_synthetic": 32}]),
     ],
 )
 def test_rows_record_the_training_set_composition(tmp_path, regime, expected):

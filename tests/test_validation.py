@@ -107,7 +107,7 @@ BAD = [
     # Report, hardware, logging
     (("report.grid_size=0",), "report.grid_size", 0, "> 0"),
     (("report.strip_seeds=0",), "report.strip_seeds", 0, "> 0"),
-    (("accelerator.mixed_precision=fp8",), "accelerator.mixed_precision", "fp8", "['no', 'fp16', 'bf16']"),
+    (("accelerator.mixed_precision=fp8",), "accelerator.mixed_precision", "fp8", "['auto', 'no', 'fp16', 'bf16']"),
     pytest.param(("accelerator.mixed_precision=fp16",), "accelerator.mixed_precision", "fp16", "fp16 needs one",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed with a GPU")),
     (("logger.kind=wandb",), "logger.kind", "wandb", "['none', 'tensorboard']"),

@@ -86,6 +86,7 @@ class DDPM:
         sampling_steps: int = 25,
         guidance: float = 0.0,
         sample_batch_size: int = 128,
+        compile: bool = False,
     ) -> None:
         self.config = {
             "image_shape": [int(v) for v in image_shape],
@@ -108,6 +109,7 @@ class DDPM:
             "sampling_steps": sampling_steps,
             "guidance": guidance,
             "sample_batch_size": sample_batch_size,
+            "compile": compile,
         }
         if sampler not in SAMPLERS:
             raise ValueError(f"model.sampler={sampler!r} is not one of {sorted(SAMPLERS)}")
@@ -149,8 +151,10 @@ class DDPM:
             raise ValueError("a class-conditional DDPM (model.num_classes set) needs labelled training data")
         self.unet = self._build(seed)
         c = self.config
+        # torch.compile shares the UNet's parameters: what it trains is what `self.unet` samples with
+        network = torch.compile(self.unet) if c["compile"] else self.unet
         result = train(
-            self.unet, self._loss, to_float(data.images), data.labels if self.num_classes else None,
+            network, self._loss, to_float(data.images), data.labels if self.num_classes else None,
             steps=c["train_steps"], batch_size=c["batch_size"], lr=c["lr"], warmup_steps=c["warmup_steps"],
             ema_decay=c["ema_decay"], grad_clip=c["grad_clip"], seed=seed, accelerator=self.accelerator,
             desc="train ddpm",

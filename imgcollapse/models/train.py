@@ -121,10 +121,12 @@ def train(
     bar.close()
     seconds = time.perf_counter() - start
 
-    # Done: keep the averaged weights, which are what samples are drawn from.
+    # Done: keep the averaged weights, which are what samples are drawn from; let go of the wrapped copies
+    # (the accelerator would otherwise hold every generation's model and optimizer).
     if ema is not None:
         ema.copy_to(network.parameters())
     network.eval()
+    accelerator.free_memory()
     tail = losses[-max(1, steps // 10) :]
     return TrainResult(loss=float(tail.mean()), seconds=seconds, steps=steps)
 

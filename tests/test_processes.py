@@ -1,0 +1,52 @@
+"""Data-parallel training under `accelerate launch`: the main process alone writes, into the same layout."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_cli
+
+SMOKE = ("debug=smoke", "generation=1", "threads=1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def layout(run_dir) -> set[str]:
+    """Every file a run leaves, relative to its directory (the log and Hydra's own files aside)."""
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()
+            and ".hydra" not in p.parts and p.name != "run.log"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups on localhost")
+def test_two_processes_write_one_run_dir_like_one_process(tmp_path):
+    single = tmp_path / "single"
+    result = run_cli(*SMOKE, f"hydra.run.dir={single}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    work = tmp_path / "work"  # the launch's current directory: nothing may land here
+    work.mkdir()
+    double = tmp_path / "double"
+    # (accelerate's --multi_gpu is its torchrun launcher; with no GPU the kit trains over gloo on the CPU)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "imgcollapse.run", *SMOKE, f"hydra.run.dir={double}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(launch, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "2 processes" in output  # the main process says it leads two
+
+    assert layout(double) == layout(single)
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["double", "single", "work"]
+    rows = (double / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + generations 0 and 1, written once (by the main process alone)
+    assert len((double / "metrics.jsonl").read_text().splitlines()) == 2
