@@ -26,7 +26,7 @@ from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Settings, evaluate, setup_metrics
-from imgcollapse.models.train import TrainingDiverged
+from imgcollapse.models.train import TrainingDiverged, enable_tf32, mixed_precision
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.resume import check_config, check_data
 from imgcollapse.store import RunStore, WriteFailed
@@ -89,20 +89,12 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
         return _run(cfg, config, Path(run_dir))
 
 
-def mixed_precision(setting: str) -> str:
-    """`auto`: bf16 on a GPU that supports it, else no mixed precision (on CPU it costs more than it saves)."""
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
 def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     """Run the chain in `run_dir`; the main process holds its lock, any other one only helps train."""
     # Initialize.
     threads = resolve_threads(config.threads, hydra_launcher())
     torch.set_num_threads(threads)
-    if torch.cuda.is_available():  # TF32 matmuls and convolutions on Ampere and later: free speed for fp32 work
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    enable_tf32()
     accelerator = Accelerator(mixed_precision=mixed_precision(config.accelerator.mixed_precision),
                               cpu=not torch.cuda.is_available(), **accelerator_kwargs(config.logger.kind, run_dir))
     cache_dir = Path(config.cache_dir).expanduser()

@@ -51,6 +51,20 @@ class TrainResult:
     steps: int
 
 
+def mixed_precision(setting: str) -> str:
+    """`auto`: bf16 on a GPU that supports it, else none (on most CPUs bf16 costs more than it saves)."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def enable_tf32() -> None:
+    """TF32 matmuls and convolutions on Ampere and later GPUs: free speed for the fp32 parts."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def default_accelerator() -> Accelerator:
     """A single-process accelerator on the best available device."""
     return Accelerator()
