@@ -75,19 +75,26 @@ class FolderConfig:
 
 # Models -----------------------------------------------------------------------------------------
 @dataclass
-class DDPMConfig:
-    _target_: str = "imgcollapse.models.ddpm.DDPM"
+class TrainingConfig:
+    """Keys of the training loop the torch models share (models/train.py)."""
+
     block_out_channels: list[int] = MISSING
-    layers_per_block: int = MISSING
-    attention: bool = MISSING
-    num_classes: int | None = MISSING
-    class_dropout: float = MISSING
     train_steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
     warmup_steps: int = MISSING
     ema_decay: float | None = MISSING
     grad_clip: float | None = MISSING
+    sample_batch_size: int = MISSING
+
+
+@dataclass
+class DDPMConfig(TrainingConfig):
+    _target_: str = "imgcollapse.models.ddpm.DDPM"
+    layers_per_block: int = MISSING
+    attention: bool = MISSING
+    num_classes: int | None = MISSING
+    class_dropout: float = MISSING
     beta_schedule: str = MISSING
     num_train_timesteps: int = MISSING
     prediction_type: str = MISSING
@@ -95,25 +102,16 @@ class DDPMConfig:
     sampler: str = MISSING
     sampling_steps: int = MISSING
     guidance: float = MISSING
-    sample_batch_size: int = MISSING
     compile: bool = MISSING
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(TrainingConfig):
     _target_: str = "imgcollapse.models.vae.VAE"
-    block_out_channels: list[int] = MISSING
     latent_dim: int = MISSING
     likelihood: str = MISSING
     beta: float = MISSING
-    train_steps: int = MISSING
-    batch_size: int = MISSING
-    lr: float = MISSING
-    warmup_steps: int = MISSING
-    ema_decay: float | None = MISSING
-    grad_clip: float | None = MISSING
     temperature: float = MISSING
-    sample_batch_size: int = MISSING
 
 
 @dataclass
@@ -260,7 +258,7 @@ def _validate_dataset(d: Any) -> None:
 def validate(cfg: DictConfig) -> Config:
     """Check ranges, enums and combinations; return the typed config. Raises ConfigError."""
     from imgcollapse.chain import CONDITIONS
-    from imgcollapse.models.ddpm import SAMPLERS, unet_downsampling
+    from imgcollapse.models.ddpm import SAMPLERS
     from imgcollapse.regimes import CURATIONS, KINDS
     from imgcollapse.resume import RESUME_MODES
 
@@ -277,23 +275,10 @@ def validate(cfg: DictConfig) -> Config:
     _validate_dataset(d)
 
     m = config.model
+    if isinstance(m, TrainingConfig):
+        _validate_training(m)
     if isinstance(m, DDPMConfig):
-        _require(m.train_steps > 0, "model.train_steps", m.train_steps, "an integer > 0")
-        _require(m.batch_size > 0, "model.batch_size", m.batch_size, "an integer > 0")
-        _require(m.lr > 0, "model.lr", m.lr, "a learning rate > 0")
-        _require(len(m.block_out_channels) > 0 and all(c > 0 for c in m.block_out_channels),
-                 "model.block_out_channels", m.block_out_channels, "a non-empty list of positive widths")
-        factor = 2 ** unet_downsampling(m.block_out_channels)
-        _require(d.image_size % factor == 0, "dataset.image_size", d.image_size,
-                 f"a multiple of {factor}, since model.block_out_channels={m.block_out_channels} "
-                 f"halves the image {unet_downsampling(m.block_out_channels)} times")
-        _require(m.ema_decay is None or 0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "null or in (0, 1)")
-        _require(m.prediction_type in ("epsilon", "v_prediction"), "model.prediction_type", m.prediction_type,
-                 "one of ['epsilon', 'v_prediction']")
-        _require(m.snr_gamma is None or m.snr_gamma > 0, "model.snr_gamma", m.snr_gamma, "null or > 0")
-        _require(m.num_classes is None or m.num_classes > 1, "model.num_classes", m.num_classes,
-                 "null (unconditional) or the dataset's class count (> 1)")
-        _require(0 <= m.class_dropout < 1, "model.class_dropout", m.class_dropout, "a fraction in [0, 1)")
+        _validate_ddpm(m, d)
     _validate_vae(m)
     _validate_gmm(m, d)
     _validate_sampling_bias(config)
@@ -328,22 +313,45 @@ def validate(cfg: DictConfig) -> Config:
     return config
 
 
+def _validate_training(m: TrainingConfig) -> None:
+    """Keys of the shared torch training loop (DDPM, VAE)."""
+    _require(len(m.block_out_channels) > 0 and all(c > 0 for c in m.block_out_channels),
+             "model.block_out_channels", m.block_out_channels, "a non-empty list of positive widths")
+    _require(m.train_steps > 0, "model.train_steps", m.train_steps, "an integer > 0")
+    _require(m.batch_size > 0, "model.batch_size", m.batch_size, "an integer > 0")
+    _require(m.lr > 0, "model.lr", m.lr, "a learning rate > 0")
+    _require(0 <= m.warmup_steps <= m.train_steps, "model.warmup_steps", m.warmup_steps,
+             f"an integer in [0, model.train_steps={m.train_steps}]")
+    _require(m.ema_decay is None or 0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "null or in (0, 1)")
+    _require(m.grad_clip is None or m.grad_clip > 0, "model.grad_clip", m.grad_clip, "null (no clipping) or > 0")
+    _require(m.sample_batch_size > 0, "model.sample_batch_size", m.sample_batch_size, "an integer > 0")
+
+
+def _validate_ddpm(m: DDPMConfig, d: Any) -> None:
+    from imgcollapse.models.ddpm import unet_downsampling
+
+    factor = 2 ** unet_downsampling(m.block_out_channels)
+    _require(d.image_size % factor == 0, "dataset.image_size", d.image_size,
+             f"a multiple of {factor}, since model.block_out_channels={m.block_out_channels} "
+             f"halves the image {unet_downsampling(m.block_out_channels)} times")
+    _require(m.layers_per_block >= 1, "model.layers_per_block", m.layers_per_block, "an integer ≥ 1")
+    _require(m.prediction_type in ("epsilon", "v_prediction"), "model.prediction_type", m.prediction_type,
+             "one of ['epsilon', 'v_prediction']")
+    _require(m.snr_gamma is None or m.snr_gamma > 0, "model.snr_gamma", m.snr_gamma, "null or > 0")
+    _require(m.num_classes is None or m.num_classes > 1, "model.num_classes", m.num_classes,
+             "null (unconditional) or the dataset's class count (> 1)")
+    _require(0 <= m.class_dropout < 1, "model.class_dropout", m.class_dropout, "a fraction in [0, 1)")
+
+
 def _validate_model_extras(m: Any, s: SamplingConfig) -> None:
-    """Model keys beyond sizes and learning rate, and the sampling keys the model takes (after sampling's own
-    checks, so a bad sampling.* value is named as such, not as the model key it flows into)."""
+    """The sampling keys the model takes (after sampling's own checks, so a bad sampling.* value is named as
+    such, not as the model key it flows into)."""
     from imgcollapse.models.ddpm import BETA_SCHEDULES, SAMPLERS
 
     if hasattr(m, "temperature"):
         _require(m.temperature > 0, "model.temperature", m.temperature, "> 0 (the sampling temperature)")
-    if isinstance(m, VAEConfig):
-        _require(m.warmup_steps <= m.train_steps, "model.warmup_steps", m.warmup_steps,
-                 f"at most model.train_steps={m.train_steps}")
     if not isinstance(m, DDPMConfig):
         return
-    _require(m.layers_per_block >= 1, "model.layers_per_block", m.layers_per_block, "an integer ≥ 1")
-    _require(0 <= m.warmup_steps <= m.train_steps, "model.warmup_steps", m.warmup_steps,
-             f"an integer in [0, model.train_steps={m.train_steps}]")
-    _require(m.grad_clip is None or m.grad_clip > 0, "model.grad_clip", m.grad_clip, "null (no clipping) or > 0")
     _require(m.beta_schedule in BETA_SCHEDULES, "model.beta_schedule", m.beta_schedule,
              f"one of {list(BETA_SCHEDULES)} (what diffusers' DDPM, DDIM and DPM-Solver schedulers all take)")
     _require(m.num_train_timesteps >= 2, "model.num_train_timesteps", m.num_train_timesteps, "an integer ≥ 2")
@@ -352,7 +360,6 @@ def _validate_model_extras(m: Any, s: SamplingConfig) -> None:
     _require(m.sampler in SAMPLERS, "model.sampler", m.sampler, f"one of {sorted(SAMPLERS)}")
     _require(1 <= m.sampling_steps <= m.num_train_timesteps, "model.sampling_steps", m.sampling_steps,
              f"an integer in [1, model.num_train_timesteps={m.num_train_timesteps}]")
-    _require(m.sample_batch_size > 0, "model.sample_batch_size", m.sample_batch_size, "an integer > 0")
     _require(m.guidance >= 0, "model.guidance", m.guidance, "≥ 0")
 
 
@@ -406,18 +413,9 @@ def _validate_vae(m: Any) -> None:
 
     if not isinstance(m, VAEConfig):
         return
-    _require(len(m.block_out_channels) > 0 and all(c > 0 for c in m.block_out_channels),
-             "model.block_out_channels", m.block_out_channels, "a non-empty list of positive widths")
     _require(m.latent_dim > 0, "model.latent_dim", m.latent_dim, "an integer > 0")
     _require(m.likelihood in LIKELIHOODS, "model.likelihood", m.likelihood, f"one of {list(LIKELIHOODS)}")
     _require(m.beta > 0, "model.beta", m.beta, "> 0 (1: the plain ELBO)")
-    _require(m.train_steps > 0, "model.train_steps", m.train_steps, "an integer > 0")
-    _require(m.batch_size > 0, "model.batch_size", m.batch_size, "an integer > 0")
-    _require(m.lr > 0, "model.lr", m.lr, "a learning rate > 0")
-    _require(m.warmup_steps >= 0, "model.warmup_steps", m.warmup_steps, "an integer ≥ 0")
-    _require(m.ema_decay is None or 0 < m.ema_decay < 1, "model.ema_decay", m.ema_decay, "null or in (0, 1)")
-    _require(m.grad_clip is None or m.grad_clip > 0, "model.grad_clip", m.grad_clip, "null or > 0")
-    _require(m.sample_batch_size > 0, "model.sample_batch_size", m.sample_batch_size, "an integer > 0")
 
 
 def _validate_gmm(m: Any, d: Any) -> None:

@@ -58,7 +58,7 @@ BAD = [
     (("model.sampler=euler",), "model.sampler", "euler", "['ddim', 'dpm++']"),
     (("model.sample_batch_size=0",), "model.sample_batch_size", 0, "> 0"),
     (("model=vae", "model.likelihood=poisson"), "model.likelihood", "poisson", "['gaussian', 'bernoulli']"),
-    (("model=vae", "model.warmup_steps=5000"), "model.warmup_steps", 5000, "at most model.train_steps=1500"),
+    (("model=vae", "model.warmup_steps=5000"), "model.warmup_steps", 5000, "[0, model.train_steps=1500]"),
     (("model=vae", "model.temperature=0"), "model.temperature", 0.0, "> 0"),
     (("model=gmm", "model.covariance_type=round"), "model.covariance_type", "round", "'full', 'tied', 'diag'"),
     (("model=gmm", "model.reg_covar=0"), "model.reg_covar", 0.0, "> 0"),

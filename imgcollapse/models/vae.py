@@ -79,6 +79,11 @@ class VAENet(nn.Module):
         """Per-pixel logits: sigmoid gives the mean image in [0, 1]."""
         return self.decoder(F.silu(self.from_latent(z)).view(len(z), *self.bottleneck))
 
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training pass (reparameterised with noise `eps`): mu, logvar and the decoded logits."""
+        mu, logvar = self.encode(x)
+        return mu, logvar, self.decode(mu + eps * (0.5 * logvar).exp())
+
 
 class VAE:
     """Convolutional VAE; `fit` trains from scratch for a fixed number of optimizer steps."""
@@ -130,10 +135,9 @@ class VAE:
     # Training -----------------------------------------------------------------------------------
     def _loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
         """Negative ELBO per pixel (nats): reconstruction + beta · KL(q(z|x) || N(0, I))."""
-        inner = getattr(net, "module", net)  # accelerate may wrap the network (DDP) for several processes
-        mu, logvar = inner.encode(x * 2 - 1)
-        z = mu + torch.randn(mu.shape, generator=g, device=mu.device) * (0.5 * logvar).exp()
-        logits = inner.decode(z)
+        eps = torch.randn((len(x), self.config["latent_dim"]), generator=g, device=x.device)
+        # through forward, so that a DDP-wrapped network (several processes) syncs its gradients
+        mu, logvar, logits = net(x * 2 - 1, eps)
         if self.config["likelihood"] == "bernoulli":
             recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         else:
