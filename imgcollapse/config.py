@@ -274,6 +274,14 @@ def validate(cfg: DictConfig) -> Config:
     d = config.dataset
     _validate_dataset(d)
 
+    # before the model's keys: model.sample_batch_size defaults to ${sampling.batch_size}, the key users set
+    s = config.sampling
+    _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {sorted(SAMPLERS)}")
+    _require(s.steps > 0, "sampling.steps", s.steps, "an integer > 0")
+    _require(s.batch_size > 0, "sampling.batch_size", s.batch_size, "an integer > 0")
+    _require(s.guidance >= 0, "sampling.guidance", s.guidance, "≥ 0 (0: plain conditional sampling)")
+    _require(s.temperature > 0, "sampling.temperature", s.temperature, "> 0")
+
     m = config.model
     if isinstance(m, TrainingConfig):
         _validate_training(m)
@@ -282,13 +290,6 @@ def validate(cfg: DictConfig) -> Config:
     _validate_vae(m)
     _validate_gmm(m, d)
     _validate_sampling_bias(config)
-
-    s = config.sampling
-    _require(s.sampler in SAMPLERS, "sampling.sampler", s.sampler, f"one of {sorted(SAMPLERS)}")
-    _require(s.steps > 0, "sampling.steps", s.steps, "an integer > 0")
-    _require(s.batch_size > 0, "sampling.batch_size", s.batch_size, "an integer > 0")
-    _require(s.guidance >= 0, "sampling.guidance", s.guidance, "≥ 0 (0: plain conditional sampling)")
-    _require(s.temperature > 0, "sampling.temperature", s.temperature, "> 0")
 
     r = config.regime
     _require(r.kind in KINDS, "regime.kind", r.kind, f"one of {list(KINDS)}")
