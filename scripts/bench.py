@@ -1,7 +1,7 @@
 """How fast imgcollapse is, against plain diffusers, and where a generation's time goes.
 
-    python scripts/bench.py --out bench.json            # everything (about 35 min on 2 CPU cores)
-    python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations, metrics (about 5 min)
+    python scripts/bench.py --out bench.json            # everything (about 30 min on 2 CPU cores)
+    python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations, metrics (about 6 min)
 
 Loops are measured in one process with the same model config, batch and threads, in interleaved
 repetitions (median and spread reported). Chains run as `python -m imgcollapse.run` subprocesses.
