@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imgcollapse.config import ConfigError
 from imgcollapse.data import ImageSet
 
 KINDS = ("replace", "accumulate", "fresh", "augment")
@@ -46,13 +45,6 @@ class Regime:
     subsample: int | None = None  # accumulate: draw this many images from everything so far (None: all)
     curation: str = "none"  # verifier that filters synthetic samples (CURATIONS)
     keep_fraction: float = 1.0  # curation: share of the candidates kept
-
-    def check(self, num_real: int, num_synthetic: int) -> None:
-        """Fail before training if this regime cannot build generation 1's set from these sizes."""
-        if self.kind == "accumulate" and self.subsample is not None and self.subsample > num_real + num_synthetic:
-            raise ConfigError("regime.subsample", self.subsample,
-                              f"at most {num_real + num_synthetic}: the real pool ({num_real}) plus one "
-                              f"generation's samples (num_synthetic={num_synthetic}) is all generation 1 has")
 
     def training_set(
         self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int

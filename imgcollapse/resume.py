@@ -46,16 +46,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def is_ignored(key: str, ignored: tuple[str, ...] = IGNORED) -> bool:
-    return any(key == k or key.startswith(f"{k}.") for k in ignored)
+def is_ignored(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in IGNORED)
 
 
-def config_differences(started: Mapping[str, Any], now: Mapping[str, Any],
-                       ignored: tuple[str, ...] = IGNORED) -> dict[str, tuple[Any, Any]]:
+def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (value the run has, value now)} for every key that differs and may not."""
     old, new = flatten(started), flatten(now)
-    keys = [k for k in old if not is_ignored(k, ignored)]
-    keys += [k for k in new if k not in old and not is_ignored(k, ignored)]
+    keys = [k for k in old if not is_ignored(k)]
+    keys += [k for k in new if k not in old and not is_ignored(k)]
     return {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys if old.get(k, ABSENT) != new.get(k, ABSENT)}
 
 

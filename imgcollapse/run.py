@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import imgcollapse
 from imgcollapse import chain, faults
-from imgcollapse.config import Config, ConfigError, UserError, register, validate, validate_data
+from imgcollapse.config import Config, UserError, register, validate, validate_data
 from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
@@ -155,9 +155,6 @@ def _run(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(instantiate, cfg.model, image_shape=splits.train.shape,
                                    accelerator=accelerator, _convert_="all")
     regime = instantiate(cfg.regime)
-    if regime.curation != "none" and metrics.classifier is None:
-        raise ConfigError("regime.curation", regime.curation, "'none' here: curation's verifier is the metrics "
-                          "classifier, which this run does not have (unlabelled data or metrics.extractors)")
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
     tracker.start(OmegaConf.to_container(cfg, resolve=True))
     accelerator.wait_for_everyone()  # other processes (accelerate launch) wait for the checks and metrics set-up

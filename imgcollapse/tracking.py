@@ -17,6 +17,8 @@ import numpy as np
 from accelerate import Accelerator
 from PIL import Image
 
+from imgcollapse.resume import flatten as flatten_keys
+
 KINDS = ("none", "tensorboard")  # accelerate trackers that work offline
 PROJECT = "tensorboard"  # events go to <run dir>/<PROJECT>/
 
@@ -31,18 +33,9 @@ def accelerator_kwargs(kind: str, run_dir: Path) -> dict[str, Any]:
     return {} if kind == "none" else {"log_with": kind, "project_dir": str(run_dir)}
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+def flatten(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
     """A nested config as `{"a.b": primitive}`: what TensorBoard's hparams accept (lists and None as text)."""
-    out: dict[str, bool | int | float | str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten_keys(config).items()}
 
 
 class Tracker:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from imgcollapse.config import ConfigError
 from imgcollapse.data import ImageSet
 from imgcollapse.regimes import Regime, verifier_scores
 
@@ -111,12 +110,6 @@ def test_augment_subset_does_not_depend_on_resuming():
 def test_regime_needs_every_earlier_set():
     with pytest.raises(ValueError, match="generation 2"):
         Regime("replace").training_set(tagged(0, REAL), [tagged(1, SYN)], 2, 0)
-
-
-def test_subsample_larger_than_generation_one_can_have_fails_early():
-    Regime("accumulate", subsample=REAL + SYN).check(REAL, SYN)
-    with pytest.raises(ConfigError, match="regime.subsample"):
-        Regime("accumulate", subsample=REAL + SYN + 1).check(REAL, SYN)
 
 
 # Curation -----------------------------------------------------------------------------------------

@@ -158,6 +158,13 @@ def test_bad_config_for_the_data(overrides, num_train, num_classes, key, value, 
     assert str(info.value).startswith(f"{key}={value!r} is not allowed: ") and allowed in str(info.value)
 
 
+def test_subsample_may_take_everything_generation_one_has_and_no_more():
+    # generation 1 under accumulate draws from the real pool plus one generation's samples: 1,397 + 1,400
+    validate_data(validate(compose_config("regime=accumulate", "regime.subsample=2797")), 1397, 10)
+    with pytest.raises(ConfigError, match="regime.subsample=2798 is not allowed: null or at most 2797"):
+        validate_data(validate(compose_config("regime=accumulate", "regime.subsample=2798")), 1397, 10)
+
+
 def test_good_configs_pass():
     for overrides in [(), ("debug=smoke",), ("regime=accumulate", "regime.subsample=2000"),
                       ("regime=fresh", "regime.real_fraction=0.3"), ("model.num_classes=10", "sampling.guidance=1")]:

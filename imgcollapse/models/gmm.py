@@ -124,8 +124,12 @@ class GMM:
         uniform = torch.special.ndtr(torch.from_numpy(draws[:, 0])).numpy()
         component = np.minimum(np.searchsorted(np.cumsum(m.weights_), uniform), len(m.weights_) - 1)
         factors = cholesky_factors(m.covariances_, m.covariance_type, m.n_components, dim)
-        scale = np.sqrt(self.config["temperature"])
-        x = m.means_[component] + scale * np.einsum("nij,nj->ni", factors[component], draws[:, 1:])
+        # one component at a time: indexing factors by sample would hold n dim×dim matrices (GBs on MNIST)
+        x = np.empty((n, dim))
+        for k in np.unique(component):
+            rows = component == k
+            x[rows] = np.einsum("ij,nj->ni", factors[k], draws[rows, 1:])
+        x = m.means_[component] + np.sqrt(self.config["temperature"]) * x
         if self.pca is not None:
             x = self.pca.inverse_transform(x)
         images = torch.from_numpy(x).float().clamp(-1, 1).view(n, *self.image_shape)

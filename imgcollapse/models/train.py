@@ -27,13 +27,12 @@ class TrainingDiverged(RuntimeError):
     The chain fills in `generation`; the message is built when shown, so it names it.
     """
 
-    def __init__(self, step: int, last_finite: float | None, lr: float | None = None,
-                 generation: int | None = None) -> None:
+    def __init__(self, step: int, last_finite: float | None, lr: float | None = None) -> None:
         super().__init__(step, last_finite)
         self.step = step
         self.last_finite = last_finite
         self.lr = lr
-        self.generation = generation
+        self.generation: int | None = None
 
     def __str__(self) -> str:
         where = "" if self.generation is None else f"generation {self.generation}: "
