@@ -201,11 +201,16 @@ class RunStore:
         columns: list[str] = []
         for row in rows:
             columns += [k for k in row if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-        atomic_write_text(self.root / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.root / "metrics.csv", csv_text(rows, columns))
         atomic_write_text(self.root / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         return rows
+
+
+def csv_text(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as CSV text with a header; a missing or None value is an empty field."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return buf.getvalue()

@@ -281,10 +281,12 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
             row.update(dict.fromkeys(CLASS_COLUMNS if name == "classifier" else (), None))
             continue
         with _timed(seconds, f"{name}_features"):
-            features, _ = space.memo(scored)
+            if name == "classifier":  # its predictions label every sample, scored or not: embed each one once
+                all_features, probs = space.memo(samples.images)
+                features = all_features[idx]
+            else:  # a slow extractor (Inception) embeds only the scored subset
+                features, _ = space.memo(scored)
             train_features, _ = space.memo(train_set.images)  # pool and earlier samples: looked up, not computed
-            if name == "classifier":  # its predictions label every sample, scored or not
-                probs = space.memo(samples.images)[1]
         faults.reached("metrics")
         row.update(space_scores(features, train_features, space, s, seconds))
         if probs is not None and metrics.real_freq is not None and name == "classifier":

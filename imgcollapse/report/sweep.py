@@ -9,7 +9,6 @@ running or were interrupted contribute the generations they finished.
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import re
@@ -24,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from imgcollapse.report import page
-from imgcollapse.store import atomic_write_text
+from imgcollapse.store import atomic_write_text, csv_text
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +84,14 @@ def _job_order(path: Path) -> tuple[int, str]:
     return (int(m.group(1)) if m else 1 << 30, path.name)
 
 
+def _job_override_files(root: Path) -> list[Path]:
+    """`.hydra/overrides.yaml` of every job directory up to two levels below `root`."""
+    return [*Path(root).glob("*/.hydra/overrides.yaml"), *Path(root).glob("*/*/.hydra/overrides.yaml")]
+
+
 def find_jobs(root: Path) -> list[Job]:
-    """Every job directory (one with `.hydra/overrides.yaml`) up to two levels below `root`."""
-    paths = [*Path(root).glob("*/.hydra/overrides.yaml"), *Path(root).glob("*/*/.hydra/overrides.yaml")]
+    """Every job directory (one with `.hydra/overrides.yaml`) up to two levels below `root`, with its rows."""
+    paths = _job_override_files(root)
     jobs = []
     for path in sorted(paths, key=lambda p: _job_order(p.parent.parent)):
         job_dir = path.parent.parent
@@ -99,7 +103,7 @@ def find_jobs(root: Path) -> list[Job]:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    return (Path(path) / "multirun.yaml").exists() or bool(find_jobs(path))
+    return (Path(path) / "multirun.yaml").exists() or bool(_job_override_files(path))  # no job read yet
 
 
 def collect(root: Path) -> Sweep:
@@ -161,15 +165,6 @@ def bands(sweep: Sweep, metrics: Sequence[str]) -> dict[str, dict[str, tuple[np.
     return out
 
 
-def _csv_text(sweep: Sweep) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=sweep.columns, lineterminator="\n")
-    writer.writeheader()
-    for row in sweep.rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in sweep.columns})
-    return buf.getvalue()
-
-
 def _last_generation_table(sweep: Sweep, metric_bands: dict[str, dict[str, tuple[np.ndarray, ...]]]) -> str:
     labels = list(next(iter(metric_bands.values()), {}))
     rows = []
@@ -218,7 +213,7 @@ def build_sweep_report(root: Path, runs: bool = True) -> Sweep:
             if is_run_dir(job.root):
                 build_run_report(job.root)
     sweep = collect(root)
-    atomic_write_text(root / "sweep.csv", _csv_text(sweep))
+    atomic_write_text(root / "sweep.csv", csv_text(sweep.rows, sweep.columns))
     metric_bands = bands(sweep, plot_columns(sweep))
     figure = None
     if any(metric_bands.values()):
