@@ -3,7 +3,8 @@
 Everything a generation produces lands in `gen_XXX/` and counts only once `gen_XXX/DONE` exists, so a
 rerun of the same command resumes after the last finished generation and a larger `generation=`
 extends a finished chain. Each generation's seeds derive from (seed, generation) alone, so a resumed
-generation is the same as one run straight through.
+generation is the same as one run straight through. Under `accelerate launch` every process runs this same
+loop; the steps only the main process takes (sample, score, write) are marked inline.
 """
 
 from __future__ import annotations
@@ -18,20 +19,16 @@ import torch
 from accelerate import PartialState
 
 from imgcollapse import faults
-from imgcollapse.config import UserError
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.metrics import Evaluation
-from imgcollapse.models import Model
+from imgcollapse.models import CONDITIONS, Model
 from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
 from imgcollapse.report.summary import summary_line
-from imgcollapse.store import RunStore, atomic_write, atomic_write_dir
+from imgcollapse.store import ENVIRONMENT_FILE, RunStore, atomic_write, atomic_write_dir
 
 log = logging.getLogger(__name__)
-
-# Class frequencies a conditional model's samples are asked for (`sampling.conditions`).
-CONDITIONS = ("real", "uniform", "train")
 
 
 def generation_seeds(seed: int, generation: int) -> dict[str, int]:
@@ -64,17 +61,6 @@ def condition_labels(conditions: str, real: ImageSet, train_set: ImageSet, n: in
     raise ValueError(f"sampling.conditions={conditions!r} is not one of {CONDITIONS}")
 
 
-def _finished_samples(store: RunStore, generation: int) -> ImageSet:
-    """A finished generation's samples (the next generations' data), or a clear error if they are damaged."""
-    path = store.gen_dir(generation) / "samples.npz"
-    try:
-        return ImageSet.load(path)
-    except (OSError, ValueError, KeyError) as e:  # missing, truncated or not an npz of images
-        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}), yet gen_{generation:03d} is marked done: "
-                        f"the run dir was damaged after it was written. Restore the file, or move gen_{generation:03d} "
-                        "and later away to redo them") from e
-
-
 def training_set(generation: int, real: ImageSet, synthetic: list[ImageSet], regime: Regime,
                  seed: int) -> tuple[ImageSet, dict[str, float]]:
     """Real data for generation 0, the regime's mix after that; with its composition."""
@@ -89,37 +75,31 @@ def run(
     splits: Splits,
     make_model: Callable[[], Model],  # a fresh, untrained model of the configured kind
     regime: Regime,
-    score: Callable[[ImageSet, ImageSet], Evaluation],  # metrics of (samples, training set) against held-out data
+    score: Callable[[ImageSet, ImageSet], Evaluation] | None,  # metrics of (samples, training set) against
+    # held-out data; None on the processes that only help train
     generation: int,  # the last generation to train
     seed: int,
     num_synthetic: int,  # samples each generation makes for the next
     conditions: str = "real",  # class frequencies a conditional model samples with (CONDITIONS)
     grid_size: int = 64,
     strip_seeds: int = 8,
+    environment: dict[str, Any] | None = None,  # versions and resolved settings, kept beside each generation
     after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
-    processes: PartialState | None = None,  # under `accelerate launch` (the main process): the others train
-    # with it (help_train) and read what it writes; None: this process is the only one
+    processes: PartialState | None = None,  # every process of `accelerate launch` runs this loop; None: one
 ) -> list[dict[str, Any]]:
-    """Train generations up to `generation`, resuming after the last finished one; returns all rows."""
-    # Resume: keep the unbroken run of finished generations, drop anything after it (a finished generation
-    # is never rewritten: one past a gap is refused, not redone).
+    """Train generations up to `generation`, after the last finished one (resume.prepare has cleaned the run dir
+    of anything after it); returns all rows. Every process trains its share of each batch; the main process
+    alone samples, scores and writes, and the others read its samples back from disk."""
+    main = processes is None or processes.is_main_process
     start = store.num_done()
-    stale = store.stale_generations(start)
-    if orphans := [g for g in stale if store.is_done(g)]:
-        raise UserError(f"{store.gen_dir(orphans[0])} is marked done but {store.gen_dir(start)} before it is not "
-                        "(the run dir was edited by hand?); finished generations are never rewritten: move "
-                        f"gen_{orphans[0]:03d} and later away, or restore gen_{start:03d}/DONE, then rerun")
-    for g in stale:
-        store.reset_generation(g)
-    if start or (store.root / "metrics.csv").exists():  # a kill between DONE and the tables left them short
-        store.write_tables()
     if start > generation:
-        log.info("chain already has generations 0..%d in %s; nothing to do (raise generation= to extend)",
-                 start - 1, store.root)
+        if main:
+            log.info("chain already has generations 0..%d in %s; nothing to do (raise generation= to extend)",
+                     start - 1, store.root)
         return store.rows()
-    if start:
+    if start and main:
         log.info("resuming %s after generation %d", store.root, start - 1)
-    synthetic = [_finished_samples(store, g) for g in range(start)]
+    synthetic = [store.read_samples(g) for g in range(start)]
     # a conditional model samples from class labels (validate_data has checked they match the dataset's)
     num_classes = make_model().num_classes
     strip_labels = (torch.arange(strip_seeds) % num_classes) if num_classes else None
@@ -131,7 +111,7 @@ def run(
 
         train_set, composition = training_set(g, splits.train, synthetic, regime, seed)
 
-        # Fit a fresh model.
+        # Fit a fresh model (every process: data-parallel under accelerate).
         model = make_model()
         try:
             fit_stats = model.fit(train_set, seed=seeds["fit"])
@@ -140,46 +120,54 @@ def run(
             raise
         fitted = time.perf_counter()
 
-        # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
-        num_candidates = regime.num_candidates(num_synthetic)
-        labels = condition_labels(conditions, splits.train, train_set, num_candidates, seeds["labels"]) \
-            if num_classes else None
-        samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
-        strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
-        sampled = time.perf_counter()
+        if main:
+            # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
+            num_candidates = regime.num_candidates(num_synthetic)
+            labels = condition_labels(conditions, splits.train, train_set, num_candidates, seeds["labels"]) \
+                if num_classes else None
+            samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
+            strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
+            sampled = time.perf_counter()
 
-        # Score (memorization against this generation's training set); unconditional samples carry the
-        # classifier's predicted labels from here on (none without a classifier).
-        evaluation = score(samples, train_set)
-        if samples.labels is None and evaluation.probs is not None:
-            samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
-        samples.class_names = splits.train.class_names
-        # Metrics describe the raw candidates; the next generation trains on what curation keeps.
-        kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
-        scored = time.perf_counter()
+            # Score (memorization against this generation's training set); unconditional samples carry the
+            # classifier's predicted labels from here on (none without a classifier).
+            evaluation = score(samples, train_set)
+            if samples.labels is None and evaluation.probs is not None:
+                samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
+            samples.class_names = splits.train.class_names
+            # Metrics describe the raw candidates; the next generation trains on what curation keeps.
+            kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
+            scored = time.perf_counter()
 
-        # Write the generation, DONE last.
-        atomic_write_dir(gen_dir / "model", model.save)
-        atomic_write(gen_dir / "samples.npz", kept.save)
-        atomic_write(gen_dir / "strip.npz", strip.save)
-        save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
-        row = {
-            "generation": g,
-            **evaluation.row,
-            "train_loss": fit_stats.get("train_loss"),
-            "num_train": len(train_set),
-            **composition,
-            **curation,
-            "seconds": time.perf_counter() - began,
-            "fit_seconds": fitted - began,
-            "sample_seconds": sampled - fitted,
-            "metrics_seconds": scored - sampled,
-        }
-        store.write_json(gen_dir / "metrics.json", row)
-        faults.reached("before_done")
-        store.mark_done(g)
+            # Write the generation, DONE last.
+            atomic_write_dir(gen_dir / "model", model.save)
+            atomic_write(gen_dir / "samples.npz", kept.save)
+            atomic_write(gen_dir / "strip.npz", strip.save)
+            save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
+            row = {
+                "generation": g,
+                **evaluation.row,
+                "train_loss": fit_stats.get("train_loss"),
+                "num_train": len(train_set),
+                **composition,
+                **curation,
+                "seconds": time.perf_counter() - began,
+                "fit_seconds": fitted - began,
+                "sample_seconds": sampled - fitted,
+                "metrics_seconds": scored - sampled,
+            }
+            store.write_json(gen_dir / "metrics.json", row)
+            if environment is not None:
+                store.write_json(gen_dir / ENVIRONMENT_FILE, environment)
+            faults.reached("before_done")
+            store.mark_done(g)
+
+        # Done: the other processes read the generation's samples from disk once the main one has written them.
         if processes is not None:
-            processes.wait_for_everyone()  # the other processes read this generation's samples from disk
+            processes.wait_for_everyone()
+        if not main:
+            synthetic.append(store.read_samples(g))
+            continue
         faults.reached("after_done")
         store.write_tables()
         synthetic.append(kept)
@@ -187,17 +175,3 @@ def run(
         if after_generation is not None:
             after_generation(g, row)
     return store.rows()
-
-
-def help_train(*, store: RunStore, splits: Splits, make_model: Callable[[], Model], regime: Regime,
-               generation: int, seed: int, processes: PartialState) -> list[dict[str, Any]]:
-    """A non-main process of a multi-process chain: take part in each generation's data-parallel training,
-    then read the samples the main process wrote, which the next training set is built from."""
-    start = store.num_done()
-    synthetic = [_finished_samples(store, g) for g in range(start)]
-    for g in range(start, generation + 1):
-        make_model().fit(training_set(g, splits.train, synthetic, regime, seed)[0],
-                         seed=generation_seeds(seed, g)["fit"])
-        processes.wait_for_everyone()  # until the main process has written the generation
-        synthetic.append(_finished_samples(store, g))
-    return []

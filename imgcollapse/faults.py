@@ -8,12 +8,15 @@ call is one comparison.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcollapse.config import ConfigError
+from imgcollapse.errors import ConfigError
+
+log = logging.getLogger("imgcollapse")
 
 ENV = "IMGCOLLAPSE_FAULT"
 POINTS = {
@@ -45,9 +48,12 @@ def parse(spec: str) -> tuple[str, int]:
 
 
 def arm(spec: str | None) -> None:
-    """Kill this process at `spec` (`point[:n]`); None or '' disarms."""
+    """Kill this process at `spec` (`point[:n]`), warning loudly; None or '' disarms."""
     global _armed
     _armed = _Fault(*parse(spec)) if spec else None
+    if _armed is not None:  # a variable left set in a shell would otherwise kill every rerun without a word
+        log.warning("fault injection armed: %s=%s will SIGKILL this process at '%s' (hit #%d: %s); unset it for a "
+                    "normal run", ENV, spec, _armed.point, _armed.n, POINTS[_armed.point])
 
 
 def reached(point: str, file: Path | None = None) -> None:

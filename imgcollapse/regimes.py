@@ -1,6 +1,7 @@
 """How each generation's training set is built from the real pool and the synthetic sets so far.
 
-All regimes are one function of (real pool, synthetic sets so far, generation, seed):
+Each regime is a class (chosen by `_target_` in conf/regime/) with its own typed config, building each
+training set as one function of (real pool, synthetic sets so far, generation, seed):
   replace     the last generation's samples only (the fully synthetic loop)
   accumulate  the real pool plus every synthetic set so far, optionally subsampled to a fixed size
   fresh       a fresh draw of real images each generation plus the last samples, at `real_fraction`
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 
 from imgcollapse.data import ImageSet
+from imgcollapse.errors import require
 
-KINDS = ("replace", "accumulate", "fresh", "augment")
 CURATIONS = ("none", "confidence", "condition")
 
 
@@ -37,14 +39,72 @@ def _rng(seed: int, *tags: int) -> np.random.Generator:
 
 
 @dataclass
-class Regime:
-    """A regime chosen by config (`regime=replace|accumulate|fresh|augment`)."""
+class RegimeConfig:
+    """Keys every regime has: the curation of its synthetic data (conf/regime/*.yaml)."""
 
-    kind: str = "replace"
-    real_fraction: float = 0.0  # fresh/augment: share of real images in each training set
-    subsample: int | None = None  # accumulate: draw this many images from everything so far (None: all)
-    curation: str = "none"  # verifier that filters synthetic samples (CURATIONS)
-    keep_fraction: float = 1.0  # curation: share of the candidates kept
+    _target_: str = MISSING
+    curation: str = MISSING  # verifier that filters synthetic samples (CURATIONS)
+    keep_fraction: float = MISSING  # curation: share of the candidates kept
+
+    def check(self) -> None:
+        """The regime's own keys (ConfigError naming the key)."""
+        require(self.curation in CURATIONS, "regime.curation", self.curation, f"one of {list(CURATIONS)}")
+        require(0 < self.keep_fraction <= 1, "regime.keep_fraction", self.keep_fraction,
+                "a fraction in (0, 1]: the share of candidates curation keeps")
+
+    def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
+        """(config key, size) of every training set after generation 0, or None where it grows (never smaller
+        than generation 0's real pool)."""
+        return "num_synthetic", num_synthetic
+
+
+@dataclass
+class ReplaceConfig(RegimeConfig):
+    _target_: str = "imgcollapse.regimes.Replace"
+
+
+@dataclass
+class AccumulateConfig(RegimeConfig):
+    _target_: str = "imgcollapse.regimes.Accumulate"
+    subsample: int | None = MISSING  # draw this many images from everything so far (None: all)
+
+    def check(self) -> None:
+        super().check()
+        require(self.subsample is None or self.subsample > 0, "regime.subsample", self.subsample,
+                "null or an integer > 0")
+
+    def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
+        return None if self.subsample is None else ("regime.subsample", self.subsample)
+
+
+@dataclass
+class MixConfig(RegimeConfig):
+    real_fraction: float = MISSING  # share of real images in each training set
+
+    def check(self) -> None:
+        super().check()
+        require(0 <= self.real_fraction <= 1, "regime.real_fraction", self.real_fraction, "a fraction in [0, 1]")
+
+
+@dataclass
+class FreshConfig(MixConfig):
+    _target_: str = "imgcollapse.regimes.Fresh"
+
+
+@dataclass
+class AugmentConfig(MixConfig):
+    _target_: str = "imgcollapse.regimes.Augment"
+
+
+class Regime:
+    """What every regime shares: the composition bookkeeping and curation. A kind defines `_parts`."""
+
+    Config: type[RegimeConfig] = RegimeConfig
+    kind = "regime"  # the conf/regime/ name, for messages
+    by_source = False  # whether rows record the share each earlier generation holds (only accumulate mixes several)
+
+    def __init__(self, config: RegimeConfig) -> None:
+        self.config = config
 
     def training_set(
         self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
@@ -52,42 +112,80 @@ class Regime:
         """The training set of `generation` (≥ 1) and its composition (num_real, num_synthetic, shares)."""
         if generation < 1 or len(synthetic) != generation:
             raise ValueError(f"generation {generation} needs the {generation} synthetic sets before it")
-        last = synthetic[-1]
-        if self.kind == "replace":
-            parts = [("real", real.subset([])), (generation - 1, last)]
-        elif self.kind == "accumulate":
-            parts = [("real", real)] + list(enumerate(synthetic))
-            if self.subsample is not None:
-                parts = _subsample(parts, self.subsample, _rng(seed, generation, 1))
-        elif self.kind in ("fresh", "augment"):
-            size = len(last)
-            num_real = min(len(real), round(self.real_fraction * size))
-            if self.kind == "augment":  # one permutation for the whole chain: the same real subset every time
-                real_idx = _rng(seed, 0, 2).permutation(len(real))[:num_real]
-            else:  # a new draw every generation
-                real_idx = _rng(seed, generation, 2).choice(len(real), num_real, replace=False)
-            syn_idx = _rng(seed, generation, 3).choice(len(last), size - num_real, replace=False)
-            parts = [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]
-        else:
-            raise ValueError(f"regime.kind={self.kind!r} is not one of {KINDS}")
-        return _combine(parts, generation, by_source=self.kind == "accumulate")
+        return _combine(self._parts(real, synthetic, generation, seed), generation, by_source=self.by_source)
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        raise NotImplementedError
 
     # Curation -----------------------------------------------------------------------------------
     def num_candidates(self, num_synthetic: int) -> int:
         """How many samples the model makes so that curation can keep `num_synthetic` of them."""
-        return num_synthetic if self.curation == "none" else math.ceil(num_synthetic / self.keep_fraction)
+        c = self.config
+        return num_synthetic if c.curation == "none" else math.ceil(num_synthetic / c.keep_fraction)
 
     def curate(self, candidates: ImageSet, probs: np.ndarray | None, n: int) -> tuple[ImageSet, dict[str, float]]:
         """The `n` candidates the verifier scores highest (in their original order) and curation stats."""
-        if self.curation == "none":
+        if self.config.curation == "none":
             return candidates.subset(np.arange(n)), {}
         if probs is None:
             raise ValueError("curation needs the metrics classifier's class probabilities")
-        scores = verifier_scores(self.curation, probs, candidates.labels)
+        scores = verifier_scores(self.config.curation, probs, candidates.labels)
         keep = np.sort(np.argsort(-scores, kind="stable")[:n])
         stats = {"num_candidates": len(candidates), "curation_threshold": float(scores[keep].min()),
                  "curated_score": float(scores[keep].mean()), "candidate_score": float(scores.mean())}
         return candidates.subset(keep), stats
+
+
+class Replace(Regime):
+    """`regime=replace`: the last generation's samples only (the fully synthetic loop)."""
+
+    Config = ReplaceConfig
+    kind = "replace"
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        return [("real", real.subset([])), (generation - 1, synthetic[-1])]
+
+
+class Accumulate(Regime):
+    """`regime=accumulate`: the real pool plus every synthetic set so far, optionally subsampled."""
+
+    Config = AccumulateConfig
+    kind = "accumulate"
+    by_source = True
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        parts = [("real", real)] + list(enumerate(synthetic))
+        if self.config.subsample is not None:
+            parts = _subsample(parts, self.config.subsample, _rng(seed, generation, 1))
+        return parts
+
+
+class Fresh(Regime):
+    """`regime=fresh`: a new draw of real images each generation plus the last samples, at `real_fraction`."""
+
+    Config = FreshConfig
+    kind = "fresh"
+
+    def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
+        return _rng(seed, generation, 2).choice(num_pool, num_real, replace=False)
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        last = synthetic[-1]
+        size = len(last)
+        num_real = min(len(real), round(self.config.real_fraction * size))
+        real_idx = self._real_index(len(real), num_real, generation, seed)
+        syn_idx = _rng(seed, generation, 3).choice(len(last), size - num_real, replace=False)
+        return [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]
+
+
+class Augment(Fresh):
+    """`regime=augment`: a fixed real subset (drawn once for the chain) plus the last samples, at `real_fraction`."""
+
+    Config = AugmentConfig
+    kind = "augment"
+
+    def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
+        return _rng(seed, 0, 2).permutation(num_pool)[:num_real]  # one permutation: the same subset every time
 
 
 def verifier_scores(curation: str, probs: np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> np.ndarray:

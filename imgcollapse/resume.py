@@ -1,32 +1,43 @@
-"""Resuming a run directory only with the config (and data) it was started with.
+"""Resuming a run directory: the one home of what a rerun keeps, drops, checks and records.
 
-`run.json` keeps the resolved config a run was started with and a fingerprint of its data. A rerun
-compares its own config with it key by key: keys that cannot change results (IGNORED: how far to go, how
-fast, where caches live, what is logged or drawn) may differ; any other difference is refused with the
-list of differing keys, unless `resume=force`, which continues with the new values and appends the change
-to `run.json`'s `config_changes`.
+`prepare` keeps the unbroken run of finished generations and removes anything after it. `run.json` keeps
+the resolved config a run was started with and a fingerprint of its data; each finished generation keeps
+`environment.json` (library versions, resolved threads, mixed precision, device, processes). A rerun
+compares its own config with run.json key by key: keys that cannot change results (IGNORED: how far to go,
+where caches live, what is logged or drawn) may differ; any other difference, other data, or resolved
+settings that change the numbers (threads, mixed precision, device, processes) are refused with the list of
+differences, unless `resume=force`, which continues with the new values and appends the change to
+`run.json`'s `config_changes`. A change of library versions is reported and recorded, not refused.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imgcollapse.config import UserError
+from imgcollapse.errors import UserError
+from imgcollapse.store import ENVIRONMENT_FILE, RunStore
+
+log = logging.getLogger(__name__)
 
 RESUME_MODES = ("check", "force")  # check: refuse a different config; force: continue with it
 # Keys (and whole sections) that may change between the invocations of one run: they cannot change its numbers.
 IGNORED = (
     "generation",  # extending a chain is the point of resuming
     "resume",
-    "threads",  # CPU threads (the fault tests show equal numbers at equal thread counts)
+    "threads",  # compared as the resolved thread count instead (environment.json): null means "all cores"
     "cache_dir", "dataset.root", "dataset.cache_dir", "dataset.download",  # where data and caches live: the
     # data's content is compared by fingerprint instead
-    "metrics.inception_download",  # whether a missing file may be fetched (its fingerprint keys the cache)
+    "metrics.inception_download", "metrics.inception_weights",  # whether a missing file may be fetched, and
+    # where it lives (its content's fingerprint keys the cache)
     "logger", "report",  # what is logged and drawn
+    "accelerator.mixed_precision",  # compared as the resolved precision instead: "auto" depends on the machine
 )
+# Resolved settings (environment.json) that change a chain's numbers: moving a chain across them is refused.
+NUMERIC_SETTINGS = ("threads", "mixed_precision", "device", "num_processes")
 ABSENT = "(absent)"
 
 
@@ -91,3 +102,63 @@ def check_data(run_dir: Path, started: Mapping[str, str] | None, now: Mapping[st
     if started is not None and dict(started) != dict(now):
         differences["dataset content (fingerprint of images and labels)"] = (dict(started), dict(now))
     return _refuse_or_record(differences, run_dir, mode, next_generation, "other data")
+
+
+def prepare(store: RunStore) -> int:
+    """Keep the unbroken run of finished generations, remove anything after it (a finished generation is never
+    rewritten: one past a gap is refused, not redone) and rebuild the tables; returns the first generation to
+    train. Only safe while holding the run's lock."""
+    start = store.num_done()
+    stale = store.stale_generations(start)
+    if orphans := [g for g in stale if store.is_done(g)]:
+        raise UserError(f"{store.gen_dir(orphans[0])} is marked done but {store.gen_dir(start)} before it is not "
+                        "(the run dir was edited by hand?); finished generations are never rewritten: move "
+                        f"gen_{orphans[0]:03d} and later away, or restore gen_{start:03d}/DONE, then rerun")
+    for g in stale:
+        store.reset_generation(g)
+    if start or (store.root / "metrics.csv").exists():  # a kill between DONE and the tables left them short
+        store.write_tables()
+    return start
+
+
+def read_started(store: RunStore) -> dict[str, Any] | None:
+    """run.json of a run with finished generations (None before the first one: nothing to protect yet).
+    Finished generations without a readable run.json are refused: what they were made with is unknown."""
+    path = store.root / "run.json"
+    if not store.num_done():
+        return None
+    if not path.exists():
+        raise UserError(f"{store.root} has finished generations (0..{store.num_done() - 1}) but no run.json, so "
+                        "the config they were made with is unknown and resuming could mix two experiments. "
+                        "Restore run.json, or choose another hydra.run.dir")
+    started = store.read_json(path, "Restore run.json from a backup, or choose another hydra.run.dir")
+    if not isinstance(started, dict):
+        raise UserError(f"{path} does not hold a run record (a JSON object); restore it or choose another "
+                        "hydra.run.dir")
+    return started
+
+
+def check_environment(store: RunStore, now: Mapping[str, Any], *, mode: str,
+                      next_generation: int) -> dict[str, Any] | None:
+    """Compare this invocation's resolved settings and versions with the last finished generation's
+    (environment.json): numeric settings that differ are refused unless `mode` is 'force'; changed versions
+    are logged. Returns the change to record (None: none)."""
+    if not next_generation:
+        return None
+    path = store.gen_dir(next_generation - 1) / ENVIRONMENT_FILE
+    if not path.exists():  # written by kit 0.1, which kept none
+        return None
+    before = store.read_json(path, "Restore it, or delete it to resume without comparing the environment")
+    settings = {f"{k} (resolved)": (before.get(k), now.get(k)) for k in NUMERIC_SETTINGS
+                if before.get(k) != now.get(k)}
+    versions = {k: (before.get("versions", {}).get(k), v) for k, v in now.get("versions", {}).items()
+                if before.get("versions", {}).get(k) != v}
+    if versions:
+        log.warning("library versions changed since generation %d: %s; generations %d.. are made with the new ones "
+                    "(recorded in run.json)", next_generation - 1, describe_differences(versions), next_generation)
+    change = _refuse_or_record(settings, store.root, mode, next_generation, "other resolved settings")
+    if versions:
+        change = change or {"from_generation": next_generation,
+                            "time": datetime.datetime.now().isoformat(timespec="seconds"), "changed": {}}
+        change["versions"] = {k: {"was": old, "now": new} for k, (old, new) in versions.items()}
+    return change

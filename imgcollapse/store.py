@@ -8,30 +8,29 @@ can always be rebuilt and never disagree with what is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import errno
+import functools
 import io
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from imgcollapse import faults
+from imgcollapse.data import ImageSet
+from imgcollapse.errors import DamagedFile, WriteFailed
 
 log = logging.getLogger(__name__)
-
-
-class WriteFailed(OSError):
-    """A run file could not be written (disk full, permissions, I/O error); its temporary copy is removed."""
-
-    def __init__(self, path: Path, error: OSError) -> None:
-        message = f"could not write {path}: {error.strerror or error}"
-        super().__init__(*((error.errno, message) if error.errno is not None else (message,)))
-        self.path = Path(path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,6 +47,104 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file of `root`'s tree, then every directory bottom-up, `root` last.
+
+    A file's fsync does not persist its directory entry: without the directories', a power cut after the swap
+    could leave `model/` without files that DONE says are there.
+    """
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in sorted(files):
+            file = os.path.join(folder, name)
+            if os.path.islink(file):
+                continue  # the link's target is not part of this write
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # a file system that cannot
+                raise
+        finally:
+            os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2 where there is one (Linux, glibc >= 2.28), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step; False where the kernel or file system cannot (NFS, Lustre...)."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+# What a write callback's non-OSError says when the disk, the file size limit or the device failed it: torch.save
+# (RuntimeError from PyTorch's zip writer) and safetensors (SafetensorError wrapping Rust's io::Error).
+_WRITE_FAILURE = re.compile(r"PytorchStreamWriter failed|unexpected pos \d+ vs \d+|file write failed|iostream error"
+                            r"|I/O error|os error \d+")
+
+
+def _as_write_error(e: BaseException) -> OSError | None:
+    """The OSError behind a failed write, or None where `e` is not one (a bug in the callback stays a bug).
+
+    An OSError anywhere in the __cause__/__context__ chain counts, and so does a RuntimeError or SafetensorError
+    whose message reports a failed write (it carries the errno as "os error N" when it has one).
+    """
+    if not isinstance(e, Exception):
+        return None  # Ctrl-C or SystemExit while handling a write error is still Ctrl-C
+    chain, err = [], e
+    while err is not None and all(err is not c for c in chain):
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for err in chain:
+        if isinstance(err, OSError):
+            return err
+    for err in chain:
+        if (isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError") and (
+                _WRITE_FAILURE.search(str(err))):
+            code = re.search(r"os error (\d+)", str(err))
+            what = f"{type(err).__name__}: {err}"
+            if code:
+                return OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))} ({what})")
+            return OSError(f"the write failed: disk full, file size limit or I/O error ({what})")
+    return None
+
+
+def _raise_as_write_failed(path: Path, e: BaseException) -> None:
+    """Raise `e` as WriteFailed naming `path` if it is a failed write; return (so the caller re-raises) if not."""
+    if isinstance(e, WriteFailed):
+        return
+    error = _as_write_error(e)
+    if error is not None:
+        raise WriteFailed(path, error) from e
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -60,7 +157,8 @@ _UMASK = _umask()  # read once at import: os.umask can only be read by setting i
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary path beside `path`, fsync it, then rename it onto `path`.
 
-    Any OSError (disk full, ...) removes the temporary file and is raised as WriteFailed naming `path`.
+    A failed write (an OSError, or torch's / safetensors' errors for one) removes the temporary file and is
+    raised as WriteFailed naming `path`; any other exception is raised as it is.
     """
     path = Path(path)
     tmp_path = None
@@ -79,8 +177,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException as e:
         if tmp_path is not None:
             tmp_path.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
-            raise WriteFailed(path, e) from e
+        _raise_as_write_failed(path, e)
         raise
 
 
@@ -90,28 +187,48 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary directory beside `path` with `write(tmp)`, fsync its files, then swap it in for `path`."""
+    """Fill a temporary directory beside `path` with `write(tmp)`, fsync its whole tree, then swap it in for `path`.
+
+    Where the kernel can swap two directories atomically (renameat2 RENAME_EXCHANGE: ext4, xfs, btrfs, tmpfs) the
+    old directory is at `path` until the complete new one is; elsewhere (NFS, Lustre) the old one is first renamed
+    aside, so for an instant neither is at `path` but both are complete on disk. What a crash leaves aside has a
+    `.<name>.<random>.tmp` name, which `RunStore.remove_temporaries` deletes. Errors as in `atomic_write`.
+    """
     path = Path(path)
-    tmp = None
+    tmp: Path | None = None
+    old: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         tmp.chmod(0o777 & ~_UMASK)
         write(tmp)
         faults.reached("write")
-        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _fsync_tree(tmp)
+        is_dir = path.is_dir() and not path.is_symlink()
+        if is_dir and _exchange(tmp, path):
+            old, tmp = tmp, None  # the old tree now has the temporary name
+        else:
+            if is_dir:
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+                os.replace(path, old)  # onto an empty directory: allowed, and keeps the name unique
+            elif os.path.lexists(path):
+                os.unlink(path)  # a file where the directory goes: nothing of a tree to keep
+            os.replace(tmp, path)
+            tmp = None
         _fsync_dir(path.parent)
     except BaseException as e:
+        if old is not None and not os.path.lexists(path):
+            with contextlib.suppress(OSError):
+                os.replace(old, path)  # the new tree never made it in: put the old one back
+                old = None
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and not isinstance(e, WriteFailed):
-            raise WriteFailed(path, e) from e
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _raise_as_write_failed(path, e)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # a crash before this leaves it to remove_temporaries
 
 
 def _json_default(value: Any) -> Any:
@@ -133,6 +250,11 @@ def to_json(obj: Any) -> str:
         return v
 
     return json.dumps(clean(json.loads(json.dumps(obj, default=_json_default))), indent=1)
+
+
+ENVIRONMENT_FILE = "environment.json"  # gen_XXX/: library versions and resolved settings it was made with
+RESTORE = ("Restore the file from a backup, or move gen_{g:03d} and every later gen_* directory out of the run "
+           "dir to redo them from generation {g}")
 
 
 class RunStore:
@@ -188,12 +310,25 @@ class RunStore:
     def write_json(self, path: Path, obj: Any) -> None:
         atomic_write_text(path, to_json(obj) + "\n")
 
-    def read_json(self, path: Path) -> Any:
-        return json.loads(Path(path).read_text())
+    def read_json(self, path: Path, what_to_do: str = "Restore it or move the run dir away") -> Any:
+        """A JSON file the run wrote; DamagedFile (naming it and `what_to_do`) if it is missing or corrupt."""
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DamagedFile(path, e, what_to_do) from e
+
+    def read_samples(self, generation: int) -> ImageSet:
+        """A finished generation's samples (the next generations' data); DamagedFile if they cannot be read."""
+        path = self.gen_dir(generation) / "samples.npz"
+        try:
+            return ImageSet.load(path)
+        except Exception as e:  # missing, truncated, bit-flipped: BadZipFile, EOFError, zlib.error, ValueError...
+            raise DamagedFile(path, e, f"gen_{generation:03d} is marked done, so the run dir was damaged after it "
+                              f"was written. {RESTORE.format(g=generation)}") from e
 
     def rows(self) -> list[dict[str, Any]]:
         """Metric rows of the finished generations, in order."""
-        return [self.read_json(self.gen_dir(g) / "metrics.json") for g in range(self.num_done())]
+        return [self.read_json(self.gen_dir(g) / "metrics.json", RESTORE.format(g=g)) for g in range(self.num_done())]
 
     def write_tables(self) -> list[dict[str, Any]]:
         """Rebuild metrics.csv and metrics.jsonl from the finished generations; returns the rows."""

@@ -10,17 +10,34 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from accelerate import Accelerator
+from omegaconf import MISSING
 from PIL import Image
 
+from imgcollapse.errors import require
 from imgcollapse.resume import flatten as flatten_keys
 
 KINDS = ("none", "tensorboard")  # accelerate trackers that work offline
 PROJECT = "tensorboard"  # events go to <run dir>/<PROJECT>/
+
+
+@dataclass
+class LoggerConfig:
+    """`logger=...`: which tracker, and whether it gets the grids (conf/logger/)."""
+
+    kind: str = MISSING
+    images: bool = MISSING
+
+    def check(self) -> None:
+        """A known tracker whose package is installed."""
+        require(self.kind in KINDS, "logger.kind", self.kind, f"one of {list(KINDS)} (choose with logger=NAME)")
+        require(tracker_available(self.kind), "logger.kind", self.kind,
+                f"a tracker whose package is installed: pip install 'imgcollapse[{self.kind}]'")
 
 
 def tracker_available(kind: str) -> bool:

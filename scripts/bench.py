@@ -11,6 +11,7 @@ Prints a table and writes JSON with top-level `train_ratio`, `sampling_ratio`, `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,24 +28,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMPipeline, DDPMScheduler
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from imgcollapse.config import register
+from imgcollapse.config import Config, build, compose, validate
 from imgcollapse.data import ImageSet, to_float
-from imgcollapse.metrics import Settings, evaluate, setup_metrics
-from imgcollapse.models.ddpm import DDPM, SAMPLERS, build_unet
+from imgcollapse.metrics import MetricsConfig, evaluate, setup_metrics
+from imgcollapse.models import SamplingConfig
+from imgcollapse.models.ddpm import DDPM, SCHEDULERS, DDPMConfig, build_unet
 
 REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
 
 
-def default_config(*overrides: str):
+def default_config(*overrides: str) -> Config:
     """The kit's default config (conf/), so the benchmark follows the defaults wherever they move."""
-    register()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return validate(compose(*overrides))
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -52,15 +49,13 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 # Training: the kit's loop vs a bare diffusers loop ------------------------------------------------------
-def bare_train(model_kwargs: dict, data: torch.Tensor, steps: int, seed: int) -> float:
+def bare_train(m: DDPMConfig, data: torch.Tensor, steps: int, seed: int) -> float:
     """UNet2DModel + DDPMScheduler.add_noise + MSE + AdamW, nothing else: steps/s."""
     torch.manual_seed(seed)
-    unet = build_unet(tuple(data.shape[1:]), model_kwargs["block_out_channels"], model_kwargs["layers_per_block"],
-                      model_kwargs["attention"], None)
-    scheduler = DDPMScheduler(num_train_timesteps=model_kwargs["num_train_timesteps"],
-                              beta_schedule=model_kwargs["beta_schedule"])
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=model_kwargs["lr"])
-    batch = model_kwargs["batch_size"]
+    unet = build_unet(tuple(data.shape[1:]), m.block_out_channels, m.layers_per_block, m.attention, None)
+    scheduler = DDPMScheduler(num_train_timesteps=m.num_train_timesteps, beta_schedule=m.beta_schedule)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=m.lr)
+    batch = m.batch_size
     began = time.perf_counter()  # the loop alone, as the kit's train_seconds
     for _ in range(steps):
         x0 = data[torch.randint(len(data), (batch,))]
@@ -73,41 +68,40 @@ def bare_train(model_kwargs: dict, data: torch.Tensor, steps: int, seed: int) ->
     return steps / (time.perf_counter() - began)
 
 
-def kit_train(model_kwargs: dict, pool: ImageSet, steps: int, seed: int) -> tuple[float, float, DDPM]:
+def kit_train(m: DDPMConfig, sampling: SamplingConfig, pool: ImageSet, steps: int,
+              seed: int) -> tuple[float, float, DDPM]:
     """The kit's DDPM.fit (accelerate, EMA, schedule, v-target, min-SNR, NaN guard): steps/s of its training
     loop, and the seconds `fit` spends around it (building the UNet, preparing, releasing)."""
-    model = DDPM(pool.shape, **{**model_kwargs, "train_steps": steps})
+    model = DDPM(dataclasses.replace(m, train_steps=steps), image_shape=pool.shape, sampling=sampling)
     began = time.perf_counter()
     loop_seconds = model.fit(pool, seed=seed)["train_seconds"]
     return steps / loop_seconds, time.perf_counter() - began - loop_seconds, model
 
 
-def bench_training(model_kwargs: dict, pool: ImageSet, steps: int, reps: int) -> dict:
+def bench_training(m: DDPMConfig, sampling: SamplingConfig, pool: ImageSet, steps: int, reps: int) -> dict:
     data = to_float(pool.images)
-    bare_train(model_kwargs, data, 5, 0), kit_train(model_kwargs, pool, 5, 0)  # warm up allocators and kernels
+    bare_train(m, data, 5, 0), kit_train(m, sampling, pool, 5, 0)  # warm up allocators and kernels
     bare, kit, overhead = [], [], []
     for rep in range(reps):
-        bare.append(bare_train(model_kwargs, data, steps, rep))
-        speed, around, _ = kit_train(model_kwargs, pool, steps, rep)
+        bare.append(bare_train(m, data, steps, rep))
+        speed, around, _ = kit_train(m, sampling, pool, steps, rep)
         kit.append(speed)
         overhead.append(around)
     ratio = statistics.median(kit) / statistics.median(bare)
-    return {"steps": steps, "batch_size": model_kwargs["batch_size"], "bare_steps_per_s": spread(bare),
+    return {"steps": steps, "batch_size": m.batch_size, "bare_steps_per_s": spread(bare),
             "kit_steps_per_s": spread(kit), "ratio": ratio, "kit_fit_overhead_seconds": spread(overhead)}
 
 
-def optimized_train(model_kwargs: dict, data: torch.Tensor, steps: int, variant: str) -> float:
+def optimized_train(m: DDPMConfig, data: torch.Tensor, steps: int, variant: str) -> float:
     """The bare loop with one optimization: channels_last, bf16 autocast or torch.compile: steady steps/s."""
     torch.manual_seed(0)
-    unet = build_unet(tuple(data.shape[1:]), model_kwargs["block_out_channels"], model_kwargs["layers_per_block"],
-                      model_kwargs["attention"], None)
+    unet = build_unet(tuple(data.shape[1:]), m.block_out_channels, m.layers_per_block, m.attention, None)
     if variant == "channels_last":
         unet = unet.to(memory_format=torch.channels_last)
     network = torch.compile(unet) if variant == "compile" else unet
-    scheduler = DDPMScheduler(num_train_timesteps=model_kwargs["num_train_timesteps"],
-                              beta_schedule=model_kwargs["beta_schedule"])
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=model_kwargs["lr"])
-    batch, warm = model_kwargs["batch_size"], 5
+    scheduler = DDPMScheduler(num_train_timesteps=m.num_train_timesteps, beta_schedule=m.beta_schedule)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=m.lr)
+    batch, warm = m.batch_size, 5
     for step in range(steps + warm):
         if step == warm:  # compile (and allocator warm-up) happen in the first steps: time the steady state
             began = time.perf_counter()
@@ -125,17 +119,17 @@ def optimized_train(model_kwargs: dict, data: torch.Tensor, steps: int, variant:
     return steps / (time.perf_counter() - began)
 
 
-def bench_optimizations(model_kwargs: dict, pool: ImageSet, steps: int, reps: int) -> dict:
+def bench_optimizations(m: DDPMConfig, pool: ImageSet, steps: int, reps: int) -> dict:
     """Each optimization against the plain loop, interleaved (rotating order) so drift hits all alike."""
     data = to_float(pool.images)
     variants = ["plain", "channels_last", "bf16", "compile"]
     began = time.perf_counter()
-    optimized_train(model_kwargs, data, 1, "compile")  # the one-off compile, timed on its own
+    optimized_train(m, data, 1, "compile")  # the one-off compile, timed on its own
     compile_seconds = time.perf_counter() - began
     speeds: dict[str, list[float]] = {v: [] for v in variants}
     for rep in range(reps):
         for v in variants[rep % 4:] + variants[: rep % 4]:
-            speeds[v].append(optimized_train(model_kwargs, data, steps, v))
+            speeds[v].append(optimized_train(m, data, steps, v))
     plain = statistics.median(speeds["plain"])
     return {"steps": steps, "compile_seconds": compile_seconds,
             **{v: {"steps_per_s": spread(x), "speedup": statistics.median(x) / plain} for v, x in speeds.items()}}
@@ -143,15 +137,15 @@ def bench_optimizations(model_kwargs: dict, pool: ImageSet, steps: int, reps: in
 
 # Sampling: the kit's sampler vs the diffusers pipeline ----------------------------------------------------
 def bench_sampling(model: DDPM, num: int, reps: int) -> dict:
-    c = model.config
-    pipe = DDIMPipeline(unet=model.unet, scheduler=SAMPLERS[c["sampler"]].from_config(model.scheduler.config))
+    c = model.sampling
+    pipe = DDIMPipeline(unet=model.unet, scheduler=SCHEDULERS[c.sampler].from_config(model.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
-    batch = c["sample_batch_size"]
+    batch = c.batch_size
 
     def run_pipeline() -> float:
         began = time.perf_counter()
         for start in range(0, num, batch):
-            pipe(batch_size=min(batch, num - start), num_inference_steps=c["sampling_steps"], output_type="np")
+            pipe(batch_size=min(batch, num - start), num_inference_steps=c.steps, output_type="np")
         return num / (time.perf_counter() - began)
 
     def run_kit() -> float:
@@ -164,21 +158,19 @@ def bench_sampling(model: DDPM, num: int, reps: int) -> dict:
     for _ in range(reps):
         pipeline.append(run_pipeline())
         kit.append(run_kit())
-    return {"images": num, "sampler": c["sampler"], "steps": c["sampling_steps"], "batch_size": batch,
+    return {"images": num, "sampler": c.sampler, "steps": c.steps, "batch_size": batch,
             "pipeline_images_per_s": spread(pipeline), "kit_images_per_s": spread(kit),
             "ratio": statistics.median(kit) / statistics.median(pipeline)}
 
 
-def bench_sampler_quality(model_kwargs: dict, cfg, splits, cache_dir: Path,
-                          settings: list[tuple[str, int]]) -> list[dict]:
+def bench_sampler_quality(cfg: Config, splits, cache_dir: Path, settings: list[tuple[str, int]]) -> list[dict]:
     """FID of one default-trained model under each (sampler, steps) setting, with its sampling speed."""
-    model = DDPM(splits.train.shape, **model_kwargs)
+    model = DDPM(cfg.model, image_shape=splits.train.shape, sampling=cfg.sampling)
     model.fit(splits.train, seed=0)
-    metrics = setup_metrics(splits, cache_dir, settings=metric_settings(cfg), extractors=["classifier"],
-                            classifier_epochs=cfg.metrics.classifier_epochs)
+    metrics = setup_metrics(splits, cache_dir, metric_config(cfg), seed=0)
     out = []
     for sampler, steps in settings:
-        model.config.update(sampler=sampler, sampling_steps=steps)
+        model.sampling = dataclasses.replace(cfg.sampling, sampler=sampler, steps=steps)
         began = time.perf_counter()
         samples = model.sample(cfg.num_synthetic, seed=1)
         seconds = time.perf_counter() - began
@@ -189,18 +181,15 @@ def bench_sampler_quality(model_kwargs: dict, cfg, splits, cache_dir: Path,
 
 
 # Metrics -------------------------------------------------------------------------------------------------
-def metric_settings(cfg, num_samples: int | None = None) -> Settings:
-    m = cfg.metrics
-    return Settings(num_samples=num_samples, nearest_k=m.nearest_k, kid_subsets=m.kid_subsets,
-                    kid_subset_size=m.kid_subset_size, near_copy_ratio=m.near_copy_ratio,
-                    tail_fraction=m.tail_fraction, lost_threshold=m.lost_threshold, seed=0)
+def metric_config(cfg: Config) -> MetricsConfig:
+    """The default metrics on the classifier's features (Inception costs minutes a generation on CPU)."""
+    return dataclasses.replace(cfg.metrics, extractors=["classifier"])
 
 
 def bench_metrics(cfg, splits, samples: ImageSet, cache_dir: Path, sizes: list[int]) -> dict:
     """Seconds per generation for features and each score at the default sample count, and against size."""
     def once(images: ImageSet) -> tuple[float, dict]:
-        metrics = setup_metrics(splits, cache_dir, settings=metric_settings(cfg), extractors=["classifier"],
-                                classifier_epochs=cfg.metrics.classifier_epochs)
+        metrics = setup_metrics(splits, cache_dir, metric_config(cfg), seed=0)
         began = time.perf_counter()
         evaluation = evaluate(images, splits.train, metrics)
         return time.perf_counter() - began, evaluation.seconds
@@ -282,27 +271,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     cfg = default_config()
-    model_kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    model_kwargs.pop("_target_")
-    splits = instantiate(cfg.dataset, _partial_=True)()
+    splits = build(cfg.dataset)
     results: dict = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "model": model_kwargs,
+        "model": dataclasses.asdict(cfg.model), "sampling": dataclasses.asdict(cfg.sampling),
     }
 
     print("training loops ...", file=sys.stderr)
-    results["training"] = bench_training(model_kwargs, splits.train, args.train_steps, args.reps)
+    results["training"] = bench_training(cfg.model, cfg.sampling, splits.train, args.train_steps, args.reps)
     results["train_ratio"] = results["training"]["ratio"]
 
     print("samplers ...", file=sys.stderr)
-    _, _, model = kit_train(model_kwargs, splits.train, args.train_steps, 0)
+    _, _, model = kit_train(cfg.model, cfg.sampling, splits.train, args.train_steps, 0)
     results["sampling"] = bench_sampling(model, args.sample_images, args.reps)
     results["sampling_ratio"] = results["sampling"]["ratio"]
 
     print("optimizations ...", file=sys.stderr)
-    results["optimizations"] = bench_optimizations(model_kwargs, splits.train, args.train_steps * 2, args.reps)
+    results["optimizations"] = bench_optimizations(cfg.model, splits.train, args.train_steps * 2, args.reps)
 
     print("metrics ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -313,13 +300,13 @@ def main() -> None:
         # A generation's time: measured in the default chain when it runs, else estimated from the loops.
         steps_per_s = results["training"]["kit_steps_per_s"]["median"]
         images_per_s = results["sampling"]["kit_images_per_s"]["median"]
-        generation_seconds = (model_kwargs["train_steps"] / steps_per_s
+        generation_seconds = (cfg.model.train_steps / steps_per_s
                               + (cfg.num_synthetic + cfg.report.strip_seeds) / images_per_s
                               + results["metrics"]["seconds"])
         if not args.quick:
             print("FID against sampler and steps ...", file=sys.stderr)
             results["sampler_quality"] = bench_sampler_quality(
-                model_kwargs, cfg, splits, cache, [("ddim", 10), ("ddim", 25), ("ddim", 50), ("dpm++", 10),
+                cfg, splits, cache, [("ddim", 10), ("ddim", 25), ("ddim", 50), ("dpm++", 10),
                                                    ("dpm++", 20)])
             print("default chain (replace) and accumulate chain ...", file=sys.stderr)
             chain_root = args.keep.resolve() if args.keep else Path(tmp)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_chain, run_cli
+from conftest import run_chain, run_cli, run_module
 
 from imgcollapse.data import ImageSet
 
@@ -61,8 +61,9 @@ def test_smoke_chain_metric_rows(smoke_run):
     assert meta["config"]["dataset"]["num_heldout"] == 400
 
 
-def test_nothing_written_to_cwd(smoke_run, tmp_path):
-    result = run_cli(*SMOKE, "generation=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+def test_python_m_runs_and_writes_nothing_to_cwd(tmp_path):
+    """`python -m imgcollapse.run` in a new interpreter, as a user types it (the other tests fork the entry point)."""
+    result = run_module(*SMOKE, "generation=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 

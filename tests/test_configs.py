@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from conftest import CONF_DIR, compose_config
-from hydra.utils import instantiate
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from imgcollapse.config import ConfigError, GMMConfig, VAEConfig, validate
+from imgcollapse.config import ConfigError, build, validate
 from imgcollapse.models.ddpm import DDPM
-from imgcollapse.models.gmm import GMM
-from imgcollapse.models.vae import VAE
+from imgcollapse.models.gmm import GMM, GMMConfig
+from imgcollapse.models.vae import VAE, VAEConfig
 from imgcollapse.regimes import Regime
 
 MODELS = {"ddpm": DDPM, "vae": VAE, "gmm": GMM}
@@ -21,13 +21,13 @@ REGIMES = sorted(p.stem for p in Path(CONF_DIR, "regime").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
 
 
-def build(*overrides: str):
-    """Compose, validate and instantiate the model and regime, as run.py does."""
+def build_all(*overrides: str):
+    """Compose, validate and build the model and regime, as run.py does."""
     cfg = compose_config(*overrides)
     config = validate(cfg)
     shape = (config.dataset.channels, config.dataset.image_size, config.dataset.image_size)
-    model = instantiate(cfg.model, image_shape=shape, _convert_="all")
-    return config, model, instantiate(cfg.regime), cfg
+    model = build(config.model, image_shape=shape, sampling=config.sampling)
+    return config, model, build(config.regime), cfg
 
 
 def test_the_groups_are_all_here():
@@ -39,26 +39,26 @@ def test_the_groups_are_all_here():
 @pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_model_and_regime_instantiates_under_smoke(model, regime):
-    config, built, built_regime, _ = build(f"model={model}", f"regime={regime}", "debug=smoke")
+    config, built, built_regime, _ = build_all(f"model={model}", f"regime={regime}", "debug=smoke")
     assert isinstance(built, MODELS[model]) and isinstance(built_regime, Regime)
     assert built_regime.kind == regime
     # smoke shrinks every model through its own conf/debug_model file
     assert config.generation == 2 and config.num_synthetic == 64
-    assert built.config.get("train_steps", 20) <= 20 and built.config.get("max_iter", 10) <= 10
+    assert getattr(built.config, "train_steps", 20) <= 20 and getattr(built.config, "max_iter", 10) <= 10
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_model_instantiates_at_full_scale(model):
-    config, built, _, _ = build(f"model={model}")
+    config, built, _, _ = build_all(f"model={model}")
     assert isinstance(built, MODELS[model]) and config.generation == 10
-    assert built.config.get("train_steps", 600) >= 600 and built.config.get("max_iter", 100) >= 100
+    assert getattr(built.config, "train_steps", 600) >= 600 and getattr(built.config, "max_iter", 100) >= 100
 
 
 @pytest.mark.parametrize("debug", [None, "smoke"])
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_preset_instantiates(experiment, debug):
     overrides = [f"experiment={experiment}"] + ([f"debug={debug}"] if debug else [])
-    config, model, regime, _ = build(*overrides)
+    config, model, regime, _ = build_all(*overrides)
     text = Path(CONF_DIR, "experiment", f"{experiment}.yaml").read_text()
     assert "What you should see" in text  # every preset says what a user should see
     assert config.generation == 2 if debug else config.generation >= 10
@@ -67,7 +67,7 @@ def test_every_preset_instantiates(experiment, debug):
 def chosen(cfg, key: str) -> str:
     """The value a composed config holds for a sweep key, spelled as on the command line."""
     if key == "regime":
-        return cfg.regime.kind
+        return get_object(cfg.regime._target_).kind
     value = OmegaConf.select(cfg, key)
     return "null" if value is None else str(value)
 
@@ -79,21 +79,21 @@ def test_every_sweep_value_of_a_preset_validates(experiment):
     params = params.get("sweeper", {}).get("params", {})
     for key, values in params.items():
         for value in str(values).split(","):
-            *_, cfg = build(f"experiment={experiment}", f"{key}={value}", "debug=smoke")
+            *_, cfg = build_all(f"experiment={experiment}", f"{key}={value}", "debug=smoke")
             assert chosen(cfg, key) == value
 
 
 def test_preset_choices_reach_the_models():
-    config, model, regime, _ = build("experiment=gaussian_theory")
-    assert isinstance(config.model, GMMConfig) and model.config["n_components"] == 1 and config.num_synthetic == 100
-    config, model, regime, _ = build("experiment=shumailov_real10")
-    assert isinstance(config.model, VAEConfig) and regime.kind == "augment" and regime.real_fraction == 0.1
-    config, model, regime, _ = build("experiment=mad_sampling_bias")
-    assert model.num_classes == 10 and model.config["guidance"] == 1.0
-    config, model, regime, _ = build("experiment=feng_curation")
-    assert regime.curation == "confidence" and regime.num_candidates(100) == 200
-    config, model, regime, _ = build("experiment=mad_sampling_bias_gaussian", "sampling.temperature=0.7")
-    assert model.config["temperature"] == 0.7  # sampling.temperature flows into the model
+    config, model, regime, _ = build_all("experiment=gaussian_theory")
+    assert isinstance(config.model, GMMConfig) and model.config.n_components == 1 and config.num_synthetic == 100
+    config, model, regime, _ = build_all("experiment=shumailov_real10")
+    assert isinstance(config.model, VAEConfig) and regime.kind == "augment" and regime.config.real_fraction == 0.1
+    config, model, regime, _ = build_all("experiment=mad_sampling_bias")
+    assert model.num_classes == 10 and model.sampling.guidance == 1.0
+    config, model, regime, _ = build_all("experiment=feng_curation")
+    assert regime.config.curation == "confidence" and regime.num_candidates(100) == 200
+    config, model, regime, _ = build_all("experiment=mad_sampling_bias_gaussian", "sampling.temperature=0.7")
+    assert model.sampling.temperature == 0.7  # the model reads the one sampling node
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, run_chain, run_cli
+from conftest import compose_config, make_model, run_chain, run_cli
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -20,7 +20,6 @@ from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.torchvision_sets import layout
 from imgcollapse.data.transforms import class_counts, long_tail, long_tail_counts
 from imgcollapse.metrics.features import train_classifier
-from imgcollapse.models.ddpm import DDPM
 
 
 def load(*overrides: str) -> Splits:
@@ -126,7 +125,7 @@ def test_ddpm_and_metrics_classifier_take_each_shape(mnist_root, cifar_root, nam
     root = (mnist_root if name == "mnist" else cifar_root)[0]
     extra = ["dataset.verify_md5=false"] if name == "cifar10" else []
     splits = load(f"dataset={name}", f"dataset.root={root}", "dataset.download=false", *extra)
-    model = DDPM(splits.train.shape, train_steps=2, batch_size=4, warmup_steps=1, sampling_steps=1)
+    model = make_model("ddpm", splits.train.shape, sampling={"steps": 1}, train_steps=2, batch_size=4, warmup_steps=1)
     model.fit(splits.train, seed=0)
     assert model.sample(3, seed=0).images.shape == (3, *splits.train.shape)
     classifier = train_classifier(splits.train, splits.heldout, epochs=1)

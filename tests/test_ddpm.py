@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import digits, make_model
 from diffusers import DDIMPipeline, DDPMPipeline
 
-from imgcollapse.data.digits import load_digits
 from imgcollapse.models import noise
 from imgcollapse.models.ddpm import DDPM
 
 
-def tiny(**kw) -> DDPM:
-    kw = {"train_steps": 10, "batch_size": 8, "warmup_steps": 1, "sampling_steps": 3, "sample_batch_size": 4} | kw
-    return DDPM((1, 8, 8), **kw)
+def tiny(guidance: float = 0.0, **kw) -> DDPM:
+    kw = {"train_steps": 10, "batch_size": 8, "warmup_steps": 1} | kw
+    return make_model("ddpm", sampling={"steps": 3, "batch_size": 4, "guidance": guidance}, **kw)
 
 
 def test_noise_does_not_depend_on_batching():
@@ -24,7 +24,7 @@ def test_noise_does_not_depend_on_batching():
 
 def test_sampling_is_deterministic_for_a_seed():
     model = tiny()
-    model.fit(load_digits().train, seed=0)
+    model.fit(digits().train, seed=0)
     a, b = model.sample(10, seed=5), model.sample(10, seed=5)
     assert torch.equal(a.images, b.images)
     assert not torch.equal(a.images, model.sample(10, seed=6).images)
@@ -32,7 +32,7 @@ def test_sampling_is_deterministic_for_a_seed():
 
 
 def test_fit_is_deterministic_for_a_seed():
-    data = load_digits().train
+    data = digits().train
     a, b = tiny(), tiny()
     assert a.fit(data, seed=1)["train_loss"] == b.fit(data, seed=1)["train_loss"]
     assert torch.equal(a.sample(4, seed=0).images, b.sample(4, seed=0).images)
@@ -40,7 +40,7 @@ def test_fit_is_deterministic_for_a_seed():
 
 def test_save_load_and_diffusers_pipelines(tmp_path):
     model = tiny()
-    model.fit(load_digits().train, seed=0)
+    model.fit(digits().train, seed=0)
     model.save(tmp_path / "model")
     again = DDPM.load(tmp_path / "model")
     assert torch.equal(model.sample(6, seed=1).images, again.sample(6, seed=1).images)
@@ -87,12 +87,12 @@ def test_guidance_extrapolates_from_the_unconditional_prediction():
         cond = model.unet(x, t, class_labels=y).sample
         uncond = model.unet(x, t, class_labels=torch.full_like(y, 10)).sample
         torch.testing.assert_close(model._eps(x, t, y), cond + 2.0 * (cond - uncond), atol=1e-5, rtol=1e-4)
-        model.config["guidance"] = 0.0
+        model.sampling.guidance = 0.0
         torch.testing.assert_close(model._eps(x, t, y), cond, atol=1e-5, rtol=1e-4)
 
 
 def test_conditional_ddpm_with_guidance_fits_samples_saves_and_loads(tmp_path):
-    data = load_digits().train
+    data = digits().train
     model = tiny(num_classes=10, guidance=1.0)
     model.fit(data, seed=0)
     labels = torch.tensor([0, 3, 3, 9, 5])
@@ -101,12 +101,12 @@ def test_conditional_ddpm_with_guidance_fits_samples_saves_and_loads(tmp_path):
     assert torch.equal(out.images, model.sample(5, seed=2, labels=labels).images)
     other = model.sample(5, seed=2, labels=torch.tensor([1, 1, 1, 1, 1]))
     assert not torch.equal(out.images[0], other.images[0])  # the condition reaches the UNet
-    model.config["guidance"] = 0.0
+    model.sampling.guidance = 0.0
     assert not torch.equal(out.images, model.sample(5, seed=2, labels=labels).images)  # guidance matters
-    model.config["guidance"] = 1.0
+    model.sampling.guidance = 1.0
     model.save(tmp_path / "model")
     again = DDPM.load(tmp_path / "model")
-    assert again.num_classes == 10 and again.config["guidance"] == 1.0
+    assert again.num_classes == 10 and again.sampling.guidance == 1.0
     assert torch.equal(again.sample(5, seed=2, labels=labels).images, out.images)
 
 
@@ -114,7 +114,7 @@ def test_conditional_ddpm_needs_labels():
     model = tiny(num_classes=10)
     with pytest.raises(ValueError, match="labels"):
         model.sample(2, seed=0)
-    unlabelled = load_digits().train
+    unlabelled = digits().train
     unlabelled.labels = None
     with pytest.raises(ValueError, match="labelled"):
         model.fit(unlabelled, seed=0)

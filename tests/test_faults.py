@@ -116,40 +116,51 @@ def test_killed_at_every_named_point_resumes_to_the_same_numbers(baseline, tmp_p
 
 
 def test_killed_at_random_times_resumes_to_the_same_numbers(baseline, tmp_path):
+    """Each kill starts from scratch and lands before the chain could finish, so every child is really killed."""
     baseline_dir, seconds = baseline
     rng = random.Random(8)
-    delays = [rng.uniform(0.1, 0.8) * seconds for _ in range(3)]
-    for delay in delays:
-        run_forked(tmp_path, *CHAIN, kill_after=delay)
-    assert run_forked(tmp_path, *CHAIN) == 0
-    assert_same_chain(tmp_path, baseline_dir)
+    for i, delay in enumerate(rng.uniform(0.15, 0.75) * seconds for _ in range(2)):
+        run_dir = tmp_path / f"kill{i}"
+        assert run_forked(run_dir, *CHAIN, kill_after=delay) == KILLED, f"the chain finished within {delay:.1f} s"
+        assert run_forked(run_dir, *CHAIN) == 0
+        assert_same_chain(run_dir, baseline_dir)
 
 
-@pytest.mark.parametrize(
-    ("variant", "kills"),
-    [
-        (("model=vae",), ["train_step:25", "sample:1"]),  # generation 1 mid-training, then its first batch
-        (("model=gmm", "regime=fresh", "regime.real_fraction=0.5", "regime.curation=confidence",
-          "regime.keep_fraction=0.5"), ["sample:2", "metrics:1"]),  # generation 0's strip, generation 1's scoring
-        (("model.num_classes=10", "sampling.guidance=1", "regime=accumulate"), ["write:4", "train_step:10"]),
-    ],
-    ids=["vae", "gmm-fresh-curated", "conditional-ddpm-accumulate"],
-)
-def test_every_model_and_regime_resumes_to_the_same_numbers(tmp_path, variant, kills):
-    chain = (*CHAIN, *variant)
+# (overrides, kill points): every kill lands in generation 1 (generation 0 is finished when it comes)
+VARIANTS = {
+    "vae": (("model=vae",), ["train_step:25", "sample:5"]),  # mid-training; the first of gen 1's sampling batches
+    "gmm": (("model=gmm",), ["sample:3", "metrics:2"]),  # gen 1's samples; gen 1's scoring
+    "conditional-ddpm": (("model.num_classes=10", "sampling.guidance=1"), ["train_step:30", "before_done:2"]),
+    "fresh": (("model=gmm", "regime=fresh", "regime.real_fraction=0.5"), ["metrics:2", "after_done:2"]),
+    "accumulate": (("model=gmm", "regime=accumulate"), ["before_done:2", "sample:4"]),
+    "curation": (("model=gmm", "regime.curation=confidence", "regime.keep_fraction=0.5"), ["sample:3", "metrics:2"]),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_model_and_regime_resumes_to_the_same_numbers(tmp_path, variant):
+    overrides, kills = VARIANTS[variant]
+    chain = (*CHAIN, *overrides)
     assert run_forked(tmp_path / "baseline", *chain) == 0
     for fault in kills:
         assert run_forked(tmp_path / "killed", *chain, fault=fault) == KILLED, f"{fault} was never reached"
+        assert (tmp_path / "killed" / "gen_000" / "DONE").exists(), f"{fault} came before generation 1"
+        table = tmp_path / "killed" / "metrics.csv"
+        assert not table.exists() or len(read_csv(table)) == 1, f"{fault} came after generation 1"
     assert run_forked(tmp_path / "killed", *chain) == 0
     assert_same_chain(tmp_path / "killed", tmp_path / "baseline")
 
 
-def test_a_kill_through_the_command_line(tmp_path):
-    """The real entry point reads IMGCOLLAPSE_FAULT and dies by SIGKILL."""
+def test_a_kill_through_the_command_line_resumes_to_the_same_numbers(baseline, tmp_path):
+    """The real entry point reads IMGCOLLAPSE_FAULT, warns that it is armed and dies by SIGKILL; the same chain
+    resumed equals the uninterrupted one."""
     run_dir = tmp_path / "run"
-    result = run_cli(*CHAIN, "generation=0", f"hydra.run.dir={run_dir}", env={faults.ENV: "before_done"})
+    result = run_cli(*CHAIN, f"hydra.run.dir={run_dir}", env={faults.ENV: "before_done:2"})
     assert result.returncode == KILLED, result.stderr[-2000:]
-    assert (run_dir / "gen_000" / "samples.npz").exists() and not (run_dir / "gen_000" / "DONE").exists()
+    assert "fault injection armed" in result.stdout + result.stderr
+    assert (run_dir / "gen_001" / "samples.npz").exists() and not (run_dir / "gen_001" / "DONE").exists()
+    assert run_forked(run_dir, *CHAIN) == 0
+    assert_same_chain(run_dir, baseline[0])
 
 
 def test_a_diverged_generation_stops_keeps_the_earlier_ones_and_resumes_after_lowering_lr(baseline, tmp_path):
@@ -238,8 +249,9 @@ def test_the_entry_point_turns_each_failure_into_a_message_and_an_exit_status(tm
 def test_num_synthetic_larger_than_a_batch(tmp_path):
     """70 samples in sampling batches of 32 (32 + 32 + 6), scored by the classifier in batches: the same images
     as one batch of 128 would give, the same features as one batch, a finite row."""
+    from conftest import digits
+
     from imgcollapse.chain import generation_seeds
-    from imgcollapse.data.digits import load_digits
     from imgcollapse.metrics.features import load_or_train_classifier
     from imgcollapse.models.ddpm import DDPM
 
@@ -247,11 +259,11 @@ def test_num_synthetic_larger_than_a_batch(tmp_path):
     samples = ImageSet.load(tmp_path / "gen_000" / "samples.npz")
     assert len(samples) == 70 and len(samples.labels) == 70 and np.isfinite(rows[0]["fid"])
     model = DDPM.load(tmp_path / "gen_000" / "model")
-    model.config["sample_batch_size"] = 128
+    model.sampling.batch_size = 128
     again = model.sample(70, seed=generation_seeds(0, 0)["sample"])
     assert np.array_equal(again.images.numpy(), samples.images.numpy())
     meta = json.loads((tmp_path / "run.json").read_text())
-    splits = load_digits()
+    splits = digits()
     classifier = load_or_train_classifier(splits.train, splits.heldout, Path(meta["config"]["cache_dir"]), epochs=2)
     whole, batched = classifier(samples.images), classifier(samples.images, batch_size=16)
     assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])

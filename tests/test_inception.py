@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import digits
 
-from imgcollapse.data.digits import load_digits
 from imgcollapse.metrics import load_or_build_reference, read_reference_meta, resolve_extractors
 from imgcollapse.metrics.features import (
     NVLABS_FILE,
@@ -78,7 +78,7 @@ def inception(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def few_digits():
-    return load_digits().heldout.subset(range(4))
+    return digits().heldout.subset(range(4))
 
 
 @needs_fid_helper

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR, compose_config, run_chain
+from conftest import CONF_DIR, compose_config, digits, run_chain
+from hydra.utils import get_object
 
 from imgcollapse.chain import condition_labels, draw_labels, generation_seeds, strip_seed
 from imgcollapse.config import ConfigError
 from imgcollapse.data import ImageSet
-from imgcollapse.data.digits import load_digits
 from imgcollapse.metrics.features import load_or_train_classifier
 from imgcollapse.models.gmm import GMM
 from imgcollapse.models.vae import VAE
@@ -71,7 +71,7 @@ def test_curation_keeps_the_verifiers_top_candidates(tmp_path, cache_dir):
     assert rows[1]["num_train"] == 64  # generation 1 trained on generation 0's 64 kept samples
 
     # Rebuild generation 1's candidates from its saved model and score them with the same classifier.
-    splits = load_digits()
+    splits = digits()
     classifier = load_or_train_classifier(splits.train, splits.heldout, cache_dir, epochs=2, seed=0)
     candidates = GMM.load(tmp_path / "gen_001" / "model").sample(160, seed=generation_seeds(0, 1)["sample"])
     confidence = classifier(candidates.images)[1].max(axis=1)
@@ -87,7 +87,7 @@ def test_conditional_ddpm_labels_are_its_conditions(tmp_path):
     rows = run_chain(tmp_path, *SMOKE, "model.num_classes=10", "sampling.guidance=1.0", "regime=accumulate",
                      "generation=1")
     assert len(rows) == 2
-    real = load_digits().train
+    real = digits().train
     for g in range(2):  # conditions drawn with the real class frequencies, and they stay the labels
         assert torch.equal(samples(tmp_path, g).labels, draw_labels(real.labels, 64, generation_seeds(0, g)["labels"]))
     strip = ImageSet.load(tmp_path / "gen_001" / "strip.npz")
@@ -95,7 +95,7 @@ def test_conditional_ddpm_labels_are_its_conditions(tmp_path):
 
 
 def test_condition_labels_follow_the_configured_frequencies():
-    real = load_digits().train
+    real = digits().train
     skewed = ImageSet(real.images[:100], torch.full((100,), 3), real.class_names)
     uniform = condition_labels("uniform", real, skewed, 5000, seed=0)
     assert np.abs(np.bincount(uniform.numpy(), minlength=10) / 5000 - 0.1).max() < 0.02
@@ -122,9 +122,10 @@ def test_every_preset_runs_under_smoke(tmp_path, experiment):
     config = compose_config(f"experiment={experiment}", *SMOKE)
     rows = run_chain(tmp_path, f"experiment={experiment}", *SMOKE, "generation=1")
     assert [r["generation"] for r in rows] == [0, 1]
-    expected_real = {"replace": 0, "accumulate": REAL, "fresh": 32, "augment": 32}[config.regime.kind]
-    if config.regime.kind in ("fresh", "augment"):
+    kind = get_object(config.regime._target_).kind
+    expected_real = {"replace": 0, "accumulate": REAL, "fresh": 32, "augment": 32}[kind]
+    if kind in ("fresh", "augment"):
         expected_real = round(config.regime.real_fraction * 64)
-    if config.regime.subsample is None:
+    if config.regime.get("subsample") is None:
         assert rows[1]["num_real"] == expected_real
     assert len(samples(tmp_path, 1)) == 64

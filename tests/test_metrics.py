@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import conf
+from conftest import digits as digits_splits
 
 from imgcollapse.data import ImageSet, Splits
-from imgcollapse.data.digits import load_digits
 from imgcollapse.metrics import (
     CLASS_COLUMNS,
     SPACE_COLUMNS,
-    Settings,
     evaluate,
     load_or_build_reference,
     read_reference_meta,
@@ -25,13 +25,12 @@ from imgcollapse.metrics import (
 from imgcollapse.metrics.features import load_or_train_classifier
 from imgcollapse.metrics.scores import class_statistics, fid, kid, mean_cov, memorization, prdc, tail_classes
 
-SETTINGS = Settings(num_samples=None, nearest_k=5, kid_subsets=100, kid_subset_size=1000, near_copy_ratio=1 / 3,
-                    tail_fraction=0.3, lost_threshold=0.1, seed=0)
+CONFIG = conf("metrics", extractors=["classifier"], classifier_epochs=10)  # conf/metrics/default.yaml otherwise
 
 
 @pytest.fixture(scope="module")
 def digits() -> Splits:
-    return load_digits()
+    return digits_splits()
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +163,7 @@ def test_reference_is_cached_self_describing_and_keyed_by_the_data(digits, class
     meta = read_reference_meta(path)
     assert meta["extractor"] == "classifier" and meta["split"] == "heldout" and meta["num_images"] == 400
     assert meta["data_fingerprint"] == digits.heldout.fingerprint() and meta["feature_dim"] == 128
-    other = load_digits(split_seed=1)  # a changed dataset config: another held-out split, another file
+    other = digits_splits(split_seed=1)  # a changed dataset config: another held-out split, another file
     load_or_build_reference(other.heldout, counting, tmp_path)
     assert counting.images == 2 * len(digits.heldout)
     assert reference_path(tmp_path, classifier, other.heldout, "heldout") != path
@@ -179,7 +178,7 @@ def fake_generation(real: ImageSet, n: int, seed: int) -> ImageSet:
 
 @pytest.fixture(scope="module")
 def metrics(digits, classifier, cache_dir):
-    return setup_metrics(digits, cache_dir, settings=SETTINGS, extractors=["classifier"], classifier_epochs=10)
+    return setup_metrics(digits, cache_dir, CONFIG, seed=0)
 
 
 def test_no_feature_is_computed_twice_across_generations(digits, metrics):
@@ -209,10 +208,10 @@ def test_evaluate_row_has_every_column(digits, metrics):
 
 def test_num_samples_scores_a_seeded_subset_but_labels_all(digits, metrics):
     samples = fake_generation(digits.train, 200, seed=3)
-    ev = evaluate(samples, digits.train, replace(metrics, settings=replace(SETTINGS, num_samples=50)))
+    ev = evaluate(samples, digits.train, replace(metrics, config=replace(CONFIG, num_samples=50)))
     assert ev.probs.shape == (200, 10)  # every sample still gets its predicted label
-    idx = scored_index(200, 50, SETTINGS.seed)
-    assert len(idx) == 50 and len(set(idx)) == 50 and np.array_equal(idx, scored_index(200, 50, SETTINGS.seed))
+    idx = scored_index(200, 50, metrics.seed)
+    assert len(idx) == 50 and len(set(idx)) == 50 and np.array_equal(idx, scored_index(200, 50, metrics.seed))
     predicted = ev.probs[idx].argmax(1)
     assert [ev.row[f"class_freq_{k}"] for k in range(10)] == pytest.approx([(predicted == k).mean() for k in range(10)])
     direct = evaluate(ImageSet(samples.images[idx]), digits.train, metrics)

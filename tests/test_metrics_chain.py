@@ -26,9 +26,9 @@ def offline_inception(tmp_path) -> tuple[str, ...]:
             "metrics.inception_download=false")
 
 
-def unlabelled_digits(**kwargs) -> Splits:
+def unlabelled_digits(config) -> Splits:
     """The digits with their labels dropped: a dataset no classifier can be trained on (a `_target_`)."""
-    splits = load_digits(**kwargs)
+    splits = load_digits(config)
     return Splits(ImageSet(splits.train.images), ImageSet(splits.heldout.images))
 
 

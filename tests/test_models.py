@@ -5,19 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import digits as load_digits
+from conftest import make_model
 
 from imgcollapse.data import ImageSet
-from imgcollapse.data.digits import load_digits
 from imgcollapse.data.transforms import resize, to_channels
 from imgcollapse.models.gmm import GMM
-from imgcollapse.models.vae import VAE, level_sizes
+from imgcollapse.models.vae import level_sizes
 
 
-def tiny(kind: str, shape: tuple[int, int, int], **kw):
+def tiny(kind: str, shape: tuple[int, int, int], temperature: float = 1.0, **kw):
     """A model small enough to fit in well under a second."""
     if kind == "vae":
-        return VAE(shape, **({"train_steps": 15, "batch_size": 16, "warmup_steps": 2, "sample_batch_size": 4} | kw))
-    return GMM(shape, **({"n_components": 3, "max_iter": 20} | kw))
+        kw = {"train_steps": 15, "batch_size": 16, "warmup_steps": 2} | kw
+        return make_model("vae", shape, sampling={"batch_size": 4, "temperature": temperature}, **kw)
+    return make_model("gmm", shape, sampling={"temperature": temperature}, **({"n_components": 3, "max_iter": 20} | kw))
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_save_load_gives_identical_samples(kind, digits, tmp_path):
     model.fit(digits, seed=0)
     model.save(tmp_path / "model")
     again = type(model).load(tmp_path / "model")
-    assert again.config == model.config
+    assert again.config == model.config and again.sampling == model.sampling
     assert torch.equal(model.sample(12, seed=3).images, again.sample(12, seed=3).images)
 
 
@@ -80,7 +82,7 @@ def test_vae_level_sizes_cover_odd_sizes():
 
 def test_gmm_with_one_component_is_the_data_gaussian(digits):
     """One full-covariance component is the maximum-likelihood Gaussian: the sample mean and covariance."""
-    model = GMM((1, 8, 8), n_components=1, reg_covar=1e-6)
+    model = tiny("gmm", (1, 8, 8), n_components=1, reg_covar=1e-6, max_iter=100)
     model.fit(digits, seed=0)
     x = (digits.images.flatten(1).double() / 127.5 - 1).numpy()  # the model converts in float32: atol 1e-6
     np.testing.assert_allclose(model.mixture.means_[0], x.mean(0), atol=1e-6)
@@ -92,14 +94,14 @@ def test_gmm_temperature_scales_the_spread(digits):
     """MAD's sampling bias for Gaussians: lower temperature, samples closer to their component means."""
     spreads = []
     for temperature in (1.0, 0.25):
-        model = GMM((1, 8, 8), n_components=1, temperature=temperature)
+        model = tiny("gmm", (1, 8, 8), n_components=1, temperature=temperature, max_iter=100)
         model.fit(digits, seed=0)
         spreads.append(model.sample(500, seed=0).images.float().std(0).mean().item())
     assert spreads[1] < 0.7 * spreads[0]
 
 
 def test_gmm_pca_reconstructs_through_the_subspace(digits, tmp_path):
-    model = GMM((1, 8, 8), n_components=2, pca_components=10)
+    model = tiny("gmm", (1, 8, 8), n_components=2, pca_components=10, max_iter=100)
     model.fit(digits, seed=0)
     assert model.mixture.means_.shape == (2, 10) and model.dim == 10
     model.save(tmp_path / "m")
@@ -116,7 +118,7 @@ def test_vae_temperature_scales_the_latent(digits):
     model.fit(digits, seed=0)
     spread = {}
     for temperature in (1.0, 0.01):
-        model.config["temperature"] = temperature
+        model.sampling.temperature = temperature
         spread[temperature] = model.sample(200, seed=0).images.float().std(0).mean().item()
     assert spread[0.01] < 0.2 * spread[1.0]
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from conftest import REPO, run_cli
+
+from imgcollapse.chain import generation_seeds
+from imgcollapse.data import ImageSet
+from imgcollapse.models.ddpm import DDPM
 
 SMOKE = ("debug=smoke", "generation=1", "threads=1")
 
@@ -50,3 +57,25 @@ def test_two_processes_write_one_run_dir_like_one_process(tmp_path):
     rows = (double / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # header + generations 0 and 1, written once (by the main process alone)
     assert len((double / "metrics.jsonl").read_text().splitlines()) == 2
+
+    # The numbers: the same columns, the same training-set bookkeeping, every metric finite, and what each
+    # generation wrote is what its saved model makes (the main process sampled from the model both trained).
+    one, two = read_rows(single), read_rows(double)
+    assert list(one[0]) == list(two[0])
+    for a, b in zip(one, two, strict=True):
+        for column in ("generation", "num_train", "num_real", "num_synthetic"):
+            assert a[column] == b[column], column
+        assert all(np.isfinite(v) for k, v in b.items() if isinstance(v, float)), b
+        assert 0 < b["fid"] < 10 * a["fid"] and b["train_loss"] < 2 * a["train_loss"]  # it learned as one process
+    assert json.loads((double / "run.json").read_text())["environment"]["num_processes"] == 2
+    for g in range(2):
+        saved = ImageSet.load(double / f"gen_{g:03d}" / "samples.npz")
+        model = DDPM.load(double / f"gen_{g:03d}" / "model")
+        again = model.sample(len(saved), seed=generation_seeds(0, g)["sample"])
+        assert torch.equal(again.images, saved.images), g
+    # generation 1 of both processes trained on generation 0's samples: the same set, read back from disk
+    assert two[1]["num_train"] == len(ImageSet.load(double / "gen_000" / "samples.npz"))
+
+
+def read_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

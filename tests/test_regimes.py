@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import conf
 
+from imgcollapse.config import build
 from imgcollapse.data import ImageSet
 from imgcollapse.regimes import Regime, verifier_scores
 
@@ -34,6 +36,11 @@ def ids(data: ImageSet) -> np.ndarray:
             + data.images[:, 0, 1, 0].long()).numpy()
 
 
+def make_regime(kind: str, **values) -> Regime:
+    """The regime conf/regime/KIND.yaml builds, with `values` replaced."""
+    return build(conf("regime", kind, **values))
+
+
 def chain_sets(regime: Regime, generations: int, seed: int = 0) -> list[tuple[ImageSet, dict]]:
     """Training sets of generations 1..`generations` with tagged synthetic sets standing in for samples."""
     real = tagged(0, REAL)
@@ -47,14 +54,14 @@ def assert_labels_follow_images(data: ImageSet) -> None:
 
 
 def test_replace_is_the_last_samples_only():
-    for g, (data, composition) in enumerate(chain_sets(Regime("replace"), 3), start=1):
+    for g, (data, composition) in enumerate(chain_sets(make_regime("replace"), 3), start=1):
         assert (sources(data) == g).all() and len(data) == SYN
         assert composition == {"num_real": 0, "num_synthetic": SYN}  # all synthetic data is the last generation's
         assert_labels_follow_images(data)
 
 
 def test_accumulate_keeps_everything_and_grows():
-    for g, (data, composition) in enumerate(chain_sets(Regime("accumulate"), 4), start=1):
+    for g, (data, composition) in enumerate(chain_sets(make_regime("accumulate"), 4), start=1):
         total = REAL + g * SYN
         assert len(data) == total
         assert np.bincount(sources(data), minlength=g + 1).tolist() == [REAL] + [SYN] * g
@@ -67,7 +74,7 @@ def test_accumulate_keeps_everything_and_grows():
 
 def test_accumulate_subsample_holds_its_size():
     size = 200
-    sets = chain_sets(Regime("accumulate", subsample=size), 4)
+    sets = chain_sets(make_regime("accumulate", subsample=size), 4)
     for g, (data, composition) in enumerate(sets, start=1):
         counts = np.bincount(sources(data), minlength=g + 1)
         assert len(data) == size and len(set(ids(data))) == size
@@ -78,13 +85,13 @@ def test_accumulate_subsample_holds_its_size():
     # by generation 4 the pool is 300 real + 160 synthetic: a uniform draw takes about 35% synthetic
     assert 0.2 < sets[-1][1]["num_synthetic"] / size < 0.5
     assert not np.array_equal(ids(sets[2][0]), ids(sets[3][0]))  # a new draw each generation
-    again = chain_sets(Regime("accumulate", subsample=size), 4)
+    again = chain_sets(make_regime("accumulate", subsample=size), 4)
     assert all(np.array_equal(ids(a), ids(b)) for (a, _), (b, _) in zip(sets, again, strict=True))
 
 
 @pytest.mark.parametrize("kind", ["fresh", "augment"])
 def test_fresh_and_augment_mix_at_the_real_fraction(kind):
-    sets = chain_sets(Regime(kind, real_fraction=0.25), 3)
+    sets = chain_sets(make_regime(kind, real_fraction=0.25), 3)
     for g, (data, composition) in enumerate(sets, start=1):
         counts = np.bincount(sources(data), minlength=g + 1)
         assert len(data) == SYN  # the training set has the last generation's size
@@ -100,7 +107,7 @@ def test_fresh_and_augment_mix_at_the_real_fraction(kind):
 
 def test_augment_subset_does_not_depend_on_resuming():
     """Built from (seed, generation) only: generation 3 alone gives the same set as in a full chain."""
-    regime = Regime("augment", real_fraction=0.5)
+    regime = make_regime("augment", real_fraction=0.5)
     full = chain_sets(regime, 3, seed=7)[-1][0]
     real, synthetic = tagged(0, REAL), [tagged(g + 1, SYN) for g in range(3)]
     assert np.array_equal(ids(regime.training_set(real, synthetic, 3, 7)[0]), ids(full))
@@ -109,7 +116,7 @@ def test_augment_subset_does_not_depend_on_resuming():
 
 def test_regime_needs_every_earlier_set():
     with pytest.raises(ValueError, match="generation 2"):
-        Regime("replace").training_set(tagged(0, REAL), [tagged(1, SYN)], 2, 0)
+        make_regime("replace").training_set(tagged(0, REAL), [tagged(1, SYN)], 2, 0)
 
 
 # Curation -----------------------------------------------------------------------------------------
@@ -121,7 +128,7 @@ def probs_with_confidence(top: np.ndarray, predicted: np.ndarray, classes: int =
 
 
 def test_curation_keeps_the_most_confident():
-    regime = Regime("replace", curation="confidence", keep_fraction=0.4)
+    regime = make_regime("replace", curation="confidence", keep_fraction=0.4)
     n = 20
     assert regime.num_candidates(n) == 50 == math.ceil(n / 0.4)
     candidates = tagged(1, 50)
@@ -144,14 +151,14 @@ def test_condition_curation_scores_the_asked_for_class():
     probs = probs_with_confidence(np.array([0.99, 0.6, 0.7, 0.5]), predicted)
     np.testing.assert_allclose(verifier_scores("condition", probs, candidates.labels),
                                [0.01 / 9, 0.6, 0.7, 0.5])
-    kept, _ = Regime("replace", curation="condition", keep_fraction=0.5).curate(candidates, probs, 2)
+    kept, _ = make_regime("replace", curation="condition", keep_fraction=0.5).curate(candidates, probs, 2)
     assert ids(kept).tolist() == ids(candidates)[[1, 2]].tolist()
-    kept, _ = Regime("replace", curation="confidence", keep_fraction=0.5).curate(candidates, probs, 2)
+    kept, _ = make_regime("replace", curation="confidence", keep_fraction=0.5).curate(candidates, probs, 2)
     assert ids(kept).tolist() == ids(candidates)[[0, 2]].tolist()
 
 
 def test_no_curation_keeps_every_sample_and_adds_no_columns():
-    regime = Regime("replace", curation="none", keep_fraction=0.5)  # keep_fraction only applies with curation
+    regime = make_regime("replace", curation="none", keep_fraction=0.5)  # keep_fraction only applies with curation
     assert regime.num_candidates(30) == 30
     candidates = tagged(1, 30)
     kept, stats = regime.curate(candidates, np.full((30, 10), 0.1), 30)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_chain
+from conftest import run_chain, run_cli
 
 from imgcollapse import lock as lock_module
 from imgcollapse.config import UserError
@@ -105,6 +105,7 @@ def test_without_flock_the_pid_and_host_decide(tmp_path, monkeypatch, caplog, ho
 
     monkeypatch.setattr(lock_module.fcntl, "flock", no_flock)
     monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # this job, requeued once (another step would have the same)
     content = holder()
     (tmp_path / LOCK_FILE).write_text(json.dumps(content))
     lock = RunLock(tmp_path)
@@ -150,6 +151,44 @@ def test_keys_that_cannot_change_results_may_differ(run_dir):
     assert [r["generation"] for r in rows] == [0] and stamps(run_dir) == before
 
 
+def test_moving_a_chain_to_other_resolved_settings_is_refused(run_dir):
+    """threads: null means "all cores": a chain resumed where that resolves differently would make its next
+    generations with other numbers, so the resolved value is compared, not the key."""
+    environment = json.loads((run_dir / "gen_000" / "environment.json").read_text())
+    assert environment["threads"] == 1 and environment["mixed_precision"] == "no" and environment["device"] == "cpu"
+    assert environment["versions"]["torch"] and environment["versions"]["imgcollapse"]
+    with pytest.raises(ResumeRefused, match=r"threads \(resolved\)=1 in the run, 2 now"):
+        run_chain(run_dir, "debug=smoke", "threads=2", "generation=1")
+    assert not (run_dir / "gen_001").exists()
+
+
+def test_changed_library_versions_are_reported_and_recorded(run_dir, caplog):
+    path = run_dir / "gen_000" / "environment.json"
+    environment = json.loads(path.read_text())
+    environment["versions"]["torch"] = "0.0.1"
+    path.write_text(json.dumps(environment))
+    with caplog.at_level(logging.WARNING, logger="imgcollapse"):
+        rows = run_chain(run_dir, *SMOKE, "generation=1")
+    assert len(rows) == 2 and "library versions changed since generation 0: torch='0.0.1' in the run" in caplog.text
+    changes = json.loads((run_dir / "run.json").read_text())["config_changes"]
+    assert changes[-1]["versions"]["torch"]["was"] == "0.0.1" and changes[-1]["from_generation"] == 1
+
+
+def test_finished_generations_without_run_json_are_refused(run_dir):
+    (run_dir / "run.json").unlink()
+    with pytest.raises(UserError, match="finished generations .* but no run.json"):
+        run_chain(run_dir, *SMOKE, "generation=1")
+    assert not (run_dir / "gen_001").exists()
+
+
+@pytest.mark.parametrize("damage", [b"", b"{not json", b"[1, 2]"])
+def test_a_corrupt_run_json_is_a_clear_error(run_dir, damage):
+    (run_dir / "run.json").write_bytes(damage)
+    with pytest.raises(UserError, match="run.json"):
+        run_chain(run_dir, *SMOKE, "generation=1")
+    assert not (run_dir / "gen_001").exists()
+
+
 def test_resume_on_other_data_is_refused(run_dir):
     meta = json.loads((run_dir / "run.json").read_text())
     meta["dataset"]["fingerprint"]["train"] = "0" * 16  # as if the images had changed since the run started
@@ -169,7 +208,40 @@ def test_a_finished_generation_after_an_unfinished_one_is_refused_not_redone(run
     assert stamps(run_dir) == before
 
 
-def test_a_damaged_finished_generation_is_a_clear_error(run_dir):
-    (run_dir / "gen_000" / "samples.npz").write_bytes(b"not an npz")
-    with pytest.raises(UserError, match="samples.npz cannot be read .* gen_000 is marked done"):
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the compressed images: a CRC or zlib error
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "samples-truncated": ("gen_000/samples.npz", truncate),
+    "samples-empty": ("gen_000/samples.npz", lambda p: p.write_bytes(b"")),
+    "samples-bit-flipped": ("gen_000/samples.npz", flip_a_bit),
+    "samples-not-npz": ("gen_000/samples.npz", lambda p: p.write_bytes(b"not an npz")),
+    "samples-missing": ("gen_000/samples.npz", lambda p: p.unlink()),
+    "metrics-missing": ("gen_000/metrics.json", lambda p: p.unlink()),
+    "metrics-corrupt": ("gen_000/metrics.json", lambda p: p.write_bytes(b"{\"fid\": 1.")),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_finished_generation_is_a_clear_error(run_dir, damage):
+    name, spoil = DAMAGES[damage]
+    spoil(run_dir / name)
+    with pytest.raises(UserError, match=f"{name.split('/')[1]} cannot be read .* gen_000 "):
         run_chain(run_dir, *SMOKE, "generation=1")
+    assert not (run_dir / "gen_001").exists()
+
+
+def test_a_damaged_file_exits_2_with_one_message_and_no_traceback(run_dir):
+    flip_a_bit(run_dir / "gen_000" / "samples.npz")
+    result = run_cli(*SMOKE, "generation=1", f"hydra.run.dir={run_dir}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert "samples.npz cannot be read" in output and "move gen_000 and every later" in output
+    assert "Traceback" not in output

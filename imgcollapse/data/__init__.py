@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import MISSING
+
+from imgcollapse.errors import require
 
 
 @dataclass
@@ -96,3 +99,22 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 [0, 255], clamped and rounded."""
     return x.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset has (`dataset.*`); each loader's config adds its own."""
+
+    _target_: str = MISSING
+    image_size: int = MISSING
+    channels: int = MISSING
+    split_seed: int = MISSING
+    long_tail: float = MISSING
+
+    def check(self) -> None:
+        """The shared keys; a dataset's own keys are checked by its subclass."""
+        require(self.image_size > 0, "dataset.image_size", self.image_size, "an integer > 0")
+        require(self.channels in (1, 3), "dataset.channels", self.channels, "1 or 3")
+        require(self.long_tail >= 0, "dataset.long_tail", self.long_tail,
+                "a Zipf exponent ≥ 0 (0: classes as they are)")
+        require(0 <= self.split_seed < 2**32, "dataset.split_seed", self.split_seed, "an integer in [0, 2**32)")

@@ -12,17 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+from omegaconf import MISSING
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from imgcollapse.config import UserError
-from imgcollapse.data import ImageSet, Splits
+from imgcollapse.data import DatasetConfig, ImageSet, Splits
 from imgcollapse.data.transforms import finish, split
+from imgcollapse.errors import UserError, require
 from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
@@ -137,24 +139,35 @@ def _bad_files_message(root: Path, bad: dict, total: int) -> str:
             "Fix or remove them, or set dataset.skip_bad=true to leave them out (run.json records how many)")
 
 
-def load_folder(
-    path: str | None,
-    image_size: int = 32,
-    channels: int = 3,
-    heldout_fraction: float = 0.2,
-    split_seed: int = 0,
-    skip_bad: bool = False,
-    long_tail: float = 0.0,
-    cache_dir: str | None = None,
-) -> Splits:
+@dataclass
+class FolderConfig(DatasetConfig):
+    """`dataset=folder` (values and their reasons: conf/dataset/folder.yaml)."""
+
+    _target_: str = "imgcollapse.data.folder.load_folder"
+    path: str | None = MISSING
+    heldout_fraction: float = MISSING
+    skip_bad: bool = MISSING
+    cache_dir: str | None = MISSING
+
+    def check(self) -> None:
+        super().check()
+        require(self.path is not None and self.path != "", "dataset.path", self.path,
+                "a folder of images: dataset.path=DIR")
+        require(0 < self.heldout_fraction < 1, "dataset.heldout_fraction", self.heldout_fraction,
+                "a fraction in (0, 1): the share of the folder's images held out for scoring")
+
+
+def load_folder(config: FolderConfig) -> Splits:
     """Load a folder of images, split it once by a fixed seed into training pool and held-out split."""
+    path, image_size, channels = config.path, config.image_size, config.channels
+    heldout_fraction, split_seed, cache_dir = config.heldout_fraction, config.split_seed, config.cache_dir
     if path is None:
         raise UserError("dataset=folder needs dataset.path=/path/to/images")
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"dataset.path={root} is not a folder")
     data, bad = read_folder(root, image_size, channels, Path(cache_dir).expanduser() if cache_dir else None)
-    if bad and not skip_bad:
+    if bad and not config.skip_bad:
         raise UserError(_bad_files_message(root, bad, len(data) + len(bad)))
     if bad:
         log.warning("dataset.skip_bad=true: left out %d unreadable files under %s", len(bad), root)
@@ -173,4 +186,4 @@ def load_folder(
                         f"Images per class: {counts}") from e
     info = {"source": "folder", "path": str(root), "num_files": len(data) + len(bad), "skipped_files": len(bad),
             "skipped_examples": list(bad)[:SHOW_BAD]}
-    return finish(splits, long_tail, split_seed, info)
+    return finish(splits, config.long_tail, split_seed, info)

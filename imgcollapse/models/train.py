@@ -11,14 +11,43 @@ import torch
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
+from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from imgcollapse import faults
+from imgcollapse.errors import require
 
 log = logging.getLogger(__name__)
 
 # loss_fn(network, images, labels, generator) -> scalar loss for one batch
 LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
+
+
+@dataclass
+class TrainingConfig:
+    """Keys of the training loop the torch models share (`model.*` of ddpm and vae)."""
+
+    block_out_channels: list[int] = MISSING
+    train_steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    warmup_steps: int = MISSING
+    ema_decay: float | None = MISSING
+    grad_clip: float | None = MISSING
+
+    def check(self) -> None:
+        """Ranges of the shared training keys (ConfigError naming the key)."""
+        require(len(self.block_out_channels) > 0 and all(c > 0 for c in self.block_out_channels),
+                "model.block_out_channels", self.block_out_channels, "a non-empty list of positive widths")
+        require(self.train_steps > 0, "model.train_steps", self.train_steps, "an integer > 0")
+        require(self.batch_size > 0, "model.batch_size", self.batch_size, "an integer > 0")
+        require(self.lr > 0, "model.lr", self.lr, "a learning rate > 0")
+        require(0 <= self.warmup_steps <= self.train_steps, "model.warmup_steps", self.warmup_steps,
+                f"an integer in [0, model.train_steps={self.train_steps}]")
+        require(self.ema_decay is None or 0 < self.ema_decay < 1, "model.ema_decay", self.ema_decay,
+                "null or in (0, 1)")
+        require(self.grad_clip is None or self.grad_clip > 0, "model.grad_clip", self.grad_clip,
+                "null (no clipping) or > 0")
 
 
 class TrainingDiverged(RuntimeError):

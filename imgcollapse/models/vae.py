@@ -14,23 +14,24 @@ irreducible entropy outweighs what the latent code can explain, and the next VAE
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
+from omegaconf import MISSING
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet
-from imgcollapse.models import noise
-from imgcollapse.models.train import default_accelerator, train
+from imgcollapse.errors import require
+from imgcollapse.models import SamplingConfig, noise, read_model_config, write_model_config
+from imgcollapse.models.train import TrainingConfig, default_accelerator, train
 
-CONFIG_FILE = "imgcollapse.json"
 WEIGHTS_FILE = "vae.safetensors"
 LIKELIHOODS = ("gaussian", "bernoulli")
 MIN_LOG_SIGMA = -6.0  # the calibrated decoder's floor: sigma ≈ 0.0025, below one 8-bit grey level
@@ -85,67 +86,57 @@ class VAENet(nn.Module):
         return mu, logvar, self.decode(mu + eps * (0.5 * logvar).exp())
 
 
+@dataclass
+class VAEConfig(TrainingConfig):
+    """`model=vae`: widths, latent size and likelihood (values and their reasons: conf/model/vae.yaml)."""
+
+    _target_: str = "imgcollapse.models.vae.VAE"
+    latent_dim: int = MISSING
+    likelihood: str = MISSING
+    beta: float = MISSING
+
+    def check(self) -> None:
+        """The model's own keys."""
+        super().check()
+        require(self.latent_dim > 0, "model.latent_dim", self.latent_dim, "an integer > 0")
+        require(self.likelihood in LIKELIHOODS, "model.likelihood", self.likelihood, f"one of {list(LIKELIHOODS)}")
+        require(self.beta > 0, "model.beta", self.beta, "> 0 (1: the plain ELBO)")
+
+
 class VAE:
     """Convolutional VAE; `fit` trains from scratch for a fixed number of optimizer steps."""
 
-    def __init__(
-        self,
-        image_shape: tuple[int, int, int],
-        accelerator: Accelerator | None = None,
-        block_out_channels: tuple[int, ...] = (32, 64),
-        latent_dim: int = 16,
-        likelihood: str = "gaussian",
-        beta: float = 1.0,
-        train_steps: int = 1500,
-        batch_size: int = 128,
-        lr: float = 2e-3,
-        warmup_steps: int = 50,
-        ema_decay: float | None = None,
-        grad_clip: float | None = 1.0,
-        temperature: float = 1.0,
-        sample_batch_size: int = 512,
-    ) -> None:
-        self.config = {
-            "image_shape": [int(v) for v in image_shape],
-            "block_out_channels": [int(c) for c in block_out_channels],
-            "latent_dim": latent_dim,
-            "likelihood": likelihood,
-            "beta": beta,
-            "train_steps": train_steps,
-            "batch_size": batch_size,
-            "lr": lr,
-            "warmup_steps": warmup_steps,
-            "ema_decay": ema_decay,
-            "grad_clip": grad_clip,
-            "temperature": temperature,
-            "sample_batch_size": sample_batch_size,
-        }
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"model.likelihood={likelihood!r} is not one of {LIKELIHOODS}")
+    Config = VAEConfig
+    SAMPLING_KEYS = ("temperature", "batch_size")
+
+    def __init__(self, config: VAEConfig, *, image_shape: tuple[int, int, int], sampling: SamplingConfig,
+                 accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        self.sampling = sampling
         self.accelerator = accelerator or default_accelerator()
-        self.image_shape = tuple(self.config["image_shape"])
+        self.image_shape = tuple(int(v) for v in image_shape)
         self.num_classes = None  # unconditional: the chain labels its samples with the metrics classifier
         self.net = self._build(seed=0)
 
     def _build(self, seed: int) -> VAENet:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return VAENet(self.image_shape, self.config["block_out_channels"], self.config["latent_dim"])
+            return VAENet(self.image_shape, self.config.block_out_channels, self.config.latent_dim)
 
     # Training -----------------------------------------------------------------------------------
     def _loss(self, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
         """Negative ELBO per pixel (nats): reconstruction + beta · KL(q(z|x) || N(0, I))."""
-        eps = torch.randn((len(x), self.config["latent_dim"]), generator=g, device=x.device)
+        eps = torch.randn((len(x), self.config.latent_dim), generator=g, device=x.device)
         # through forward, so that a DDP-wrapped network (several processes) syncs its gradients
         mu, logvar, logits = net(x * 2 - 1, eps)
-        if self.config["likelihood"] == "bernoulli":
+        if self.config.likelihood == "bernoulli":
             recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
         else:
             squared = (torch.sigmoid(logits) - x).pow(2)
             log_sigma = (0.5 * squared.mean().log()).clamp(min=MIN_LOG_SIGMA)  # the likelihood-maximising sigma
             recon = squared / (2 * (2 * log_sigma).exp()) + log_sigma + 0.5 * math.log(2 * math.pi)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        return (recon.flatten(1).sum(1) + self.config["beta"] * kl).mean() / x[0].numel()
+        return (recon.flatten(1).sum(1) + self.config.beta * kl).mean() / x[0].numel()
 
     def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
         """Train a freshly initialised VAE on `data` for `train_steps` steps."""
@@ -154,8 +145,8 @@ class VAE:
         c = self.config
         result = train(
             self.net, self._loss, data.images.float() / 255.0, None,
-            steps=c["train_steps"], batch_size=c["batch_size"], lr=c["lr"], warmup_steps=c["warmup_steps"],
-            ema_decay=c["ema_decay"], grad_clip=c["grad_clip"], seed=seed, accelerator=self.accelerator,
+            steps=c.train_steps, batch_size=c.batch_size, lr=c.lr, warmup_steps=c.warmup_steps,
+            ema_decay=c.ema_decay, grad_clip=c.grad_clip, seed=seed, accelerator=self.accelerator,
             desc="train vae",
         )
         return {"train_loss": result.loss, "train_seconds": result.seconds}
@@ -170,11 +161,11 @@ class VAE:
         """Decode `n` prior draws z = temperature · ε; image i depends only on (seed, i). Labels are ignored."""
         device = self.accelerator.device
         self.net.to(device).eval()
-        c = self.config
+        s = self.sampling
         out = torch.empty((n, *self.image_shape), dtype=torch.uint8)
-        for start in tqdm(range(0, n, c["sample_batch_size"]), desc="sample vae", disable=None, leave=False):
-            stop = min(n, start + c["sample_batch_size"])
-            z = noise((c["latent_dim"],), seed, start, stop).to(device) * c["temperature"]
+        for start in tqdm(range(0, n, s.batch_size), desc="sample vae", disable=None, leave=False):
+            stop = min(n, start + s.batch_size)
+            z = noise((self.config.latent_dim,), seed, start, stop).to(device) * s.temperature
             out[start:stop] = torch.sigmoid(self.net.decode(z)).mul(255).round().clamp(0, 255).to(torch.uint8).cpu()
             faults.reached("sample")
         return ImageSet(out, None)
@@ -185,12 +176,14 @@ class VAE:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, path / WEIGHTS_FILE)
-        (path / CONFIG_FILE).write_text(json.dumps(self.config, indent=1))
+        write_model_config(path, self.config, self.image_shape, self.sampling)
 
     @classmethod
     def load(cls, path: Path, accelerator: Accelerator | None = None) -> VAE:
+        """The model `save` wrote, with its sampling settings."""
         path = Path(path)
-        model = cls(accelerator=accelerator, **json.loads((path / CONFIG_FILE).read_text()))
+        config, image_shape, sampling = read_model_config(path, VAEConfig)
+        model = cls(config, image_shape=image_shape, sampling=sampling, accelerator=accelerator)
         model.net.load_state_dict(load_file(path / WEIGHTS_FILE))
         model.net.eval()
         return model

@@ -1,0 +1,48 @@
+"""The kit's exceptions: the bottom of the package, imported by every layer and importing none of it.
+
+The entry points map them to exit codes: UserError (and its kinds) 2, TrainingDiverged 3 (models/train.py),
+WriteFailed 4. Each message names what is wrong and what to do, so no traceback is ever needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for, or a damaged input: reported as one clear message, never a traceback."""
+
+
+class ConfigError(UserError):
+    """A config value that cannot work: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        self.key = key
+
+
+class DamagedFile(UserError):
+    """A file the run must read is missing, truncated or corrupt: names the file and what to do."""
+
+    def __init__(self, path: Path, error: BaseException | str, what_to_do: str) -> None:
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        super().__init__(f"{path} cannot be read ({reason}). {what_to_do}")
+        self.path = Path(path)
+
+
+class WriteFailed(OSError):
+    """A run file could not be written (disk full, permissions, I/O error); its temporary copy is removed."""
+
+    def __init__(self, path: Path, error: BaseException) -> None:
+        errno = getattr(error, "errno", None)
+        strerror = getattr(error, "strerror", None)
+        message = f"could not write {path}: {strerror or error}"
+        super().__init__(*((errno, message) if errno is not None else (message,)))
+        self.path = Path(path)
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError(key, value, allowed) unless `ok`: the one-line check every component's config uses."""
+    if not ok:
+        raise ConfigError(key, value, allowed)
