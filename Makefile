@@ -23,8 +23,9 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# two workers on the two cores, one torch thread each (tests/conftest.py): 2x faster than one worker with two
 test: lint
-	$(VENV)/bin/pytest -q $(ARGS)
+	$(VENV)/bin/pytest -q -n 2 $(ARGS)
 
 bench: setup
 	$(PY) scripts/bench.py --out bench.json $(ARGS)

@@ -46,6 +46,8 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 class ReportConfig:
     grid_size: int = MISSING
     strip_seeds: int = MISSING
+    draw: bool = MISSING
+    redraw_seconds: float = MISSING
 
 
 @dataclass
@@ -123,6 +125,14 @@ def build(config: Any, **runtime: Any) -> Any:
     return get_object(config._target_)(config, **runtime)
 
 
+def target(key: str, config: Any) -> Any:
+    """The class or function `<key>._target_` names; a ConfigError naming the key if it cannot be imported."""
+    try:
+        return get_object(config._target_)
+    except Exception as e:  # Hydra wraps ImportError and AttributeError in its own
+        raise ConfigError(f"{key}._target_", config._target_, f"an importable class or function ({e})") from e
+
+
 # Validation -------------------------------------------------------------------------------------
 def validate(cfg: DictConfig) -> Config:
     """Each component's own checks, then the checks that span components; return the typed config.
@@ -137,6 +147,8 @@ def validate(cfg: DictConfig) -> Config:
     require(bool(config.cache_dir), "cache_dir", config.cache_dir, "a folder (metrics classifier, references)")
     require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
     require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
+    require(config.report.redraw_seconds >= 0, "report.redraw_seconds", config.report.redraw_seconds,
+            "≥ 0 (0: redraw after every generation)")
     mp = config.accelerator.mixed_precision
     require(mp in MIXED_PRECISION, "accelerator.mixed_precision", mp, f"one of {list(MIXED_PRECISION)}")
     require(mp != "fp16" or torch.cuda.is_available(), "accelerator.mixed_precision", mp,
@@ -144,6 +156,8 @@ def validate(cfg: DictConfig) -> Config:
 
     # Each component's own keys, in the order a reader meets them (a bad sampling.* value is named as such).
     d, m, r, s = config.dataset, config.model, config.regime, config.sampling
+    for key in ("dataset", "model", "regime"):
+        target(key, getattr(config, key))
     d.check()
     s.check()
     m.check()
@@ -165,7 +179,7 @@ def validate(cfg: DictConfig) -> Config:
 
 def _check_sampling_for_model(m: Any, s: SamplingConfig) -> None:
     """Sampling bias must be one the configured model understands: guidance or temperature, not both."""
-    keys = get_object(m._target_).SAMPLING_KEYS
+    keys = getattr(target("model", m), "SAMPLING_KEYS", ())
     require(s.guidance == 0 or ("guidance" in keys and bool(getattr(m, "num_classes", None))), "sampling.guidance",
             s.guidance, "0 unless the model is class-conditional (model=ddpm with model.num_classes set)")
     require(s.temperature == 1 or "temperature" in keys, "sampling.temperature", s.temperature,
@@ -191,7 +205,7 @@ def _check_training_sets(config: Config) -> None:
 
 
 def _regime_name(r: RegimeConfig) -> str:
-    return get_object(r._target_).kind
+    return getattr(target("regime", r), "kind", r._target_)
 
 
 def validate_data(config: Config, num_train: int, num_classes: int | None) -> None:

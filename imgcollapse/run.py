@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import importlib.metadata
 import logging
 import os
 import platform
@@ -18,10 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import accelerate
-import diffusers
 import hydra
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
@@ -45,10 +43,18 @@ log = logging.getLogger("imgcollapse")
 register()
 
 
+VERSIONED = ("imgcollapse", "torch", "diffusers", "accelerate", "numpy", "scikit-learn", "clean-fid", "prdc")
+
+
 def versions() -> dict[str, str]:
-    """The library versions a generation's numbers depend on."""
-    return {"imgcollapse": imgcollapse.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "accelerate": accelerate.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    """The installed versions of the libraries a generation's numbers depend on, and Python's."""
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+            found[name] = imgcollapse.__version__ if name == "imgcollapse" else "unknown"
+    return {**found, "python": platform.python_version()}
 
 
 def data_fingerprint(splits: Splits) -> dict[str, str]:
@@ -56,17 +62,43 @@ def data_fingerprint(splits: Splits) -> dict[str, str]:
     return {"train": splits.train.fingerprint(), "heldout": splits.heldout.fingerprint()}
 
 
-def _report(run_dir: Path, tracker: Tracker, generation: int | None = None, row: dict | None = None) -> None:
-    """Redraw the run's report from disk and log the generation to the tracker; never stops the chain."""
-    try:
+class Reporter:
+    """After each generation: log it to the tracker, and redraw the run's report from disk when `redraw_seconds`
+    have passed since the last redraw (and once more when the chain ends). Never stops the chain."""
+
+    def __init__(self, run_dir: Path, tracker: Tracker, redraw_seconds: float, draw: bool = True) -> None:
+        self.run_dir, self.tracker, self.redraw_seconds, self.draw = run_dir, tracker, redraw_seconds, draw
+        self.drawn_at = time.perf_counter()  # the chain's start counts as a redraw: the first comes once a chain
+        # has run `redraw_seconds`, so a chain of seconds is drawn once, at its end
+        self.stale = False  # a generation finished since the last redraw
+
+    def __call__(self, generation: int, row: dict) -> None:
+        self.stale = True
+        self._try(self.tracker.log_generation, generation, row, self.run_dir / f"gen_{generation:03d}" / "grid.png")
+        if time.perf_counter() - self.drawn_at >= self.redraw_seconds:
+            self.redraw()
+
+    def redraw(self) -> None:
+        if not self.draw:
+            return
         began = time.perf_counter()
-        build_run_report(run_dir)
-        log.debug("report rebuilt in %.2f s", time.perf_counter() - began)
-        if row is not None:
-            tracker.log_generation(generation, row, run_dir / f"gen_{generation:03d}" / "grid.png")
-    except Exception as e:  # figures are derived from files on disk and can be rebuilt later
-        log.warning("report failed (%s: %s); rebuild it with: python -m imgcollapse.report %s",
-                    type(e).__name__, e, run_dir)
+        if self._try(build_run_report, self.run_dir):
+            log.debug("report redrawn in %.2f s", time.perf_counter() - began)
+        self.drawn_at, self.stale = time.perf_counter(), False
+
+    def finish(self) -> None:
+        """The last redraw, unless nothing changed since the one before and the report is there."""
+        if self.stale or not (self.run_dir / "report.html").exists():
+            self.redraw()
+
+    def _try(self, fn: Any, *args: Any) -> bool:
+        try:
+            fn(*args)
+            return True
+        except Exception as e:  # figures and tracker logs are derived from files on disk and can be redone later
+            log.warning("report failed (%s: %s); rebuild it with: python -m imgcollapse.report %s",
+                        type(e).__name__, e, self.run_dir)
+            return False
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
@@ -143,6 +175,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     regime = build(config.regime)
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
     tracker.start(resolved)
+    reporter = Reporter(run_dir, tracker, config.report.redraw_seconds, draw=config.report.draw)
     accelerator.wait_for_everyone()  # other processes (accelerate launch) wait for the checks and metrics set-up
 
     try:
@@ -152,15 +185,16 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
             conditions=config.sampling.conditions,
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds, environment=environment,
-            after_generation=functools.partial(_report, run_dir, tracker),
+            after_generation=reporter,
             processes=accelerator if accelerator.num_processes > 1 else None,
         )
     finally:
         # Done, or stopped: the report once more, from whatever is on disk (main), and the tracker closed;
         # neither may hide how the chain ended.
         if main:
-            _report(run_dir, tracker)
-            log.info("report: %s", run_dir / "report.html")
+            reporter.finish()
+            log.info("report: %s", run_dir / "report.html" if config.report.draw else
+                     f"not drawn (report.draw=false): python -m imgcollapse.report {run_dir}")
         try:
             tracker.finish()
         except Exception as e:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import logging
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores: one torch thread each, set
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported (threads: null then resolves to 1 as well)
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import multiprocessing  # noqa: E402
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,29 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["IMGCOLLAPSE_CACHE"] = str(path)
     return path
+
+
+SMOKE_RUN = ("debug=smoke", "threads=1", "logger=tensorboard")  # what the shared smoke chain ran with
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One 3-generation smoke chain (generations 0-2, one thread, TensorBoard on) through the real entry point,
+    shared by every test that only reads a finished run; a test that changes a run works on `copy_run`."""
+    run_dir = tmp_path_factory.mktemp("smoke")
+    result = run_cli(*SMOKE_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
+def copy_run(source: Path, target: Path, generations: int | None = None) -> Path:
+    """A copy of run dir `source` at `target`, keeping only its first `generations` finished generations."""
+    shutil.copytree(source, target)
+    if generations is not None:
+        for d in target.glob("gen_[0-9][0-9][0-9]"):
+            if int(d.name[4:]) >= generations:
+                shutil.rmtree(d)
+    return target
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -67,50 +91,67 @@ def run_chain(run_dir: Path, *overrides: str) -> list[dict]:
     return run(compose_config(*overrides), run_dir)
 
 
+# Children of a fork server that imported the kit before any computation: forking the test process itself is
+# unsafe once torch has run a parallel region (a child's first OpenMP region then waits forever on threads that
+# did not survive the fork), and a new interpreter per call pays about 5 s of imports on 2 cores.
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(["imgcollapse.run", "imgcollapse.report.__main__"])
+
+
+def in_child(target: Any, *args: Any, timeout: float = 300, kill_after: float | None = None) -> int:
+    """Run module-level `target(*args)` in a fresh child of the fork server, with this process's environment;
+    returns its exit code (-9 when SIGKILL ended it). `kill_after`: SIGKILL it after that many seconds."""
+    process = FORKSERVER.Process(target=_with_environment, args=(dict(os.environ), target, *args))
+    process.start()
+    process.join(timeout=kill_after if kill_after is not None else timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        if kill_after is None:
+            raise subprocess.TimeoutExpired(str(target), timeout)
+    return process.exitcode
+
+
+def _with_environment(environment: dict[str, str], target: Any, *args: Any) -> None:
+    os.environ.clear()
+    os.environ.update(environment)
+    target(*args)
+
+
+def _entry_point(args: tuple[str, ...], cwd: str, out: str, err: str) -> None:
+    """`python -m imgcollapse.run ARGS` in this process, stdout and stderr into files."""
+    import imgcollapse.run as entry
+
+    os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115  (lives as long as the child)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.argv = ["imgcollapse.run", f"--config-path={CONF_DIR}", *args]
+    try:
+        entry.main()
+    except SystemExit as e:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise SystemExit(e.code) from None
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real entry point, `imgcollapse.run.main` (Hydra's command line, logging, exit codes), with ARGS, in a
-    forked child of this process: the imports are paid once per session instead of once per call (about 5 s
-    each on 2 cores). `env`: extra environment variables. The `python -m` path itself is tested by
-    `run_module`."""
-    import imgcollapse.run as entry
-
+    child of the fork server (`env`: extra environment variables). `run_module` tests the `python -m` path."""
     out_dir = Path(tempfile.mkdtemp(prefix="cli-"))
     out, err = out_dir / "stdout", out_dir / "stderr"
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.chdir(cwd or REPO)
-            os.environ.update(env or {}, PYTHONUNBUFFERED="1")
-            for fd, path in ((1, out), (2, err)):
-                target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(target, fd)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115  (lives as long as the child)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-            logging.getLogger().handlers.clear()  # pytest's capture handlers belong to the parent
-            sys.argv = ["imgcollapse.run", f"--config-path={CONF_DIR}", *args]
-            entry.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise subprocess.TimeoutExpired(["imgcollapse.run", *args], timeout)
-        time.sleep(0.05)
-    code = os.waitstatus_to_exitcode(status)
+    saved = dict(os.environ)
+    os.environ.update({**(env or {}), "PYTHONUNBUFFERED": "1"})
+    try:
+        code = in_child(_entry_point, args, str(cwd or REPO), str(out), str(err), timeout=timeout)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     result = subprocess.CompletedProcess(["imgcollapse.run", *args], code, out.read_text(), err.read_text())
     shutil.rmtree(out_dir, ignore_errors=True)
     return result

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config, make_model, run_chain, run_cli
-from hydra.utils import instantiate
 from PIL import Image
 
-from imgcollapse.config import ConfigError, UserError, validate
+from imgcollapse.config import ConfigError, UserError, build, validate
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.torchvision_sets import layout
 from imgcollapse.data.transforms import class_counts, long_tail, long_tail_counts
@@ -24,9 +23,7 @@ from imgcollapse.metrics.features import train_classifier
 
 def load(*overrides: str) -> Splits:
     """Compose, validate and build the dataset exactly as `imgcollapse.run` does."""
-    cfg = compose_config(*overrides)
-    validate(cfg)
-    return instantiate(cfg.dataset, _partial_=True)()
+    return build(validate(compose_config(*overrides)).dataset)
 
 
 # Tiny torchvision-format files -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Never lose a chain: SIGKILL at named points and at random times, then resume to the same numbers.
 
-Each run is a forked child of the test process (the chain's imports are paid once) that runs the real
+Each run is a child of the tests' fork server (the chain's imports are paid once) that runs the real
 `imgcollapse.run.run` with `IMGCOLLAPSE_FAULT=<point>[:<n>]` in its environment, so it kills itself with
 SIGKILL at that point, or that the test kills after a random delay. Every finished chain must equal an
 uninterrupted run of the same command: metrics.csv column by column, bit for bit (the same text), except
@@ -16,13 +16,14 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF_DIR, run_chain, run_cli
+from conftest import CONF_DIR, copy_run, in_child, run_chain, run_cli
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet
@@ -30,27 +31,23 @@ from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.resume import ResumeRefused
 from imgcollapse.store import WriteFailed
 
-CHAIN = ("debug=smoke", "generation=1", "threads=1")  # generations 0 and 1, 20 steps, 64 samples in 2 batches
+# generations 0 and 1, 20 steps, 64 samples in 2 batches; the figures are not drawn (tests/test_report.py draws
+# them): what these tests compare is the data
+CHAIN = ("debug=smoke", "generation=1", "threads=1", "report.draw=false")
 KILLED = -signal.SIGKILL  # a child's exit code when SIGKILL ended it
 
 
 def run_forked(run_dir: Path, *overrides: str, fault: str | None = None, kill_after: float | None = None) -> int:
-    """Run the chain in a forked child; `fault` arms IMGCOLLAPSE_FAULT there, `kill_after` SIGKILLs it from
-    here after that many seconds. Returns the child's exit code (0: finished, -9: killed)."""
+    """Run the chain in a child of the fork server; `fault` arms IMGCOLLAPSE_FAULT there, `kill_after` SIGKILLs it
+    from here after that many seconds. Returns the child's exit code (0: finished, -9: killed)."""
+    return in_child(_chain, run_dir, overrides, fault, kill_after=kill_after)
 
-    def child() -> None:
-        os.environ.pop(faults.ENV, None)
-        if fault:
-            os.environ[faults.ENV] = fault
-        run_chain(run_dir, *overrides)
 
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    process.join(timeout=kill_after if kill_after is not None else 300)
-    if process.is_alive():
-        os.kill(process.pid, signal.SIGKILL)
-        process.join()
-    return process.exitcode
+def _chain(run_dir: Path, overrides: tuple[str, ...], fault: str | None) -> None:
+    os.environ.pop(faults.ENV, None)
+    if fault:
+        os.environ[faults.ENV] = fault
+    run_chain(run_dir, *overrides)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -100,7 +97,7 @@ NAMED_KILLS = [
     ("write:3", lambda d: any(n.startswith(".samples.npz.") for n in gen_files(d, 0))),  # samples.npz torn
     ("before_done:1", lambda d: {"samples.npz", "metrics.json"} <= gen_files(d, 0) and "DONE" not in gen_files(d, 0)),
     ("after_done:1", lambda d: "DONE" in gen_files(d, 0) and not (d / "metrics.csv").exists()),  # tables short
-    ("write:2", lambda d: any(p.name.startswith(".metrics.csv.") for p in d.iterdir())),  # run.json, then torn table
+    ("write:1", lambda d: any(p.name.startswith(".metrics.csv.") for p in d.iterdir())),  # the rebuilt table, torn
     ("train_step:15", lambda d: "DONE" not in gen_files(d, 1)),  # generation 1, mid-training
     ("sample:3", lambda d: "DONE" not in gen_files(d, 1)),  # generation 1's strip batch
     ("after_done:1", lambda d: "DONE" in gen_files(d, 1) and len(read_csv(d / "metrics.csv")) == 1),
@@ -119,21 +116,23 @@ def test_killed_at_random_times_resumes_to_the_same_numbers(baseline, tmp_path):
     """Each kill starts from scratch and lands before the chain could finish, so every child is really killed."""
     baseline_dir, seconds = baseline
     rng = random.Random(8)
-    for i, delay in enumerate(rng.uniform(0.15, 0.75) * seconds for _ in range(2)):
+    for i, delay in enumerate(rng.uniform(0.1, 0.5) * seconds for _ in range(2)):
         run_dir = tmp_path / f"kill{i}"
         assert run_forked(run_dir, *CHAIN, kill_after=delay) == KILLED, f"the chain finished within {delay:.1f} s"
         assert run_forked(run_dir, *CHAIN) == 0
         assert_same_chain(run_dir, baseline_dir)
 
 
-# (overrides, kill points): every kill lands in generation 1 (generation 0 is finished when it comes)
+# (overrides, kill points): every kill lands in generation 1. The first kill comes in a run from scratch, the
+# second in the resumed run, which starts at generation 1, so its count restarts there: smoke trains 20 steps a
+# generation and samples 64 images in batches of 32 plus the strip (the GMM draws each set in one call).
 VARIANTS = {
-    "vae": (("model=vae",), ["train_step:25", "sample:5"]),  # mid-training; the first of gen 1's sampling batches
-    "gmm": (("model=gmm",), ["sample:3", "metrics:2"]),  # gen 1's samples; gen 1's scoring
-    "conditional-ddpm": (("model.num_classes=10", "sampling.guidance=1"), ["train_step:30", "before_done:2"]),
-    "fresh": (("model=gmm", "regime=fresh", "regime.real_fraction=0.5"), ["metrics:2", "after_done:2"]),
-    "accumulate": (("model=gmm", "regime=accumulate"), ["before_done:2", "sample:4"]),
-    "curation": (("model=gmm", "regime.curation=confidence", "regime.keep_fraction=0.5"), ["sample:3", "metrics:2"]),
+    "vae": (("model=vae",), ["train_step:25", "sample:1"]),  # mid-training; then gen 1's first sampling batch
+    "gmm": (("model=gmm",), ["sample:3", "metrics:1"]),  # gen 1's samples; then gen 1's scoring
+    "conditional-ddpm": (("model.num_classes=10", "sampling.guidance=1"), ["train_step:30", "before_done:1"]),
+    "fresh": (("model=gmm", "regime=fresh", "regime.real_fraction=0.5"), ["metrics:2", "after_done:1"]),
+    "accumulate": (("model=gmm", "regime=accumulate"), ["before_done:2", "sample:1"]),
+    "curation": (("model=gmm", "regime.curation=confidence", "regime.keep_fraction=0.5"), ["sample:3", "metrics:1"]),
 }
 
 
@@ -164,7 +163,8 @@ def test_a_kill_through_the_command_line_resumes_to_the_same_numbers(baseline, t
 
 
 def test_a_diverged_generation_stops_keeps_the_earlier_ones_and_resumes_after_lowering_lr(baseline, tmp_path):
-    run_chain(tmp_path, *CHAIN, "generation=0")
+    shutil.rmtree(tmp_path)
+    copy_run(baseline[0], tmp_path, generations=1)  # generation 0 finished
     done_at = (tmp_path / "gen_000" / "DONE").stat().st_mtime_ns
     with pytest.raises(ResumeRefused, match="model.lr"):  # a new lr on an old run must be asked for
         run_chain(tmp_path, *CHAIN, "model.lr=1e8")
@@ -266,4 +266,6 @@ def test_num_synthetic_larger_than_a_batch(tmp_path):
     splits = digits()
     classifier = load_or_train_classifier(splits.train, splits.heldout, Path(meta["config"]["cache_dir"]), epochs=2)
     whole, batched = classifier(samples.images), classifier(samples.images, batch_size=16)
-    assert np.array_equal(whole[0], batched[0]) and np.array_equal(whole[1], batched[1])
+    # equal up to float rounding: on some CPUs oneDNN blocks a batch of 16 differently from one of 70
+    np.testing.assert_allclose(batched[0], whole[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1], whole[1], rtol=1e-5, atol=1e-7)

@@ -16,7 +16,7 @@ from imgcollapse.data.digits import load_digits
 from imgcollapse.metrics import CLASS_COLUMNS, SPACE_COLUMNS
 from imgcollapse.metrics.features import NVLABS_FILE
 
-SMOKE = ("debug=smoke", "generation=1")
+SMOKE = ("debug=smoke", "generation=1", "report.draw=false")  # figures: test_report.py
 
 
 def offline_inception(tmp_path) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from imgcollapse.chain import generation_seeds
 from imgcollapse.data import ImageSet
 from imgcollapse.models.ddpm import DDPM
 
-SMOKE = ("debug=smoke", "generation=1", "threads=1")
+SMOKE = ("debug=smoke", "generation=1", "threads=1", "report.draw=false")  # data, not figures
 
 
 def free_port() -> int:

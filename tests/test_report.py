@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import math
 import re
 import shutil
@@ -15,12 +16,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_chain
+from conftest import REPO
 from PIL import Image
 
 from imgcollapse.chain import strip_seed
 from imgcollapse.data import ImageSet
 from imgcollapse.models.ddpm import DDPM
+from imgcollapse.report.__main__ import main as report_main
 from imgcollapse.report.plots import curve_panels, numeric_columns
 from imgcollapse.report.run_report import build_run_report, class_frequencies, read_run
 from imgcollapse.report.summary import summary_line
@@ -30,11 +32,9 @@ OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "classes.png", "r
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 3-generation smoke chain (4 strip seeds, 16-image grids) with TensorBoard on."""
-    path = tmp_path_factory.mktemp("report")
-    run_chain(path, "debug=smoke", "logger=tensorboard")
-    return path
+def run_dir(smoke_run):
+    """The session's 3-generation smoke chain (4 strip seeds, 16-image grids) with TensorBoard on."""
+    return smoke_run[0]
 
 
 def report_cli(*args) -> subprocess.CompletedProcess:
@@ -83,17 +83,18 @@ def test_rebuild_from_disk_is_byte_identical(run_dir):
     assert "3 finished generation(s)" in result.stderr
 
 
-def test_report_on_a_run_with_missing_and_unfinished_generations(run_dir, tmp_path):
+def test_report_on_a_run_with_missing_and_unfinished_generations(run_dir, tmp_path, caplog):
+    """The report's own entry point, called in this process (the test above runs it as `python -m`)."""
     damaged = tmp_path / "damaged"
     shutil.copytree(run_dir, damaged, ignore=shutil.ignore_patterns("model", "tensorboard", *OUTPUTS))
     shutil.rmtree(damaged / "gen_001")
     (damaged / "gen_002" / "grid.png").unlink()  # rebuilt from the generation's samples
     (damaged / "gen_003").mkdir()  # a generation still being written: no DONE
     shutil.copy(damaged / "gen_002" / "samples.npz", damaged / "gen_003" / "samples.npz")
-    result = report_cli(damaged)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "gen_001: missing" in result.stderr
-    assert "gen_003: unfinished" in result.stderr
+    with caplog.at_level(logging.INFO, logger="imgcollapse.report"):
+        assert report_main([str(damaged)]) == 0
+    assert "gen_001: missing" in caplog.text
+    assert "gen_003: unfinished" in caplog.text
     html = (damaged / "report.html").read_text()
     assert "gen_001: missing" in html and "gen_003: unfinished" in html
     # the strip keeps a (grey) row for the missing generation; the GIF shows the finished ones
@@ -177,3 +178,34 @@ def test_summary_line_shows_the_columns_that_exist():
 def test_flatten_gives_primitives_for_hparams():
     flat = flatten({"model": {"lr": 0.003, "blocks": [32, 48], "ema": None}, "seed": 0, "debug": True})
     assert flat == {"model.lr": 0.003, "model.blocks": "[32, 48]", "model.ema": "None", "seed": 0, "debug": True}
+
+
+class CountingTracker:
+    def __init__(self) -> None:
+        self.logged: list[int] = []
+
+    def log_generation(self, generation, row, grid) -> None:
+        self.logged.append(generation)
+
+
+@pytest.mark.parametrize(("redraw_seconds", "draw", "drawn"), [(0, True, 3), (3600, True, 1), (0, False, 0)])
+def test_the_report_is_redrawn_at_most_every_redraw_seconds_and_at_the_end(monkeypatch, tmp_path, redraw_seconds,
+                                                                          draw, drawn):
+    """report.redraw_seconds throttles the redraws while a chain runs; the end always redraws what changed; the
+    tracker gets every generation; report.draw=false draws nothing."""
+    import imgcollapse.run as entry
+
+    calls = []
+    def build(run_dir):
+        calls.append(run_dir)
+        (run_dir / "report.html").write_text("")
+
+    monkeypatch.setattr(entry, "build_run_report", build)
+    tracker = CountingTracker()
+    reporter = entry.Reporter(tmp_path, tracker, redraw_seconds, draw=draw)
+    for g in range(3):
+        reporter(g, {"generation": g})
+    reporter.finish()
+    assert len(calls) == drawn and tracker.logged == [0, 1, 2]
+    reporter.finish()  # nothing new since the last redraw
+    assert len(calls) == drawn

@@ -15,29 +15,20 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_chain, run_cli
+from conftest import copy_run, run_chain, run_cli
 
 from imgcollapse import lock as lock_module
 from imgcollapse.config import UserError
 from imgcollapse.lock import LOCK_FILE, RunDirLocked, RunLock
 from imgcollapse.resume import ABSENT, ResumeRefused, config_differences
 
-SMOKE = ("debug=smoke", "threads=1")
-
-
-@pytest.fixture(scope="module")
-def finished_gen0(tmp_path_factory) -> Path:
-    """A run dir with generation 0 finished; tests work on copies of it."""
-    run_dir = tmp_path_factory.mktemp("gen0")
-    run_chain(run_dir, *SMOKE, "generation=0")
-    return run_dir
+SMOKE = ("debug=smoke", "threads=1", "report.draw=false")  # the figures: test_report.py
 
 
 @pytest.fixture
-def run_dir(finished_gen0, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(finished_gen0, copy)
-    return copy
+def run_dir(smoke_run, tmp_path) -> Path:
+    """A run dir with generation 0 finished: a copy of the session's smoke chain (made with SMOKE's one thread)."""
+    return copy_run(smoke_run[0], tmp_path / "run", generations=1)
 
 
 def stamps(run_dir: Path) -> dict[str, int]:
