@@ -17,18 +17,30 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, Splits
+from imgcollapse.errors import TrainingDiverged, UserError
 from imgcollapse.metrics import Evaluation
 from imgcollapse.models import CONDITIONS, Model
-from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
 from imgcollapse.report.summary import summary_line
 from imgcollapse.store import ENVIRONMENT_FILE, RunStore, atomic_write, atomic_write_dir
 
 log = logging.getLogger(__name__)
+
+
+def barrier(processes: PartialState | None, failure: Exception | None = None) -> None:
+    """Wait for every process of `accelerate launch`; a failure of the main process (`failure`) reaches the others,
+    which stop with it instead of waiting at the next barrier for ever. Then the failure is raised here too."""
+    if processes is not None and processes.num_processes > 1:
+        message = broadcast_object_list([None if failure is None else f"{type(failure).__name__}: {failure}"])[0]
+        if message is not None and not processes.is_main_process:
+            raise UserError(f"the main process stopped ({message}); this process stops with it")
+    if failure is not None:
+        raise failure
 
 
 def generation_seeds(seed: int, generation: int) -> dict[str, int]:
@@ -120,51 +132,54 @@ def run(
             raise
         fitted = time.perf_counter()
 
+        failure = None
         if main:
-            # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
-            num_candidates = regime.num_candidates(num_synthetic)
-            labels = condition_labels(conditions, splits.train, train_set, num_candidates, seeds["labels"]) \
-                if num_classes else None
-            samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
-            strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
-            sampled = time.perf_counter()
+            try:
+                # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
+                num_candidates = regime.num_candidates(num_synthetic)
+                labels = condition_labels(conditions, splits.train, train_set, num_candidates, seeds["labels"]) \
+                    if num_classes else None
+                samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
+                strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
+                sampled = time.perf_counter()
 
-            # Score (memorization against this generation's training set); unconditional samples carry the
-            # classifier's predicted labels from here on (none without a classifier).
-            evaluation = score(samples, train_set)
-            if samples.labels is None and evaluation.probs is not None:
-                samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
-            samples.class_names = splits.train.class_names
-            # Metrics describe the raw candidates; the next generation trains on what curation keeps.
-            kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
-            scored = time.perf_counter()
+                # Score (memorization against this generation's training set); unconditional samples carry the
+                # classifier's predicted labels from here on (none without a classifier).
+                evaluation = score(samples, train_set)
+                if samples.labels is None and evaluation.probs is not None:
+                    samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
+                samples.class_names = splits.train.class_names
+                # Metrics describe the raw candidates; the next generation trains on what curation keeps.
+                kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
+                scored = time.perf_counter()
 
-            # Write the generation, DONE last.
-            atomic_write_dir(gen_dir / "model", model.save)
-            atomic_write(gen_dir / "samples.npz", kept.save)
-            atomic_write(gen_dir / "strip.npz", strip.save)
-            save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
-            row = {
-                "generation": g,
-                **evaluation.row,
-                "train_loss": fit_stats.get("train_loss"),
-                "num_train": len(train_set),
-                **composition,
-                **curation,
-                "seconds": time.perf_counter() - began,
-                "fit_seconds": fitted - began,
-                "sample_seconds": sampled - fitted,
-                "metrics_seconds": scored - sampled,
-            }
-            store.write_json(gen_dir / "metrics.json", row)
-            if environment is not None:
-                store.write_json(gen_dir / ENVIRONMENT_FILE, environment)
-            faults.reached("before_done")
-            store.mark_done(g)
+                # Write the generation, DONE last.
+                atomic_write_dir(gen_dir / "model", model.save)
+                atomic_write(gen_dir / "samples.npz", kept.save)
+                atomic_write(gen_dir / "strip.npz", strip.save)
+                save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
+                row = {
+                    "generation": g,
+                    **evaluation.row,
+                    "train_loss": fit_stats.get("train_loss"),
+                    "num_train": len(train_set),
+                    **composition,
+                    **curation,
+                    "seconds": time.perf_counter() - began,
+                    "fit_seconds": fitted - began,
+                    "sample_seconds": sampled - fitted,
+                    "metrics_seconds": scored - sampled,
+                }
+                store.write_json(gen_dir / "metrics.json", row)
+                if environment is not None:
+                    store.write_json(gen_dir / ENVIRONMENT_FILE, environment)
+                faults.reached("before_done")
+                store.mark_done(g)
+            except Exception as e:  # raised below, once the other processes know
+                failure = e
 
         # Done: the other processes read the generation's samples from disk once the main one has written them.
-        if processes is not None:
-            processes.wait_for_everyone()
+        barrier(processes, failure)
         if not main:
             synthetic.append(store.read_samples(g))
             continue

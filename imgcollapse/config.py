@@ -44,15 +44,31 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
 @dataclass
 class ReportConfig:
+    """`report.*`: what each generation draws and how often the report is redrawn."""
+
     grid_size: int = MISSING
     strip_seeds: int = MISSING
     draw: bool = MISSING
     redraw_seconds: float = MISSING
 
+    def check(self) -> None:
+        require(self.grid_size > 0, "report.grid_size", self.grid_size, "an integer > 0")
+        require(self.strip_seeds > 0, "report.strip_seeds", self.strip_seeds, "an integer > 0")
+        require(self.redraw_seconds >= 0, "report.redraw_seconds", self.redraw_seconds,
+                "≥ 0 (0: redraw after every generation)")
+
 
 @dataclass
 class AcceleratorConfig:
+    """`accelerator.*`: the precision accelerate trains in."""
+
     mixed_precision: str = MISSING
+
+    def check(self) -> None:
+        mp = self.mixed_precision
+        require(mp in MIXED_PRECISION, "accelerator.mixed_precision", mp, f"one of {list(MIXED_PRECISION)}")
+        require(mp != "fp16" or torch.cuda.is_available(), "accelerator.mixed_precision", mp,
+                "'no' or 'bf16' without a CUDA GPU (fp16 needs one)")
 
 
 @dataclass
@@ -106,20 +122,6 @@ def compose(*overrides: str) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def component(group: str, *overrides: str, **values: Any) -> Any:
-    """One component's typed config from the YAML: `component("model", "model=gmm", n_components=3)`."""
-    cfg = compose(*overrides, *(f"{group}.{k}={_override_value(v)}" for k, v in values.items()))
-    return OmegaConf.to_object(cfg[group])
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    return str(value)
-
-
 def build(config: Any, **runtime: Any) -> Any:
     """The component a typed config names by `_target_`, given that config and the run-time objects it needs."""
     return get_object(config._target_)(config, **runtime)
@@ -145,19 +147,12 @@ def validate(cfg: DictConfig) -> Config:
     require(config.resume in RESUME_MODES, "resume", config.resume,
             f"one of {list(RESUME_MODES)} (force: resume a run dir with a config other than its own)")
     require(bool(config.cache_dir), "cache_dir", config.cache_dir, "a folder (metrics classifier, references)")
-    require(config.report.grid_size > 0, "report.grid_size", config.report.grid_size, "an integer > 0")
-    require(config.report.strip_seeds > 0, "report.strip_seeds", config.report.strip_seeds, "an integer > 0")
-    require(config.report.redraw_seconds >= 0, "report.redraw_seconds", config.report.redraw_seconds,
-            "≥ 0 (0: redraw after every generation)")
-    mp = config.accelerator.mixed_precision
-    require(mp in MIXED_PRECISION, "accelerator.mixed_precision", mp, f"one of {list(MIXED_PRECISION)}")
-    require(mp != "fp16" or torch.cuda.is_available(), "accelerator.mixed_precision", mp,
-            "'no' or 'bf16' without a CUDA GPU (fp16 needs one)")
-
     # Each component's own keys, in the order a reader meets them (a bad sampling.* value is named as such).
     d, m, r, s = config.dataset, config.model, config.regime, config.sampling
     for key in ("dataset", "model", "regime"):
-        target(key, getattr(config, key))
+        _require_schema(key, getattr(config, key))
+    config.report.check()
+    config.accelerator.check()
     d.check()
     s.check()
     m.check()
@@ -175,6 +170,15 @@ def validate(cfg: DictConfig) -> Config:
     _check_training_sets(config)
     config.metrics.check_sizes(config.num_synthetic)
     return config
+
+
+def _require_schema(key: str, config: Any) -> None:
+    """A dataset, model or regime config must be a typed config (a dataclass with `check`) whose `_target_` imports:
+    what a YAML file gets from `defaults: [/schema/<group>/<name>@_here_]`."""
+    require(hasattr(config, "check") and hasattr(config, "_target_"), key, config,
+            f"a typed config: its YAML file needs `defaults: [/schema/{key}/<name>@_here_]` (conf/{key}/*.yaml "
+            "show how), with a schema registered in imgcollapse.config.SCHEMAS")
+    target(key, config)
 
 
 def _check_sampling_for_model(m: Any, s: SamplingConfig) -> None:
@@ -235,4 +239,4 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
                 f"num_synthetic={config.num_synthetic} samples")
 
 
-__all__ = ["Config", "DatasetConfig", "build", "component", "compose", "register", "validate", "validate_data"]
+__all__ = ["Config", "DatasetConfig", "build", "compose", "register", "validate", "validate_data"]

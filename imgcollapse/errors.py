@@ -1,7 +1,7 @@
 """The kit's exceptions: the bottom of the package, imported by every layer and importing none of it.
 
-The entry points map them to exit codes: UserError (and its kinds) 2, TrainingDiverged 3 (models/train.py),
-WriteFailed 4. Each message names what is wrong and what to do, so no traceback is ever needed.
+The entry points map them to exit codes: UserError (and its kinds) 2, TrainingDiverged 3, WriteFailed 4.
+Each message names what is wrong and what to do, so no traceback is ever needed.
 """
 
 from __future__ import annotations
@@ -40,6 +40,28 @@ class WriteFailed(OSError):
         message = f"could not write {path}: {strerror or error}"
         super().__init__(*((errno, message) if errno is not None else (message,)))
         self.path = Path(path)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; carries where it happened and the knob most likely to blame.
+
+    The chain fills in `generation`; the message is built when shown, so it names it.
+    """
+
+    def __init__(self, step: int, last_finite: float | None, lr: float | None = None) -> None:
+        super().__init__(step, last_finite)
+        self.step = step
+        self.last_finite = last_finite
+        self.lr = lr
+        self.generation: int | None = None
+
+    def __str__(self) -> str:
+        where = "" if self.generation is None else f"generation {self.generation}: "
+        last = "none" if self.last_finite is None else f"{self.last_finite:.4g}"
+        knob = "model.lr" if self.lr is None else f"model.lr, now {self.lr:g}"
+        return (f"{where}loss became non-finite at step {self.step} (last finite loss {last}); lower the learning "
+                f"rate ({knob}) and rerun the same command with the new value and resume=force: finished "
+                "generations are kept")
 
 
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgcollapse.errors import UserError
+from imgcollapse.errors import DamagedFile, UserError
 from imgcollapse.store import ENVIRONMENT_FILE, RunStore
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,54 @@ def check_data(run_dir: Path, started: Mapping[str, str] | None, now: Mapping[st
     return _refuse_or_record(differences, run_dir, mode, next_generation, "other data")
 
 
+@dataclass
+class Opened:
+    """What `open_run` found: the run's record (None before its first finished generation), the first
+    generation to train, and the changes a forced resume will record."""
+
+    started: dict[str, Any] | None
+    start: int
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_train(self, generation: int) -> bool:
+        """Whether this invocation trains anything (`generation` is the last one asked for)."""
+        return self.start <= generation
+
+
+def open_run(store: RunStore, resolved: Mapping[str, Any], environment: Mapping[str, Any], *, mode: str,
+             generation: int) -> Opened:
+    """Remove what a killed writer left, keep the unbroken run of finished generations, and check this
+    invocation's config and resolved settings against the run's record, when there is something left to train.
+    Only safe while holding the run's lock."""
+    for tmp in store.remove_temporaries():
+        log.info("removed %s, left by an interrupted write", tmp)
+    opened = Opened(read_started(store), prepare(store))
+    if opened.started is not None and opened.to_train(generation):  # nothing to train: nothing can be mixed
+        opened.changes.append(check_config(store.root, opened.started["config"], resolved, mode=mode,
+                                           next_generation=opened.start))
+        opened.changes.append(check_environment(store, environment, mode=mode, next_generation=opened.start))
+    return opened
+
+
+def record(opened: Opened, resolved: dict[str, Any], dataset: dict[str, Any], facts: dict[str, Any],
+           environment: dict[str, Any]) -> dict[str, Any]:
+    """run.json: the config and data a run was started with (kept on resume, replaced where resume=force changed
+    them), the changes since, this invocation's environment and `facts` (metrics set-up, refreshed each time)."""
+    changes = [c for c in opened.changes if c]
+    started = opened.started
+    run = dict(started) if started else {"config": resolved, "dataset": dataset, "versions": environment["versions"],
+                                         "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    forced = [c for c in changes if c.get("changed")]
+    if forced:  # resume=force: the run goes on with this config and data
+        log.warning("resume=force: generations %d.. use a changed config: %s", forced[0]["from_generation"],
+                    ", ".join(k for c in forced for k in c["changed"]))
+        run["config"], run["dataset"] = resolved, dataset
+    if changes:
+        run["config_changes"] = run.get("config_changes", []) + changes
+    run["environment"] = environment  # this invocation's; each generation keeps its own in environment.json
+    return {**run, **facts}
+
+
 def prepare(store: RunStore) -> int:
     """Keep the unbroken run of finished generations, remove anything after it (a finished generation is never
     rewritten: one past a gap is refused, not redone) and rebuild the tables; returns the first generation to
@@ -131,10 +180,11 @@ def read_started(store: RunStore) -> dict[str, Any] | None:
         raise UserError(f"{store.root} has finished generations (0..{store.num_done() - 1}) but no run.json, so "
                         "the config they were made with is unknown and resuming could mix two experiments. "
                         "Restore run.json, or choose another hydra.run.dir")
-    started = store.read_json(path, "Restore run.json from a backup, or choose another hydra.run.dir")
-    if not isinstance(started, dict):
-        raise UserError(f"{path} does not hold a run record (a JSON object); restore it or choose another "
-                        "hydra.run.dir")
+    what_to_do = "Restore run.json from a backup, or choose another hydra.run.dir"
+    started = store.read_json(path, what_to_do)
+    if not (isinstance(started, dict) and isinstance(started.get("config"), dict)
+            and isinstance(started.get("dataset"), dict)):
+        raise DamagedFile(path, "not a run record: a JSON object with a config and a dataset", what_to_do)
     return started
 
 
@@ -148,7 +198,10 @@ def check_environment(store: RunStore, now: Mapping[str, Any], *, mode: str,
     path = store.gen_dir(next_generation - 1) / ENVIRONMENT_FILE
     if not path.exists():  # written by kit 0.1, which kept none
         return None
-    before = store.read_json(path, "Restore it, or delete it to resume without comparing the environment")
+    what_to_do = "Restore it, or delete it to resume without comparing the environment"
+    before = store.read_json(path, what_to_do)
+    if not isinstance(before, dict):
+        raise DamagedFile(path, "not a JSON object", what_to_do)
     settings = {f"{k} (resolved)": (before.get(k), now.get(k)) for k in NUMERIC_SETTINGS
                 if before.get(k) != now.get(k)}
     versions = {k: (before.get("versions", {}).get(k), v) for k, v in now.get("versions", {}).items()

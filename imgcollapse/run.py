@@ -8,7 +8,6 @@ builds every component and the run's record, then hands them to the one loop, `c
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import importlib.metadata
 import logging
@@ -30,11 +29,11 @@ import imgcollapse
 from imgcollapse import chain, faults, resume
 from imgcollapse.config import Config, build, register, validate, validate_data
 from imgcollapse.data import Splits
-from imgcollapse.errors import UserError, WriteFailed
+from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Metrics, evaluate, setup_metrics
-from imgcollapse.models.train import TrainingDiverged, enable_tf32, mixed_precision
+from imgcollapse.models.train import enable_tf32, mixed_precision
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
 from imgcollapse.tracking import Tracker, accelerator_kwargs
@@ -43,7 +42,8 @@ log = logging.getLogger("imgcollapse")
 register()
 
 
-VERSIONED = ("imgcollapse", "torch", "diffusers", "accelerate", "numpy", "scikit-learn", "clean-fid", "prdc")
+VERSIONED = ("imgcollapse", "torch", "torchvision", "diffusers", "accelerate", "safetensors", "numpy", "scipy",
+             "scikit-learn", "clean-fid", "prdc", "pillow")
 
 
 def versions() -> dict[str, str]:
@@ -57,14 +57,10 @@ def versions() -> dict[str, str]:
     return {**found, "python": platform.python_version()}
 
 
-def data_fingerprint(splits: Splits) -> dict[str, str]:
-    """Content hashes of the training pool and held-out split: what run.json compares on resume."""
-    return {"train": splits.train.fingerprint(), "heldout": splits.heldout.fingerprint()}
-
-
 class Reporter:
     """After each generation: log it to the tracker, and redraw the run's report from disk when `redraw_seconds`
-    have passed since the last redraw (and once more when the chain ends). Never stops the chain."""
+    have passed since the last redraw (and once more when the chain ends; `draw=False`: never). Never stops the
+    chain."""
 
     def __init__(self, run_dir: Path, tracker: Tracker, redraw_seconds: float, draw: bool = True) -> None:
         self.run_dir, self.tracker, self.redraw_seconds, self.draw = run_dir, tracker, redraw_seconds, draw
@@ -74,7 +70,11 @@ class Reporter:
 
     def __call__(self, generation: int, row: dict) -> None:
         self.stale = True
-        self._try(self.tracker.log_generation, generation, row, self.run_dir / f"gen_{generation:03d}" / "grid.png")
+        try:
+            self.tracker.log_generation(generation, row, self.run_dir / f"gen_{generation:03d}" / "grid.png")
+        except Exception as e:  # a tracker's hiccup must not stop the chain: its files are on disk
+            log.warning("logging generation %d to the %s tracker failed (%s: %s)", generation, self.tracker.kind,
+                        type(e).__name__, e)
         if time.perf_counter() - self.drawn_at >= self.redraw_seconds:
             self.redraw()
 
@@ -82,23 +82,19 @@ class Reporter:
         if not self.draw:
             return
         began = time.perf_counter()
-        if self._try(build_run_report, self.run_dir):
+        try:
+            build_run_report(self.run_dir)
             log.debug("report redrawn in %.2f s", time.perf_counter() - began)
-        self.drawn_at, self.stale = time.perf_counter(), False
+            self.stale = False
+        except Exception as e:  # figures are derived from files on disk: the end of the chain tries again
+            log.warning("report failed (%s: %s); rebuild it with: python -m imgcollapse.report %s",
+                        type(e).__name__, e, self.run_dir)
+        self.drawn_at = time.perf_counter()
 
     def finish(self) -> None:
         """The last redraw, unless nothing changed since the one before and the report is there."""
         if self.stale or not (self.run_dir / "report.html").exists():
             self.redraw()
-
-    def _try(self, fn: Any, *args: Any) -> bool:
-        try:
-            fn(*args)
-            return True
-        except Exception as e:  # figures and tracker logs are derived from files on disk and can be redone later
-            log.warning("report failed (%s: %s); rebuild it with: python -m imgcollapse.report %s",
-                        type(e).__name__, e, self.run_dir)
-            return False
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict]:
@@ -134,49 +130,40 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
              f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else "")
 
     # Resume (main): what a killed writer left is removed, and a rerun is checked against the run's record.
+    # Data, split once: the main process first (it may download or decode into a cache the others then read).
+    # Under accelerate launch a failure of the main process reaches the others at the barrier (chain.barrier).
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    started, changes = None, []
+    processes = accelerator if accelerator.num_processes > 1 else None
+    failure = None
     if main:
-        for tmp in store.remove_temporaries():
-            log.info("removed %s, left by an interrupted write", tmp)
-        started = resume.read_started(store)
-        start = resume.prepare(store)
-        if started is not None:
-            changes.append(resume.check_config(run_dir, started.get("config", {}), resolved, mode=config.resume,
-                                               next_generation=start))
-            if start <= config.generation:  # only generations still to train can be made differently
-                changes.append(resume.check_environment(store, environment, mode=config.resume,
-                                                        next_generation=start))
-
-    # Data, split once.
-    splits: Splits = build(config.dataset)
+        try:
+            opened = resume.open_run(store, resolved, environment, mode=config.resume, generation=config.generation)
+            splits: Splits = build(config.dataset)
+        except Exception as e:
+            failure = e
+    chain.barrier(processes, failure)
+    if not main:
+        splits = build(config.dataset)
     log.info("dataset: %d training images, %d held out, shape %s", len(splits.train), len(splits.heldout),
              splits.train.shape)
 
-    # Metrics (main): feature extractors with held-out reference statistics, all cached; the run's record.
+    # Metrics (main): the checks that need the data, feature extractors with held-out reference statistics (all
+    # cached), the run's record.
     metrics: Metrics | None = None
     if main:
-        validate_data(config, len(splits.train), splits.train.num_classes if splits.train.labels is not None else None)
-        fingerprint = data_fingerprint(splits)
-        if started is not None:
-            changes.append(resume.check_data(run_dir, started.get("dataset", {}).get("fingerprint"), fingerprint,
-                                             mode=config.resume, next_generation=start))
-        metrics = setup_metrics(splits, Path(config.cache_dir).expanduser(), config.metrics, seed=config.seed,
-                                device=accelerator.device)
-        if metrics.classifier is not None:
-            log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f",
-                     metrics.classifier.accuracy, metrics.baseline.get("fid"))
-        store.write_json(run_dir / "run.json", _record(started, resolved, splits, fingerprint, metrics,
-                                                       [c for c in changes if c], environment))
+        try:
+            metrics = _metrics_and_record(config, resolved, opened, splits, store, environment, accelerator.device)
+        except Exception as e:
+            failure = e
 
     # Model and regime, chosen by config.
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
+    chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
     tracker.start(resolved)
     reporter = Reporter(run_dir, tracker, config.report.redraw_seconds, draw=config.report.draw)
-    accelerator.wait_for_everyone()  # other processes (accelerate launch) wait for the checks and metrics set-up
 
     try:
         return chain.run(
@@ -186,7 +173,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             conditions=config.sampling.conditions,
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds, environment=environment,
             after_generation=reporter,
-            processes=accelerator if accelerator.num_processes > 1 else None,
+            processes=processes,
         )
     finally:
         # Done, or stopped: the report once more, from whatever is on disk (main), and the tracker closed;
@@ -201,37 +188,24 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             log.warning("closing the %s tracker failed (%s: %s)", config.logger.kind, type(e).__name__, e)
 
 
-def _record(started: dict | None, resolved: dict, splits: Splits, fingerprint: dict, metrics: Metrics,
-            changes: list[dict], environment: dict[str, Any]) -> dict[str, Any]:
-    """run.json: the config and data a run was started with (kept on resume), what changed since, and what this
-    invocation's metrics could compute."""
-    record = started or {
-        "config": resolved,
-        "dataset": {
-            "num_train": len(splits.train),
-            "num_heldout": len(splits.heldout),
-            "image_shape": list(splits.train.shape),
-            "class_names": splits.train.class_names,
-            **splits.info,  # source, class counts, long tail, skipped files
-            "fingerprint": fingerprint,  # a resume on other data is refused
-        },
-        "classifier_accuracy": metrics.classifier.accuracy if metrics.classifier is not None else None,
-        "fid_real": metrics.baseline.get("fid"),  # FID of the real training pool against the held-out split
-        "versions": environment["versions"],
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
-    record["dataset"].setdefault("fingerprint", fingerprint)
-    forced = [c for c in changes if c.get("changed")]
-    if forced:  # resume=force: the run goes on with this config and data
-        log.warning("resume=force: generations %d.. use a changed config: %s", forced[0]["from_generation"],
-                    ", ".join(k for c in forced for k in c["changed"]))
-        record["config"] = resolved
-        record["dataset"]["fingerprint"] = fingerprint
-    if changes:
-        record["config_changes"] = record.get("config_changes", []) + changes
-    record["environment"] = environment  # this invocation's; each generation keeps its own in environment.json
-    record["metrics"] = metrics.metadata()  # refreshed on resume: what this invocation could compute
-    return record
+def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, splits: Splits, store: RunStore,
+                        environment: dict[str, Any], device: torch.device) -> Metrics:
+    """The main process's set-up once the data is loaded: checks on the data (and, resuming, that it is the run's),
+    the metrics' feature spaces, and run.json."""
+    validate_data(config, len(splits.train), splits.train.num_classes if splits.train.labels is not None else None)
+    if opened.started is not None and opened.to_train(config.generation):
+        opened.changes.append(resume.check_data(store.root, opened.started["dataset"].get("fingerprint"),
+                                                splits.fingerprint(), mode=config.resume, next_generation=opened.start))
+    metrics = setup_metrics(splits, Path(config.cache_dir).expanduser(), config.metrics, seed=config.seed,
+                            device=device)
+    if metrics.classifier is not None:
+        log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f",
+                 metrics.classifier.accuracy, metrics.baseline.get("fid"))
+    facts = {"classifier_accuracy": metrics.classifier.accuracy if metrics.classifier is not None else None,
+             "fid_real": metrics.baseline.get("fid"),  # the real training pool against the held-out split
+             "metrics": metrics.metadata()}  # what this invocation could compute
+    store.write_json(store.root / "run.json", resume.record(opened, resolved, splits.describe(), facts, environment))
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

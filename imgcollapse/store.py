@@ -327,8 +327,15 @@ class RunStore:
                               f"was written. {RESTORE.format(g=generation)}") from e
 
     def rows(self) -> list[dict[str, Any]]:
-        """Metric rows of the finished generations, in order."""
-        return [self.read_json(self.gen_dir(g) / "metrics.json", RESTORE.format(g=g)) for g in range(self.num_done())]
+        """Metric rows of the finished generations, in order; DamagedFile for one that is not a row."""
+        rows = []
+        for g in range(self.num_done()):
+            path = self.gen_dir(g) / "metrics.json"
+            row = self.read_json(path, RESTORE.format(g=g))
+            if not isinstance(row, dict):
+                raise DamagedFile(path, "not a metrics row (a JSON object)", RESTORE.format(g=g))
+            rows.append(row)
+        return rows
 
     def write_tables(self) -> list[dict[str, Any]]:
         """Rebuild metrics.csv and metrics.jsonl from the finished generations; returns the rows."""

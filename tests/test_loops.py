@@ -121,6 +121,7 @@ def test_subsample_too_large_fails_before_training(tmp_path):
 # vae/augment. Every preset composes, validates and builds in tests/test_configs.py; ddpm/replace (the shared
 # smoke chain), vae/replace, conditional ddpm and the GMM under every regime run in this file and test_faults.py.
 PRESET_RUNS = ["mad_augment", "mad_fresh", "gerstgrasser_accumulate", "shumailov_real10"]
+REGIME_CLASSES = ("Replace", "Accumulate", "Fresh", "Augment")
 
 
 def test_preset_runs_cover_every_uncovered_pair():
@@ -131,7 +132,8 @@ def test_preset_runs_cover_every_uncovered_pair():
     run = {pair for pair, names in pairs.items() if set(names) & set(PRESET_RUNS)}
     elsewhere = {("imgcollapse.models.ddpm.DDPM", "imgcollapse.regimes.Replace"),
                  ("imgcollapse.models.vae.VAE", "imgcollapse.regimes.Replace")}
-    elsewhere |= {(t, r) for t, r in pairs if t.endswith("GMM")}
+    # the GMM under every regime: test_rows_record_the_training_set_composition below
+    elsewhere |= {("imgcollapse.models.gmm.GMM", f"imgcollapse.regimes.{r}") for r in REGIME_CLASSES}
     assert set(pairs) <= run | elsewhere, set(pairs) - run - elsewhere
 
 

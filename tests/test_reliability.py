@@ -430,7 +430,7 @@ def test_the_inception_weights_default_to_the_cache_not_tmp(tmp_path):
     assert config.metrics.inception_weights == str(tmp_path / "inception" / features.NVLABS_FILE)
 
 
-def test_a_wrong_file_at_the_configured_weights_path_is_refused_not_loaded(tmp_path, monkeypatch):
+def test_a_file_failing_a_given_hash_is_refused_before_loading_and_garbage_when_loaded(tmp_path, monkeypatch):
     weights = tmp_path / "inception" / features.NVLABS_FILE
     weights.parent.mkdir()
     weights.write_bytes(b"planted by another user of this host")

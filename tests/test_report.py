@@ -181,6 +181,8 @@ def test_flatten_gives_primitives_for_hparams():
 
 
 class CountingTracker:
+    kind = "counting"
+
     def __init__(self) -> None:
         self.logged: list[int] = []
 
@@ -209,3 +211,24 @@ def test_the_report_is_redrawn_at_most_every_redraw_seconds_and_at_the_end(monke
     assert len(calls) == drawn and tracker.logged == [0, 1, 2]
     reporter.finish()  # nothing new since the last redraw
     assert len(calls) == drawn
+
+
+def test_a_failed_redraw_is_tried_again_when_the_chain_ends(monkeypatch, tmp_path, caplog):
+    import imgcollapse.run as entry
+
+    calls = []
+
+    def build(run_dir):
+        calls.append(run_dir)
+        if len(calls) == 1:
+            raise ValueError("a figure could not be drawn")
+        (run_dir / "report.html").write_text("")
+
+    (tmp_path / "report.html").write_text("an old report")
+    monkeypatch.setattr(entry, "build_run_report", build)
+    reporter = entry.Reporter(tmp_path, CountingTracker(), redraw_seconds=0)
+    with caplog.at_level(logging.WARNING, logger="imgcollapse"):
+        reporter(0, {"generation": 0})
+    assert "report failed (ValueError: a figure could not be drawn)" in caplog.text
+    reporter.finish()  # the report on disk is the old one: drawn again
+    assert len(calls) == 2 and (tmp_path / "report.html").read_text() == ""

@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -172,7 +173,7 @@ def test_finished_generations_without_run_json_are_refused(run_dir):
     assert not (run_dir / "gen_001").exists()
 
 
-@pytest.mark.parametrize("damage", [b"", b"{not json", b"[1, 2]"])
+@pytest.mark.parametrize("damage", [b"", b"{not json", b"[1, 2]", b"{}", b'{"config": null, "dataset": {}}'])
 def test_a_corrupt_run_json_is_a_clear_error(run_dir, damage):
     (run_dir / "run.json").write_bytes(damage)
     with pytest.raises(UserError, match="run.json"):
@@ -217,6 +218,8 @@ DAMAGES = {
     "samples-missing": ("gen_000/samples.npz", lambda p: p.unlink()),
     "metrics-missing": ("gen_000/metrics.json", lambda p: p.unlink()),
     "metrics-corrupt": ("gen_000/metrics.json", lambda p: p.write_bytes(b"{\"fid\": 1.")),
+    "metrics-not-a-row": ("gen_000/metrics.json", lambda p: p.write_bytes(b"[1, 2]")),
+    "environment-not-an-object": ("gen_000/environment.json", lambda p: p.write_bytes(b"null")),
 }
 
 
@@ -224,7 +227,7 @@ DAMAGES = {
 def test_a_damaged_finished_generation_is_a_clear_error(run_dir, damage):
     name, spoil = DAMAGES[damage]
     spoil(run_dir / name)
-    with pytest.raises(UserError, match=f"{name.split('/')[1]} cannot be read .* gen_000 "):
+    with pytest.raises(UserError, match=f"{re.escape(name)} cannot be read .*(gen_000|delete it)"):
         run_chain(run_dir, *SMOKE, "generation=1")
     assert not (run_dir / "gen_001").exists()
 

@@ -90,6 +90,15 @@ class Splits:
     heldout: ImageSet
     info: dict = field(default_factory=dict)  # facts about the loading worth keeping in run.json (skipped files...)
 
+    def fingerprint(self) -> dict[str, str]:
+        """Content hashes of the training pool and held-out split: what a resume compares."""
+        return {"train": self.train.fingerprint(), "heldout": self.heldout.fingerprint()}
+
+    def describe(self) -> dict:
+        """What run.json records about the data: sizes, shape, class names, the loader's facts, fingerprint."""
+        return {"num_train": len(self.train), "num_heldout": len(self.heldout), "image_shape": list(self.train.shape),
+                "class_names": self.train.class_names, **self.info, "fingerprint": self.fingerprint()}
+
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1]."""

@@ -115,9 +115,17 @@ def read_folder(root: Path, image_size: int, channels: int, cache_dir: Path | No
     cache = None
     if cache_dir is not None:
         cache = cache_dir / "folder" / f"{root.name}-{fingerprint(root, files, image_size, channels)}.npz"
+    cached = None
     if cache is not None and cache.exists():
-        images, good, bad = _load_cache(cache)
-        log.info("dataset.path=%s: %d images from the cache %s", root, len(images), cache)
+        try:
+            cached = _load_cache(cache)
+            log.info("dataset.path=%s: %d images from the cache %s", root, len(cached[0]), cache)
+        except Exception as e:  # truncated or corrupt: a cache is rebuilt, never trusted
+            log.warning("the decoded-folder cache %s cannot be read (%s: %s); decoding the folder again", cache,
+                        type(e).__name__, e)
+            cache.unlink(missing_ok=True)
+    if cached is not None:
+        images, good, bad = cached
     else:
         images, bad = decode_all(root, files, image_size, channels)
         good = [str(f) for f in files if str(f) not in bad]

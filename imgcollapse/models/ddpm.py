@@ -210,7 +210,7 @@ class DDPM:
     def load(cls, path: Path, accelerator: Accelerator | None = None) -> DDPM:
         """The model `save` wrote, with the sampling settings it was trained and sampled with."""
         path = Path(path)
-        config, image_shape, sampling = read_model_config(path, DDPMConfig)
+        config, image_shape, sampling = read_model_config(path, cls.Config)
         model = cls(config, image_shape=image_shape, sampling=sampling, accelerator=accelerator)
         model.unet = UNet2DModel.from_pretrained(path / "unet")
         model.unet.eval()

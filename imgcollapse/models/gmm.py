@@ -178,7 +178,7 @@ class GMM:
     def load(cls, path: Path, accelerator: Accelerator | None = None) -> GMM:
         """Rebuild the fitted sklearn objects from the saved arrays (score_samples etc. work again)."""
         path = Path(path)
-        config, image_shape, sampling = read_model_config(path, GMMConfig)
+        config, image_shape, sampling = read_model_config(path, cls.Config)
         model = cls(config, image_shape=image_shape, sampling=sampling)
         c = model.config
         with np.load(path / ARRAYS_FILE) as z:

@@ -15,7 +15,7 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from imgcollapse import faults
-from imgcollapse.errors import require
+from imgcollapse.errors import TrainingDiverged, require  # noqa: F401  (TrainingDiverged: its old home)
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +48,6 @@ class TrainingConfig:
                 "null or in (0, 1)")
         require(self.grad_clip is None or self.grad_clip > 0, "model.grad_clip", self.grad_clip,
                 "null (no clipping) or > 0")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; carries where it happened and the knob most likely to blame.
-
-    The chain fills in `generation`; the message is built when shown, so it names it.
-    """
-
-    def __init__(self, step: int, last_finite: float | None, lr: float | None = None) -> None:
-        super().__init__(step, last_finite)
-        self.step = step
-        self.last_finite = last_finite
-        self.lr = lr
-        self.generation: int | None = None
-
-    def __str__(self) -> str:
-        where = "" if self.generation is None else f"generation {self.generation}: "
-        last = "none" if self.last_finite is None else f"{self.last_finite:.4g}"
-        knob = "model.lr" if self.lr is None else f"model.lr, now {self.lr:g}"
-        return (f"{where}loss became non-finite at step {self.step} (last finite loss {last}); lower the learning "
-                f"rate ({knob}) and rerun the same command with the new value and resume=force: finished "
-                "generations are kept")
 
 
 @dataclass

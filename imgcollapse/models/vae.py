@@ -182,7 +182,7 @@ class VAE:
     def load(cls, path: Path, accelerator: Accelerator | None = None) -> VAE:
         """The model `save` wrote, with its sampling settings."""
         path = Path(path)
-        config, image_shape, sampling = read_model_config(path, VAEConfig)
+        config, image_shape, sampling = read_model_config(path, cls.Config)
         model = cls(config, image_shape=image_shape, sampling=sampling, accelerator=accelerator)
         model.net.load_state_dict(load_file(path / WEIGHTS_FILE))
         model.net.eval()

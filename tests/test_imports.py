@@ -1,0 +1,63 @@
+"""The package's layering: errors at the bottom importing nothing of the kit, and no import cycle anywhere
+(imports inside functions count: they tie modules together just the same)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "imgcollapse"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the kit's modules it imports}, from the source (every import statement, at any depth)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if path.name == "__init__.py" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: up from this module's package
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + [base] * bool(base))
+                for alias in node.names:
+                    found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_errors_import_nothing_of_the_kit():
+    assert import_graph()["imgcollapse.errors"] == set()
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    assert len(graph) > 20
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            assert state.get(target) != 1, " -> ".join([*path, module, target])
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_components_do_not_import_the_run_layer():
+    """Data, models, regimes and metrics sit below config, run and chain: they never import them."""
+    run_layer = {"imgcollapse.config", "imgcollapse.run", "imgcollapse.chain", "imgcollapse.resume"}
+    for module, imports in import_graph().items():
+        if module.startswith(("imgcollapse.data", "imgcollapse.models", "imgcollapse.metrics", "imgcollapse.regimes")):
+            assert not imports & run_layer, (module, imports & run_layer)
