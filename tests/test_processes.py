@@ -15,6 +15,7 @@ from conftest import REPO, run_cli
 
 from imgcollapse.chain import generation_seeds
 from imgcollapse.data import ImageSet
+from imgcollapse.errors import UserError
 from imgcollapse.models.ddpm import DDPM
 
 SMOKE = ("debug=smoke", "generation=1", "threads=1", "report.draw=false")  # data, not figures
@@ -79,3 +80,32 @@ def test_two_processes_write_one_run_dir_like_one_process(tmp_path):
 
 def read_rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class FakeState:
+    """The two attributes chain.barrier reads of accelerate's state."""
+
+    def __init__(self, main: bool) -> None:
+        self.num_processes, self.is_main_process = 2, main
+
+
+def test_a_main_process_failure_reaches_the_others_at_the_barrier(monkeypatch):
+    """What every rank receives is what rank 0 sent: its failure stops the others instead of leaving them at the
+    next barrier (the real broadcast runs in the launch test above)."""
+    import imgcollapse.chain as chain
+
+    sent = []
+
+    def broadcast(objects):  # rank 0's list reaches everyone
+        if not sent:
+            sent.append(list(objects))
+        return sent[0]
+
+    monkeypatch.setattr(chain, "broadcast_object_list", broadcast)
+    with pytest.raises(OSError, match="disk full"):
+        chain.barrier(FakeState(main=True), OSError("disk full"))
+    with pytest.raises(UserError, match=r"the main process stopped \(OSError: disk full\)"):
+        chain.barrier(FakeState(main=False))
+    sent.clear()
+    chain.barrier(FakeState(main=True))  # no failure: everyone goes on
+    chain.barrier(FakeState(main=False))
