@@ -193,9 +193,11 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
     """The main process's set-up once the data is loaded: checks on the data (and, resuming, that it is the run's),
     the metrics' feature spaces, and run.json."""
     validate_data(config, len(splits.train), splits.train.num_classes if splits.train.labels is not None else None)
+    dataset = splits.describe()  # hashes every image once: its fingerprint serves the check and the record
     if opened.started is not None and opened.to_train(config.generation):
         opened.changes.append(resume.check_data(store.root, opened.started["dataset"].get("fingerprint"),
-                                                splits.fingerprint(), mode=config.resume, next_generation=opened.start))
+                                                dataset["fingerprint"], mode=config.resume,
+                                                next_generation=opened.start))
     metrics = setup_metrics(splits, Path(config.cache_dir).expanduser(), config.metrics, seed=config.seed,
                             device=device)
     if metrics.classifier is not None:
@@ -204,7 +206,7 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
     facts = {"classifier_accuracy": metrics.classifier.accuracy if metrics.classifier is not None else None,
              "fid_real": metrics.baseline.get("fid"),  # the real training pool against the held-out split
              "metrics": metrics.metadata()}  # what this invocation could compute
-    store.write_json(store.root / "run.json", resume.record(opened, resolved, splits.describe(), facts, environment))
+    store.write_json(store.root / "run.json", resume.record(opened, resolved, dataset, facts, environment))
     return metrics
 
 

@@ -169,8 +169,7 @@ def load_folder(config: FolderConfig) -> Splits:
     """Load a folder of images, split it once by a fixed seed into training pool and held-out split."""
     path, image_size, channels = config.path, config.image_size, config.channels
     heldout_fraction, split_seed, cache_dir = config.heldout_fraction, config.split_seed, config.cache_dir
-    if path is None:
-        raise UserError("dataset=folder needs dataset.path=/path/to/images")
+    config.check()  # the same checks as config.validate, for a caller that skipped it
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"dataset.path={root} is not a folder")

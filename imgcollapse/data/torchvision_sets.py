@@ -185,8 +185,7 @@ def load_torchvision(config: TorchvisionConfig) -> Splits:
                                                   config.channels)
     limit, num_heldout, split_seed, long_tail = config.limit, config.num_heldout, config.split_seed, config.long_tail
     verify_md5 = getattr(config, "verify_md5", True)  # CIFAR10Config's own key
-    if name not in NAMES:
-        raise UserError(f"dataset.name={name!r} is not one of {sorted(NAMES)}")
+    config.check()  # the same checks as config.validate, for a caller that skipped it
     root_path = Path(root).expanduser()
     parts = {}
     for split_name, train, cap in (("train", True, limit), ("heldout", False, num_heldout)):
