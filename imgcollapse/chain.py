@@ -27,7 +27,7 @@ from imgcollapse.models import CONDITIONS, Model
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
 from imgcollapse.report.summary import summary_line
-from imgcollapse.store import ENVIRONMENT_FILE, RunStore, atomic_write, atomic_write_dir
+from imgcollapse.store import ENVIRONMENT_FILE, NULL_FILE, RunStore, atomic_write, atomic_write_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,36 @@ def generation_seeds(seed: int, generation: int) -> dict[str, int]:
     # (the third word is unused: regimes seed themselves from (seed, generation); kept so seeds stay as they were)
     fit, sample, _, labels = np.random.SeedSequence([seed, generation]).generate_state(4) >> 1
     return {"fit": int(fit), "sample": int(sample), "labels": int(labels)}
+
+
+def null_seeds(seed: int, generation: int) -> dict[str, int]:
+    """Seeds of a generation's null draws (sampling, class labels), apart from its other seeds."""
+    sample, labels = np.random.SeedSequence([seed, generation, 1]).generate_state(2) >> 1
+    return {"sample": int(sample), "labels": int(labels)}
+
+
+def null_set(generation: int, composition: dict[str, float], heldout: ImageSet, nulls: list[ImageSet | None],
+             size: int, seed: int) -> ImageSet | None:
+    """Memorization's null for a generation: draws from the distribution its training set came from that it never
+    saw, in the training set's proportions: held-out real images for its real share, each earlier generation's
+    null draws for that generation's share. None when an earlier generation has none (a run from before 0.3)."""
+    if generation == 0:
+        return heldout
+    total = composition["num_real"] + composition["num_synthetic"]
+    shares = {int(k[len("share_gen_"):]): v for k, v in composition.items() if k.startswith("share_gen_")}
+    if not shares and composition["num_synthetic"]:  # one synthetic source: the last generation
+        shares = {generation - 1: composition["num_synthetic"] / total}
+    sources: list[tuple[ImageSet | None, float]] = [(heldout, composition["num_real"] / total)]
+    sources += [(nulls[g], share) for g, share in sorted(shares.items())]
+    if any(source is None for source, share in sources if share > 0):
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([seed, generation, 2]))
+    parts = []
+    for source, share in sources:
+        count = min(len(source), round(share * size)) if source is not None else 0
+        if count:
+            parts.append(source.subset(np.sort(rng.choice(len(source), count, replace=False))))
+    return ImageSet.concat(parts) if parts else None
 
 
 def strip_seed(seed: int) -> int:
@@ -87,8 +117,10 @@ def run(
     splits: Splits,
     make_model: Callable[[], Model],  # a fresh, untrained model of the configured kind
     regime: Regime,
-    score: Callable[[ImageSet, ImageSet], Evaluation] | None,  # metrics of (samples, training set) against
-    # held-out data; None on the processes that only help train
+    score: Callable[..., Evaluation] | None,  # metrics of (samples, training set, null=) against held-out
+    # data; None on the processes that only help train
+    predict: Callable[[ImageSet], Any] | None = None,  # the metrics classifier's probabilities (null curation)
+    num_null: int = 0,  # memorization's null draws each generation makes for the ones that train on its samples
     generation: int,  # the last generation to train
     seed: int,
     num_synthetic: int,  # samples each generation makes for the next
@@ -112,6 +144,7 @@ def run(
     if start and main:
         log.info("resuming %s after generation %d", store.root, start - 1)
     synthetic = [store.read_samples(g) for g in range(start)]
+    nulls = [store.read_null(g) for g in range(start)] if main else []
     # a conditional model samples from class labels (validate_data has checked they match the dataset's)
     num_classes = make_model().num_classes
     strip_labels = (torch.arange(strip_seeds) % num_classes) if num_classes else None
@@ -141,11 +174,23 @@ def run(
                     if num_classes else None
                 samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
                 strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
+                # Null draws: what the next generations' memorization compares with (never trained on; curated as
+                # the samples are, so they come from the distribution the next generation trains on).
+                null_draws = None
+                if num_null:
+                    ns = null_seeds(seed, g)
+                    count = regime.num_candidates(num_null)
+                    null_labels = condition_labels(conditions, splits.train, train_set, count, ns["labels"]) \
+                        if num_classes else None
+                    null_draws = model.sample(count, seed=ns["sample"], labels=null_labels)
+                    probs = predict(null_draws) if predict is not None and count > num_null else None
+                    null_draws, _ = regime.curate(null_draws, probs, num_null)
                 sampled = time.perf_counter()
 
-                # Score (memorization against this generation's training set); unconditional samples carry the
-                # classifier's predicted labels from here on (none without a classifier).
-                evaluation = score(samples, train_set)
+                # Score (memorization against this generation's training set, with its null); unconditional samples
+                # carry the classifier's predicted labels from here on (none without a classifier).
+                null = null_set(g, composition, splits.heldout, nulls, num_null or len(splits.heldout), seed)
+                evaluation = score(samples, train_set, null=null)
                 if samples.labels is None and evaluation.probs is not None:
                     samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
                 samples.class_names = splits.train.class_names
@@ -157,6 +202,8 @@ def run(
                 atomic_write_dir(gen_dir / "model", model.save)
                 atomic_write(gen_dir / "samples.npz", kept.save)
                 atomic_write(gen_dir / "strip.npz", strip.save)
+                if null_draws is not None:
+                    atomic_write(gen_dir / NULL_FILE, null_draws.save)
                 save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
                 row = {
                     "generation": g,
@@ -186,6 +233,7 @@ def run(
         faults.reached("after_done")
         store.write_tables()
         synthetic.append(kept)
+        nulls.append(null_draws)
         log.info(summary_line(row, generation))
         if after_generation is not None:
             after_generation(g, row)

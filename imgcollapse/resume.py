@@ -35,6 +35,7 @@ IGNORED = (
     "metrics.inception_download", "metrics.inception_weights",  # whether a missing file may be fetched, and
     # where it lives (its content's fingerprint keys the cache)
     "logger", "report",  # what is logged and drawn
+    "metrics.calibrate",  # whether the calibration is written beside the run: no row depends on it
     "accelerator.mixed_precision",  # compared as the resolved precision instead: "auto" depends on the machine
 )
 # Resolved settings (environment.json) that change a chain's numbers: moving a chain across them is refused.

@@ -33,6 +33,9 @@ from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Metrics, evaluate, setup_metrics
+from imgcollapse.metrics.calibration import FILE as CALIBRATION_FILE
+from imgcollapse.metrics.calibration import load_or_calibrate
+from imgcollapse.metrics.calibration import write_json as write_calibration
 from imgcollapse.models.train import enable_tf32, mixed_precision
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
@@ -169,6 +172,8 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
         return chain.run(
             store=store, splits=splits, make_model=make_model, regime=regime,
             score=functools.partial(evaluate, metrics=metrics) if main else None,
+            predict=metrics.predict if metrics is not None else None,
+            num_null=(config.metrics.num_null or len(splits.heldout)) if main else 0,
             generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
             conditions=config.sampling.conditions,
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds, environment=environment,
@@ -199,14 +204,19 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
                                                 dataset["fingerprint"], mode=config.resume,
                                                 next_generation=opened.start))
     metrics = setup_metrics(splits, Path(config.cache_dir).expanduser(), config.metrics, seed=config.seed,
-                            device=device)
+                            device=device, num_scored=config.metrics.num_samples or config.num_synthetic)
     if metrics.classifier is not None:
-        log.info("metrics classifier accuracy %.3f; FID of real training pool vs held-out %.1f",
-                 metrics.classifier.accuracy, metrics.baseline.get("fid"))
+        log.info("metrics classifier accuracy %.3f; real floor (two unseen real sets of %d) FID %.1f, coverage %.3f",
+                 metrics.classifier.accuracy, metrics.size, metrics.baseline.get("fid"),
+                 metrics.baseline.get("coverage"))
     facts = {"classifier_accuracy": metrics.classifier.accuracy if metrics.classifier is not None else None,
-             "fid_real": metrics.baseline.get("fid"),  # the real training pool against the held-out split
+             "fid_real": metrics.baseline.get("fid"),  # the real floor: two real sets the classifier never saw
              "metrics": metrics.metadata()}  # what this invocation could compute
     store.write_json(store.root / "run.json", resume.record(opened, resolved, dataset, facts, environment))
+    if config.metrics.calibrate and metrics.spaces:
+        # which metric sees which change on this data (cached per dataset and feature space); the report shows it
+        result = load_or_calibrate(splits, metrics, Path(config.cache_dir).expanduser())
+        write_calibration(store.root / CALIBRATION_FILE, result)
     return metrics
 
 

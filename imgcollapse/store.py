@@ -252,6 +252,7 @@ def to_json(obj: Any) -> str:
     return json.dumps(clean(json.loads(json.dumps(obj, default=_json_default))), indent=1)
 
 
+NULL_FILE = "null.npz"  # extra samples no generation trains on: memorization's null
 ENVIRONMENT_FILE = "environment.json"  # gen_XXX/: library versions and resolved settings it was made with
 RESTORE = ("Restore the file from a backup, or move gen_{g:03d} and every later gen_* directory out of the run "
            "dir to redo them from generation {g}")
@@ -323,6 +324,18 @@ class RunStore:
         try:
             return ImageSet.load(path)
         except Exception as e:  # missing, truncated, bit-flipped: BadZipFile, EOFError, zlib.error, ValueError...
+            raise DamagedFile(path, e, f"gen_{generation:03d} is marked done, so the run dir was damaged after it "
+                              f"was written. {RESTORE.format(g=generation)}") from e
+
+    def read_null(self, generation: int) -> ImageSet | None:
+        """A finished generation's null draws (memorization's reference for the generations that train on its
+        samples); None for a generation written before they existed (0.2 and earlier)."""
+        path = self.gen_dir(generation) / NULL_FILE
+        if not path.exists():
+            return None
+        try:
+            return ImageSet.load(path)
+        except Exception as e:
             raise DamagedFile(path, e, f"gen_{generation:03d} is marked done, so the run dir was damaged after it "
                               f"was written. {RESTORE.format(g=generation)}") from e
 

@@ -14,6 +14,8 @@ from conftest import digits as digits_splits
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.metrics import (
     CLASS_COLUMNS,
+    PIXEL_COLUMNS,
+    SET_COLUMNS,
     SPACE_COLUMNS,
     evaluate,
     load_or_build_reference,
@@ -21,11 +23,23 @@ from imgcollapse.metrics import (
     reference_path,
     scored_index,
     setup_metrics,
+    without,
 )
-from imgcollapse.metrics.features import load_or_train_classifier
-from imgcollapse.metrics.scores import class_statistics, fid, kid, mean_cov, memorization, prdc, tail_classes
+from imgcollapse.metrics.features import image_keys, load_or_train_classifier
+from imgcollapse.metrics.scores import (
+    class_statistics,
+    expected_coverage,
+    fid,
+    frechet_terms,
+    kid,
+    mean_cov,
+    memorization,
+    prdc,
+    sqrt_psd,
+    tail_classes,
+)
 
-CONFIG = conf("metrics", extractors=["classifier"], classifier_epochs=10)  # conf/metrics/default.yaml otherwise
+CONFIG = conf("metrics", extractors=["classifier"], classifier_epochs=10, bootstrap=20)  # else conf/metrics/default.yaml
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +117,30 @@ def test_prdc_with_too_few_points_is_empty_not_an_error():
     assert all(np.isnan(v) for v in prdc(rng.standard_normal((6, 4)), rng.standard_normal((50, 4)), 5).values())
 
 
+def test_fast_frechet_terms_add_up_to_clean_fids_fid():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((300, 24)) @ rng.standard_normal((24, 24))
+    for n, dim_scale in ((200, 1.0), (40, 1.3)):  # more samples than dimensions, and fewer
+        x = dim_scale * rng.standard_normal((n, 24)) @ rng.standard_normal((24, 24)) + 0.3
+        mu, sigma = mean_cov(ref)
+        mean_term, cov_term = frechet_terms(x, mu, sqrt_psd(sigma), float(np.trace(sigma)))
+        assert mean_term + cov_term == pytest.approx(fid(x, mu, sigma), rel=1e-6)
+        assert mean_term == pytest.approx(float(np.sum((x.mean(0) - mu) ** 2)))
+
+
+def test_equal_size_coverage_of_one_distribution_meets_its_expectation():
+    # Naeem et al.'s expectation for two samples of one distribution: 0.969 at 400 vs 400, k = 5 (docs/METRICS.md)
+    rng = np.random.default_rng(0)
+    expected = expected_coverage(400, 400, 5)
+    assert expected == pytest.approx(0.969, abs=0.001)
+    equal = [prdc(rng.standard_normal((400, 16)), rng.standard_normal((400, 16)), 5)["coverage"] for _ in range(6)]
+    assert np.mean(equal) == pytest.approx(expected, abs=0.012)
+    # unequal sets are not comparable: 1,400 samples against 400 real images cover more by their number alone
+    unequal = [prdc(rng.standard_normal((1400, 16)), rng.standard_normal((400, 16)), 5)["coverage"] for _ in range(3)]
+    assert np.mean(unequal) > np.mean(equal) + 0.015
+    assert np.mean(unequal) == pytest.approx(expected_coverage(400, 1400, 5), abs=0.012)
+
+
 # Class statistics ----------------------------------------------------------------------------------------
 def test_class_statistics_on_constructed_predictions():
     real = np.array([0.2, 0.2, 0.2, 0.2, 0.1, 0.1])  # classes 4 and 5 are the rarest third
@@ -122,6 +160,9 @@ def test_class_statistics_on_constructed_predictions():
     assert named["class_freq_f"] == 0.0 and "class_freq_5" not in named
     assert stats["class_tv"] == pytest.approx(0.1) and stats["class_kl"] > 0
     assert stats["class_entropy"] < base["class_entropy"]
+    assert base["class_js"] == pytest.approx(0.0, abs=1e-12)
+    assert stats["class_js"] > 0.03  # a lost class is seen (bits, in [0, 1])
+    assert stats["class_kl_real"] > 3 * stats["class_kl"]  # mass-covering KL punishes the lost class hard
     thinned = faithful[~((faithful == 4) & (np.arange(len(faithful)) % 20 != 0))]  # class 4 at 5% of its share
     assert class_statistics(thinned, real)["lost_classes"] == 1  # below 10% counts as lost
 
@@ -129,14 +170,38 @@ def test_class_statistics_on_constructed_predictions():
 # Memorization --------------------------------------------------------------------------------------------
 def test_memorization_tells_copies_from_fresh_draws():
     rng = np.random.default_rng(0)
-    train, heldout, fresh = (rng.standard_normal((n, 8)) for n in (500, 200, 300))
+    train, null, fresh = (rng.standard_normal((n, 8)) for n in (500, 200, 300))
     copies = train[rng.choice(500, 300)] + 1e-3 * rng.standard_normal((300, 8))
-    novel = memorization(fresh, train, heldout)
+    novel, _ = memorization(fresh, train, null)
     assert novel["memorization_ratio"] == pytest.approx(1.0, abs=0.2) and novel["near_copy_share"] < 0.05
-    copied = memorization(copies, train, heldout)
+    assert novel["null_near_copy_share"] < 0.05
+    copied, _ = memorization(copies, train, null)
     assert copied["memorization_ratio"] < 0.01 and copied["near_copy_share"] == 1.0
-    half = memorization(np.concatenate([copies[:150], fresh[:150]]), train, heldout)
+    half, _ = memorization(np.concatenate([copies[:150], fresh[:150]]), train, null)
     assert half["near_copy_share"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_copy_of_a_repeated_training_image_is_still_a_copy():
+    # a training set that holds an image twice (the samples of a copying model, trained on): its copies have two
+    # nearest images at distance 0; the training set is taken without repeats, so they count as copies
+    rng = np.random.default_rng(0)
+    train = rng.standard_normal((100, 8))
+    repeated = np.concatenate([train, train[:50]])
+    row, _ = memorization(train[:50], repeated, None)
+    assert row["near_copy_share"] == 1.0 and np.isnan(row["memorization_ratio"])  # no null, no ratio
+
+
+def test_a_contracting_training_set_is_not_copying():
+    # the confound of a held-out-real null: when the samples and their training set both contract, unseen real
+    # images sit far from the training set and a real-scaled ratio falls with no copying. With draws from the
+    # training set's own distribution as the null, the ratio stays near 1 and nothing counts as a near copy.
+    rng = np.random.default_rng(1)
+    real = rng.standard_normal((400, 16))
+    train, samples, null = (0.3 * rng.standard_normal((n, 16)) for n in (500, 400, 400))
+    right, _ = memorization(samples, train, null)
+    confounded, _ = memorization(samples, train, real)
+    assert right["memorization_ratio"] == pytest.approx(1.0, abs=0.15) and right["near_copy_share"] < 0.05
+    assert confounded["memorization_ratio"] < 0.5  # what the 0.2 kit reported: "memorization" from contraction
 
 
 # Reference cache and feature reuse -----------------------------------------------------------------------
@@ -195,15 +260,48 @@ def test_no_feature_is_computed_twice_across_generations(digits, metrics):
 
 def test_evaluate_row_has_every_column(digits, metrics):
     samples = fake_generation(digits.train, 200, seed=2)
-    ev = evaluate(samples, digits.train, metrics)
-    for column in SPACE_COLUMNS + CLASS_COLUMNS:
+    ev = evaluate(samples, digits.train, metrics, null=digits.heldout)
+    for column in SPACE_COLUMNS + CLASS_COLUMNS + PIXEL_COLUMNS:
         assert np.isfinite(ev.row[column]), column
+        lo, hi = ev.row[f"{column}_lo"], ev.row[f"{column}_hi"]
+        assert lo <= ev.row[column] <= hi, column  # every score inside its own interval
+    for column in SET_COLUMNS:
+        assert ev.row[f"{column}_sd"] >= 0, column
+    assert ev.row["fid"] == pytest.approx(ev.row["fid_mean"] + ev.row["fid_cov"])
+    for name in metrics.class_names:
+        assert 0 <= ev.row[f"recall_class_{name}"] <= 1 and 0 <= ev.row[f"coverage_class_{name}"] <= 1
     freqs = [ev.row[f"class_freq_{k}"] for k in range(10)]
     assert sum(freqs) == pytest.approx(1.0)
     assert ev.probs.shape == (200, 10)
     assert ev.row["confidence"] > 0.5  # lightly noised digits stay recognisable
     assert ev.row["fid"] > metrics.baseline["fid"]
-    assert evaluate(samples, digits.train, metrics).row == ev.row  # deterministic
+    assert evaluate(samples, digits.train, metrics, null=digits.heldout).row == ev.row  # seeded: reruns match
+
+
+def test_intervals_shrink_as_the_sample_count_grows(digits, metrics):
+    samples = fake_generation(digits.train, 400, seed=4)
+
+    def widths(n):
+        row = evaluate(samples.subset(range(n)), digits.train, metrics, null=digits.heldout).row
+        # (not precision or recall: at 60 against 60 the k-NN balls are wide enough to saturate them at 1)
+        return {c: row[f"{c}_hi"] - row[f"{c}_lo"]
+                for c in ("fid", "kid", "class_js", "confidence", "memorization_ratio_pixel")}
+
+    few, many = widths(60), widths(400)
+    for column in few:
+        assert many[column] < few[column], (column, few[column], many[column])
+
+
+def test_the_real_floor_compares_two_unseen_real_sets_at_the_rows_size(digits, metrics):
+    assert metrics.size == min(len(digits.heldout), len(digits.floor)) == 400
+    assert len(digits.floor) == len(digits.heldout)  # same size, same class make-up as the held-out split
+    assert np.abs(np.bincount(digits.floor.labels) - np.bincount(digits.heldout.labels)).max() <= 1
+    floor_keys = set(image_keys(digits.floor.images))
+    assert floor_keys <= set(image_keys(digits.train.images))  # drawn from the pool the models train on ...
+    assert not floor_keys & set(image_keys(without(digits.train, digits.floor).images))  # ... not the classifier
+    fake = evaluate(fake_generation(digits.train, 400, seed=5), digits.train, metrics).row
+    assert metrics.baseline["fid"] < fake["fid"] and metrics.baseline["coverage"] > 0.9
+    assert metrics.baseline["fid_lo"] <= metrics.baseline["fid"] <= metrics.baseline["fid_hi"]
 
 
 def test_num_samples_scores_a_seeded_subset_but_labels_all(digits, metrics):

@@ -115,8 +115,15 @@ def test_report_html_is_self_contained(run_dir):
         kind, data = re.match(r"data:image/(png|gif);base64,(.+)", src).groups()
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == kind.upper()
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in header:  # every metric column is in the table, whatever the metrics provide
-        assert f"<th>{column}</th>" in html
+    for column in header:  # every metric column is in the table, whatever the metrics provide; intervals and
+        # spreads beneath their value, per-class scores in their own table
+        if column.endswith(("_lo", "_hi", "_sd")) and column[:-3] in header:
+            continue
+        if column.startswith(("recall_class_", "coverage_class_")):
+            assert f"<td class=text>{column.split('_class_')[1]}</td>" in html
+        elif not column.startswith("class_freq_"):
+            assert f"<th>{column}</th>" in html, column
+    assert "real floor" in html and '<span class="ci">[' in html  # the floor's row and the intervals
     assert "num_synthetic: 64" in html  # the config
 
 

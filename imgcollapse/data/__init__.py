@@ -89,6 +89,9 @@ class Splits:
     train: ImageSet
     heldout: ImageSet
     info: dict = field(default_factory=dict)  # facts about the loading worth keeping in run.json (skipped files...)
+    # the real floor: real images like the held-out split's (same size, same class make-up) that the metrics
+    # classifier does not train on; drawn from the pool before any long tail (None: the metrics draw it)
+    floor: ImageSet | None = None
 
     def fingerprint(self) -> dict[str, str]:
         """Content hashes of the training pool and held-out split: what a resume compares."""

@@ -85,11 +85,26 @@ def long_tail(data: ImageSet, exponent: float, seed: int) -> ImageSet:
     return data.subset(np.sort(np.concatenate(kept)))
 
 
+def floor_split(pool: ImageSet, size: int, seed: int) -> ImageSet:
+    """The real floor's images: a fixed-seed subset of the pool, class-stratified, of the held-out split's size
+    (at most half the pool). The generative model may train on them; the metrics classifier does not."""
+    size = min(size, len(pool) // 2)
+    index = np.arange(len(pool))
+    stratify = pool.labels.numpy() if pool.labels is not None else None
+    try:
+        kept, _ = train_test_split(index, train_size=size, random_state=seed + 3, stratify=stratify)
+    except ValueError:  # a class with a single image cannot be stratified: draw without strata
+        kept, _ = train_test_split(index, train_size=size, random_state=seed + 3)
+    return pool.subset(np.sort(kept))
+
+
 def long_tail_splits(splits: Splits, exponent: float, seed: int) -> Splits:
-    """The same long tail on the training pool and the held-out split, so scores compare like with like."""
+    """The long tail on the training pool only. The held-out split and the floor are drawn first and keep every
+    class (about num_heldout / K images each), so tail classes are scored against enough real images and the
+    held-out covariance stays full rank."""
     if exponent == 0:
         return splits
-    return Splits(long_tail(splits.train, exponent, seed), long_tail(splits.heldout, exponent, seed + 1))
+    return Splits(long_tail(splits.train, exponent, seed), splits.heldout, splits.info, splits.floor)
 
 
 def finish(splits: Splits, exponent: float, seed: int, info: dict) -> Splits:
@@ -97,8 +112,10 @@ def finish(splits: Splits, exponent: float, seed: int, info: dict) -> Splits:
     if exponent and splits.train.labels is None:
         raise UserError(f"dataset.long_tail={exponent} needs class labels, and this dataset has none "
                         "(a folder gets labels from class subfolders); set dataset.long_tail=0")
+    splits.floor = floor_split(splits.train, len(splits.heldout), seed)
     splits = long_tail_splits(splits, exponent, seed)
     splits.info = {**info, "long_tail": exponent}
     if splits.train.labels is not None:
-        splits.info["class_counts"] = {"train": class_counts(splits.train), "heldout": class_counts(splits.heldout)}
+        splits.info["class_counts"] = {"train": class_counts(splits.train), "heldout": class_counts(splits.heldout),
+                                       "floor": class_counts(splits.floor) if splits.floor is not None else None}
     return splits

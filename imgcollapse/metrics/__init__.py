@@ -1,9 +1,19 @@
 """Metrics front door: `setup_metrics` builds every feature space once per run (extractor, cached held-out
-reference, remembered features), and `evaluate(samples, train_set, metrics)` scores one generation.
+reference, remembered features) and the real floor; `evaluate(samples, train_set, metrics, null)` scores one
+generation.
 
 Columns carry their feature space in their name: `fid`, `kid`, `precision`, ... come from the domain
-classifier; `fid_inception`, `kid_inception`, ... from Inception-v3. Class statistics come from the
-classifier's predictions. A space that cannot be built leaves its columns empty (null) and says why.
+classifier; `fid_inception`, `kid_inception`, ... from Inception-v3; `near_copy_share_pixel`, ... from the
+pixels. Class statistics come from the classifier's predictions. A space that cannot be built leaves its columns
+empty (null) and says why.
+
+Rulers, not just numbers (docs/METRICS.md):
+- set scores (FID and its terms, KID, precision/recall/density/coverage) compare equal-size sets: the held-out
+  reference against `metrics.subsets` seeded subsets of the samples of the same size, averaged (`_sd`: their
+  spread); the real floor uses the same size;
+- every score has a 95% interval (`_lo`, `_hi`): the value ± 1.96 bootstrap standard errors, from
+  `metrics.bootstrap` seeded resamples of the scored samples;
+- memorization is measured against a null drawn from the distribution the training set came from.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from omegaconf import MISSING
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, Splits
+from imgcollapse.data.transforms import floor_split
 from imgcollapse.errors import require
 from imgcollapse.metrics.features import (
     INCEPTION_SOURCES,
@@ -32,18 +43,22 @@ from imgcollapse.metrics.features import (
     ExtractorUnavailable,
     FeatureMemo,
     Inception,
+    image_keys,
     load_inception,
     load_or_train_classifier,
 )
 from imgcollapse.metrics.scores import (
+    MEMORIZATION,
+    PRDC,
     class_frequencies,
     class_statistics,
     confidence,
-    fid,
+    frechet_terms,
     kid,
     mean_cov,
     memorization,
     prdc,
+    sqrt_psd,
     tail_classes,
 )
 from imgcollapse.store import atomic_write
@@ -52,9 +67,23 @@ log = logging.getLogger(__name__)
 
 REFERENCE_VERSION = 2  # bump when what a reference file holds changes: invalidates cached references
 EXTRACTORS = ("classifier", "inception")
-SUFFIX = {"classifier": "", "inception": "_inception"}  # column suffix of each feature space
-SPACE_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "memorization_ratio", "near_copy_share")
-CLASS_COLUMNS = ("confidence", "confident_share", "class_kl", "class_tv", "class_entropy", "tail_ratio", "lost_classes")
+SUFFIX = {"classifier": "", "inception": "_inception", "pixel": "_pixel"}  # column suffix of each feature space
+SET_COLUMNS = ("fid", "fid_mean", "fid_cov", "kid", *PRDC)  # equal-size set comparisons (each with `_sd`)
+SPACE_COLUMNS = (*SET_COLUMNS, *MEMORIZATION)
+PIXEL_COLUMNS = tuple(c + SUFFIX["pixel"] for c in MEMORIZATION)
+CLASS_COLUMNS = ("confidence", "confident_share", "class_js", "class_kl", "class_kl_real", "class_tv",
+                 "class_entropy", "tail_ratio", "lost_classes", "recall_tail", "coverage_tail", "recall_head",
+                 "coverage_head")
+BOUNDED = {"precision", "recall", "coverage", "near_copy_share", "null_near_copy_share", "confidence",
+           "confident_share", "class_js", "class_tv", "recall_tail", "coverage_tail", "recall_head", "coverage_head"}
+# (not KID: unbiased, it can dip below 0)
+UNSIGNED = {"fid", "fid_mean", "fid_cov", "density", "train_distance", "null_distance", "memorization_ratio",
+            "class_kl", "class_kl_real", "class_entropy", "tail_ratio", "lost_classes"}
+
+
+def interval_columns(column: str) -> tuple[str, str]:
+    """The names of a column's 95% interval bounds."""
+    return f"{column}_lo", f"{column}_hi"
 
 
 # Reference statistics --------------------------------------------------------------------------------
@@ -133,6 +162,10 @@ class MetricsConfig:
 
     extractors: Any = MISSING  # "auto" or a list drawn from EXTRACTORS
     num_samples: int | None = MISSING  # samples scored per generation (None: all)
+    subsets: int = MISSING  # equal-size subsets of the samples each set score averages over
+    bootstrap: int = MISSING  # resamples behind each 95% interval
+    num_null: int | None = MISSING  # memorization's null draws per generation (None: the held-out split's size)
+    calibrate: bool = MISSING  # run (or read from the cache) the calibration when a run starts
     nearest_k: int = MISSING  # prdc's k
     kid_subsets: int = MISSING
     kid_subset_size: int = MISSING
@@ -155,6 +188,11 @@ class MetricsConfig:
             names = list(self.extractors)
             require(0 < len(names) == len(set(names)) and all(e in EXTRACTORS for e in names),
                     "metrics.extractors", names, allowed)
+        require(self.subsets >= 1, "metrics.subsets", self.subsets, "an integer ≥ 1")
+        require(self.bootstrap == 0 or self.bootstrap >= 10, "metrics.bootstrap", self.bootstrap,
+                "0 (no intervals) or an integer ≥ 10 (fewer cannot estimate a standard error)")
+        require(self.num_null is None or self.num_null >= 10, "metrics.num_null", self.num_null,
+                "null (the held-out split's size) or an integer ≥ 10")
         require(self.nearest_k >= 1, "metrics.nearest_k", self.nearest_k, "an integer ≥ 1")
         require(self.kid_subsets >= 1, "metrics.kid_subsets", self.kid_subsets, "an integer ≥ 1")
         require(self.kid_subset_size >= 2, "metrics.kid_subset_size", self.kid_subset_size, "an integer ≥ 2")
@@ -180,10 +218,18 @@ class MetricsConfig:
 
 @dataclass
 class Space:
-    """One feature space: an extractor that remembers what it has seen, and the held-out reference."""
+    """One feature space: an extractor that remembers what it has seen, the held-out reference (with what FID's
+    fast form needs), and the real floor's features."""
 
     memo: FeatureMemo
     reference: Reference
+    floor: np.ndarray  # features of the floor split: real images the classifier never trained on
+    ref_sqrt: np.ndarray = field(init=False)
+    ref_trace: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ref_sqrt = sqrt_psd(self.reference.sigma)
+        self.ref_trace = float(np.trace(self.reference.sigma))
 
     @property
     def name(self) -> str:
@@ -201,12 +247,14 @@ class Metrics:
     names: list[str]  # the extractors asked for, in column order
     spaces: list[Space]  # those that could be built
     config: MetricsConfig
-    seed: int  # draws the scored subset and KID's subsets
+    seed: int  # draws the scored subset, the equal-size subsets, the bootstrap and KID's subsets
     classifier: Classifier | None
     real_freq: np.ndarray | None  # class frequencies of the real training pool (what generation 0 learned)
     class_names: list[str] | None = None  # name the class_freq_<name> columns
+    heldout_labels: np.ndarray | None = None  # the reference's classes: per-class recall and coverage
+    size: int = 0  # the equal size every set score compares at (the held-out split, the floor and the samples')
     unavailable: dict[str, str] = field(default_factory=dict)  # extractor -> why its columns are empty
-    baseline: dict[str, float] = field(default_factory=dict)  # real training pool vs held-out: the floor
+    baseline: dict[str, float] = field(default_factory=dict)  # the real floor: two unseen real sets at `size`
 
     def metadata(self) -> dict[str, Any]:
         """What run.json records about the metrics."""
@@ -215,6 +263,9 @@ class Metrics:
             "unavailable": self.unavailable,
             "real_baseline": self.baseline,
             "num_samples": self.config.num_samples,
+            "equal_size": self.size,
+            "subsets": self.config.subsets,
+            "bootstrap": self.config.bootstrap,
         }
         for space in self.spaces:
             meta[space.name] = _describe(space.memo.extractor) | {"fingerprint": space.memo.extractor.fingerprint}
@@ -222,6 +273,13 @@ class Metrics:
             meta["real_class_frequencies"] = [float(f) for f in self.real_freq]
             meta["tail_classes"] = [int(k) for k in tail_classes(self.real_freq, self.config.tail_fraction)]
         return meta
+
+    def predict(self, images: ImageSet) -> np.ndarray | None:
+        """The classifier's class probabilities of `images` (None without a classifier); remembered like any."""
+        for space in self.spaces:
+            if space.name == "classifier":
+                return space.memo(images.images)[1]
+        return None
 
 
 def resolve_extractors(requested: str | list[str], *, gpu: bool, labelled: bool) -> list[str]:
@@ -233,21 +291,35 @@ def resolve_extractors(requested: str | list[str], *, gpu: bool, labelled: bool)
     return ["classifier", "inception"] if gpu or not labelled else ["classifier"]
 
 
+def without(pool: ImageSet, excluded: ImageSet) -> ImageSet:
+    """`pool` less every image that is also in `excluded` (by content)."""
+    drop = set(image_keys(excluded.images))
+    return pool.subset([i for i, key in enumerate(image_keys(pool.images)) if key not in drop])
+
+
 def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, seed: int,
-                  device: torch.device | str = "cpu") -> Metrics:
-    """Build each requested feature space (extractor, cached held-out and training-pool features) and the
-    real-data baseline; a space that cannot be built is logged once with the reason and left out."""
+                  device: torch.device | str = "cpu", num_scored: int | None = None) -> Metrics:
+    """Build each requested feature space (extractor, cached held-out and training-pool features), and the real
+    floor at the size the rows use (`num_scored`: samples scored per generation); a space that cannot be built is
+    logged once with the reason and left out.
+
+    The metrics classifier trains on the training pool less the floor split, class-balanced, so the floor compares
+    two real sets it never saw, as the samples are."""
     device = torch.device(device)
     labelled = splits.train.labels is not None and splits.train.num_classes is not None
     names = resolve_extractors(config.extractors, gpu=device.type != "cpu", labelled=labelled)
-    metrics = Metrics(names, [], config, seed, None, None)
+    floor = splits.floor if splits.floor is not None else floor_split(splits.train, len(splits.heldout), 0)
+    size = min(len(splits.heldout), len(floor), num_scored or len(floor))
+    metrics = Metrics(names, [], config, seed, None, None, size=size)
+    if labelled:
+        metrics.heldout_labels = splits.heldout.labels.numpy()
     for name in names:
         try:
             if name == "classifier":
                 if not labelled:
                     raise ExtractorUnavailable("the dataset has no labels, so no domain classifier can be trained")
                 extractor: Extractor = load_or_train_classifier(
-                    splits.train, splits.heldout, cache_dir, epochs=config.classifier_epochs,
+                    without(splits.train, floor), splits.heldout, cache_dir, epochs=config.classifier_epochs,
                     seed=config.classifier_seed)
                 metrics.classifier = extractor  # type: ignore[assignment]
                 metrics.real_freq = class_frequencies(splits.train.labels.numpy(), splits.train.num_classes)
@@ -265,16 +337,207 @@ def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, see
         heldout = load_or_build_reference(splits.heldout, extractor, cache_dir, "heldout")
         pool = load_or_build_reference(splits.train, extractor, cache_dir, "train")
         memo.remember(splits.train.images, pool.features, pool.probs)  # the real part of every training set
-        space = Space(memo, heldout)
+        memo.remember(splits.heldout.images, heldout.features, heldout.probs)  # generation 0's memorization null
+        floor_features, floor_probs = memo(floor.images)
+        space = Space(memo, heldout, floor_features)
         metrics.spaces.append(space)
-        metrics.baseline.update(space_scores(pool.features, None, space, config, seed))
+        metrics.baseline.update(_suffixed(set_scores(floor_features, space, metrics), space.suffix))
+        if name == "classifier" and floor_probs is not None:
+            metrics.baseline.update(class_scores(floor_features, floor_probs, space, metrics))
     if not metrics.spaces:
         log.warning("no feature extractor is available: this run records no fidelity, diversity or memorization "
                     "metrics; the chain runs on")
     return metrics
 
 
+# Resampling ---------------------------------------------------------------------------------------------
+def _rng(seed: int, *tags: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, *tags]))
+
+
+def equal_subsets(num: int, size: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`count` seeded subsets of `size` of range(num), without replacement (one, all of it, when size ≥ num)."""
+    if size >= num:
+        return [np.arange(num)]
+    return [np.sort(rng.choice(num, size, replace=False)) for _ in range(count)]
+
+
+def paired(draws: list[np.ndarray], ref_draws: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sample draws matched with reference draws, the shorter list repeated."""
+    count = max(len(draws), len(ref_draws))
+    return [(draws[i % len(draws)], ref_draws[i % len(ref_draws)]) for i in range(count)]
+
+
+def interval(value: float, replicates: np.ndarray, column: str) -> tuple[float, float]:
+    """value ± 1.96 bootstrap standard errors, held to the column's range.
+
+    Normal, not percentile: prdc's recall and coverage are biased low on resamples with repeated samples, which
+    shifts percentiles but barely changes their spread (docs/METRICS.md)."""
+    finite = replicates[np.isfinite(replicates)]
+    if not np.isfinite(value) or len(finite) < 2:
+        return float("nan"), float("nan")
+    half = 1.96 * float(np.std(finite, ddof=1))
+    lo, hi = value - half, value + half
+    if column in BOUNDED:
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    elif column in UNSIGNED:
+        lo = max(lo, 0.0)
+    return lo, hi
+
+
+def _summarise(per_draw: list[dict[str, float]], replicates: list[dict[str, float]], columns: tuple[str, ...],
+               sd: bool) -> dict[str, float]:
+    """Mean over the equal-size draws, their spread (`_sd`), and the bootstrap interval of each column."""
+    row: dict[str, float] = {}
+    for c in columns:
+        values = np.array([d[c] for d in per_draw], dtype=np.float64)
+        row[c] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        if sd:
+            row[f"{c}_sd"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0
+        boot = np.array([r[c] for r in replicates], dtype=np.float64)
+        row.update(zip(interval_columns(c), interval(row[c], boot, c), strict=True))
+    return row
+
+
+def _suffixed(row: dict[str, float], suffix: str) -> dict[str, float]:
+    """Column names carry the space: `fid_sd` in the Inception space is `fid_inception_sd`."""
+    if not suffix:
+        return row
+    out = {}
+    for key, value in row.items():
+        for base in SPACE_COLUMNS:
+            if key == base or key.startswith(base + "_") and key[len(base):] in ("_sd", "_lo", "_hi"):
+                key = base + suffix + key[len(base):]
+                break
+        out[key] = value
+    return out
+
+
 # Scoring ------------------------------------------------------------------------------------------------
+def _set_draw(features: np.ndarray, ref: np.ndarray, space: Space, config: MetricsConfig, full_ref: bool,
+              seed: int) -> dict[str, float]:
+    """Every set score of one draw of samples against one draw of the reference (of equal size)."""
+    if full_ref:
+        mean_term, cov_term = frechet_terms(features, space.reference.mu, space.ref_sqrt, space.ref_trace)
+    else:
+        mu, sigma = mean_cov(ref)
+        mean_term, cov_term = frechet_terms(features, mu, sqrt_psd(sigma), float(np.trace(sigma)))
+    n = len(features)
+    # equal sets no larger than KID's subset size: one "subset" is all of both, and every subset would be the same
+    subsets = 1 if config.kid_subset_size >= n else config.kid_subsets
+    row = {"fid": mean_term + cov_term, "fid_mean": mean_term, "fid_cov": cov_term,
+           "kid": kid(features, ref, num_subsets=subsets, subset_size=config.kid_subset_size, seed=seed)}
+    row.update(prdc(features, ref, config.nearest_k))
+    return row
+
+
+def set_scores(features: np.ndarray, space: Space, metrics: Metrics) -> dict[str, float]:
+    """FID (and its two terms), KID, precision/recall/density/coverage of `features` against the held-out
+    reference at the equal size: averaged over seeded subsets, with their spread and bootstrap intervals."""
+    config, ref = metrics.config, space.reference.features
+    size = min(metrics.size, len(features))
+    rng = _rng(metrics.seed, 1)
+    draws = equal_subsets(len(features), size, config.subsets, rng)
+    ref_draws = equal_subsets(len(ref), size, len(draws), rng)
+    full_ref = len(ref_draws[0]) == len(ref)
+    per_draw = [_set_draw(features[i], ref[r], space, config, full_ref, metrics.seed)
+                for i, r in paired(draws, ref_draws)]
+    replicates = [_set_draw(features[rng.integers(0, len(features), size)], ref[ref_draws[0]], space, config,
+                            full_ref, metrics.seed) for _ in range(config.bootstrap)]
+    return _summarise(per_draw, replicates, SET_COLUMNS, sd=True)
+
+
+def per_class_scores(features: np.ndarray, predicted: np.ndarray, space: Space, metrics: Metrics,
+                     names: list[str], tail: np.ndarray) -> dict[str, float]:
+    """Recall and coverage of each class: its held-out images against the samples the classifier assigns to it,
+    at equal size (the smaller of the two); 0 for a class no sample falls in; means over tail and head classes."""
+    config, ref, labels = metrics.config, space.reference.features, metrics.heldout_labels
+    rng = _rng(metrics.seed, 2)
+    k = config.nearest_k
+    row: dict[str, float] = {}
+    draws: dict[int, list[dict[str, float]]] = {}
+    boots: dict[int, list[dict[str, float]]] = {}
+    for c, name in enumerate(names):
+        real, mine = ref[labels == c], features[predicted == c]
+        size = min(len(real), len(mine))
+        if len(mine) == 0:
+            draws[c] = [{"recall": 0.0, "coverage": 0.0}]
+            boots[c] = [{"recall": 0.0, "coverage": 0.0}] * config.bootstrap
+        elif size <= k + 1:
+            draws[c] = [{"recall": float("nan"), "coverage": float("nan")}]
+            boots[c] = draws[c] * config.bootstrap
+        else:
+            subs, ref_subs = (equal_subsets(len(mine), size, config.subsets, rng),
+                              equal_subsets(len(real), size, config.subsets, rng))
+            draws[c] = [prdc(mine[i], real[r], k) for i, r in paired(subs, ref_subs)]
+            boots[c] = [prdc(mine[rng.integers(0, len(mine), size)], real[ref_subs[0]], k)
+                        for _ in range(config.bootstrap)]
+        summary = _summarise(draws[c], boots[c], ("recall", "coverage"), sd=False)
+        row.update({key.replace("recall", f"recall_class_{name}", 1).replace("coverage", f"coverage_class_{name}", 1):
+                    v for key, v in summary.items()})
+    head = np.setdiff1d(np.arange(len(names)), tail)
+    for group, classes in (("tail", tail), ("head", head)):
+        for score in ("recall", "coverage"):
+            column = f"{score}_{group}"
+            value = _nanmean([row[f"{score}_class_{names[c]}"] for c in classes])
+            boot = np.array([_nanmean([boots[c][b][score] for c in classes]) for b in range(config.bootstrap)])
+            row[column] = float(value)
+            row.update(zip(interval_columns(column), interval(float(value), boot, column), strict=True))
+    return row
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values (NaN when none is): a class too small to score leaves the group mean to the rest."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def class_scores(features: np.ndarray, probs: np.ndarray, space: Space, metrics: Metrics) -> dict[str, float]:
+    """The classifier's view of a set: confidence, class shares and divergences from the real pool's, per-class
+    recall and coverage; each with a bootstrap interval over the set's samples."""
+    config = metrics.config
+    predicted = probs.argmax(1)
+    kwargs = {"tail_fraction": config.tail_fraction, "lost_threshold": config.lost_threshold,
+              "class_names": metrics.class_names}
+
+    def score(index: np.ndarray) -> dict[str, float]:
+        return {**confidence(probs[index]), **class_statistics(predicted[index], metrics.real_freq, **kwargs)}
+
+    row = score(np.arange(len(probs)))
+    rng = _rng(metrics.seed, 3)
+    replicates = [score(rng.integers(0, len(probs), len(probs))) for _ in range(config.bootstrap)]
+    for column in list(row):
+        boot = np.array([r[column] for r in replicates], dtype=np.float64)
+        row.update(zip(interval_columns(column), interval(row[column], boot, column), strict=True))
+    if metrics.heldout_labels is not None:
+        tail = tail_classes(metrics.real_freq, config.tail_fraction)
+        row.update(per_class_scores(features, predicted, space, metrics, metrics.class_names, tail))
+    return row
+
+
+def memorization_scores(features: np.ndarray, train: np.ndarray, null: np.ndarray | None, metrics: Metrics,
+                        suffix: str) -> dict[str, float]:
+    """Memorization in one space (see scores.memorization) with bootstrap intervals over samples and null."""
+    row, arrays = memorization(features, train, null, near_copy_ratio=metrics.config.near_copy_ratio)
+    rng = _rng(metrics.seed, 4)
+    boot: dict[str, list[float]] = {c: [] for c in MEMORIZATION}
+    for _ in range(metrics.config.bootstrap if arrays else 0):
+        i = rng.integers(0, len(features), len(features))
+        boot["near_copy_share"].append(arrays["copies"][i].mean())
+        d1 = float(np.median(arrays["d1"][i]))
+        boot["train_distance"].append(d1)
+        if "null_d1" in arrays:
+            j = rng.integers(0, len(arrays["null_d1"]), len(arrays["null_d1"]))
+            scale = float(np.median(arrays["null_d1"][j]))
+            boot["null_distance"].append(scale)
+            boot["null_near_copy_share"].append(arrays["null_copies"][j].mean())
+            boot["memorization_ratio"].append(d1 / scale if scale > 0 else np.nan)
+    for column in MEMORIZATION:
+        row.update(zip(interval_columns(column), interval(row[column], np.array(boot[column], dtype=np.float64),
+                                                           column), strict=True))
+    return _suffixed(row, suffix)
+
+
 @dataclass
 class Evaluation:
     row: dict[str, float | None]  # the metric columns for this generation
@@ -289,27 +552,25 @@ def scored_index(num: int, num_samples: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num, num_samples, replace=False))
 
 
-def space_scores(features: np.ndarray, train_features: np.ndarray | None, space: Space, config: MetricsConfig,
-                 seed: int, seconds: dict[str, float] | None = None) -> dict[str, float]:
-    """FID, KID, precision/recall/density/coverage and (given the training set) memorization in one space."""
-    seconds = {} if seconds is None else seconds
-    ref, name = space.reference, space.name
-    with _timed(seconds, f"{name}_fid"):
-        row = {"fid": fid(features, ref.mu, ref.sigma)}
-    with _timed(seconds, f"{name}_kid"):
-        row["kid"] = kid(features, ref.features, num_subsets=config.kid_subsets,
-                         subset_size=config.kid_subset_size, seed=seed)
-    with _timed(seconds, f"{name}_prdc"):
-        row.update(prdc(features, ref.features, config.nearest_k))
-    if train_features is not None:
-        with _timed(seconds, f"{name}_memorization"):
-            row.update(memorization(features, train_features, ref.features, near_copy_ratio=config.near_copy_ratio))
-    return {k + space.suffix: v for k, v in row.items()}
+def empty_columns(name: str) -> list[str]:
+    """Every column of an unavailable space (the reason is in run.json)."""
+    columns = [c + SUFFIX[name] for c in SPACE_COLUMNS]
+    columns += [c + SUFFIX[name] + "_sd" for c in SET_COLUMNS]
+    columns += [b for c in SPACE_COLUMNS for b in interval_columns(c + SUFFIX[name])]
+    if name == "classifier":
+        columns += list(CLASS_COLUMNS) + [b for c in CLASS_COLUMNS for b in interval_columns(c)]
+    return columns
 
 
-def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evaluation:
+def pixels(images: torch.Tensor) -> np.ndarray:
+    """Images as flat float vectors: the pixel space of memorization."""
+    return images.reshape(len(images), -1).numpy().astype(np.float64)
+
+
+def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics, null: ImageSet | None = None) -> Evaluation:
     """Score a generation's samples against the held-out split in every feature space; memorization against
-    `train_set`, the data that generation's model learned from."""
+    `train_set`, the data that generation's model learned from, with `null` (draws from the distribution that
+    training set came from, never trained on) as its reference; None: no memorization ratio."""
     s, seconds = metrics.config, {}
     idx = scored_index(len(samples), s.num_samples, metrics.seed)
     scored = samples.images[idx]
@@ -319,8 +580,7 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
     for name in metrics.names:
         space = spaces.get(name)
         if space is None:  # unavailable: its columns stay empty (the reason is in run.json)
-            row.update(dict.fromkeys((c + SUFFIX[name] for c in SPACE_COLUMNS), None))
-            row.update(dict.fromkeys(CLASS_COLUMNS if name == "classifier" else (), None))
+            row.update(dict.fromkeys(empty_columns(name), None))
             continue
         with _timed(seconds, f"{name}_features"):
             if name == "classifier":  # its predictions label every sample, scored or not: embed each one once
@@ -329,15 +589,21 @@ def evaluate(samples: ImageSet, train_set: ImageSet, metrics: Metrics) -> Evalua
             else:  # a slow extractor (Inception) embeds only the scored subset
                 features, _ = space.memo(scored)
             train_features, _ = space.memo(train_set.images)  # pool and earlier samples: looked up, not computed
+            null_features = space.memo(null.images)[0] if null is not None else None
         faults.reached("metrics")
-        row.update(space_scores(features, train_features, space, s, metrics.seed, seconds))
+        with _timed(seconds, f"{name}_sets"):
+            row.update(_suffixed(set_scores(features, space, metrics), space.suffix))
+        with _timed(seconds, f"{name}_memorization"):
+            row.update(memorization_scores(features, train_features, null_features, metrics, space.suffix))
         if probs is not None and metrics.real_freq is not None and name == "classifier":
             with _timed(seconds, "classifier_classes"):
-                row.update(confidence(probs[idx]))
-                row.update(class_statistics(probs[idx].argmax(1), metrics.real_freq, tail_fraction=s.tail_fraction,
-                                            lost_threshold=s.lost_threshold, class_names=metrics.class_names))
+                row.update(class_scores(features, probs[idx], space, metrics))
+    with _timed(seconds, "pixel_memorization"):
+        row.update(memorization_scores(pixels(scored), pixels(train_set.images),
+                                       pixels(null.images) if null is not None else None, metrics, SUFFIX["pixel"]))
     log.debug("metrics seconds: %s", {k: round(v, 3) for k, v in seconds.items()})
     return Evaluation(row=row, probs=probs, seconds=seconds)
+
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = 1  # bump when the architecture or training recipe changes: invalidates caches
+CLASSIFIER_VERSION = 2  # bump when the architecture or training recipe changes: invalidates caches
 # What torch.load and load_state_dict raise on a truncated, garbage or foreign cache file (not OSError: an unreadable
 # file is the user's to fix, and retraining could not write it either)
 CORRUPT_CACHE_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, ValueError,
@@ -96,7 +96,7 @@ def _shift(x: torch.Tensor, g: torch.Generator, pad: int = 1) -> torch.Tensor:
 def train_classifier(
     train: ImageSet, heldout: ImageSet, *, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, seed: int = 0
 ) -> Classifier:
-    """Train the domain classifier on the real training pool; report its held-out accuracy."""
+    """Train the domain classifier on real images, classes weighted to balance; report its held-out accuracy."""
     if train.labels is None or train.num_classes is None:
         raise ValueError("the domain classifier needs a labelled dataset")
     g = torch.Generator().manual_seed(seed)
@@ -104,6 +104,9 @@ def train_classifier(
         torch.manual_seed(seed)
         net = ClassifierNet(train.shape[0], train.num_classes)
     x, y = to_float(train.images), train.labels
+    # class-balanced loss: on a long-tailed pool the classifier's prior must not relabel rare-class samples as head ones
+    counts = torch.bincount(y, minlength=train.num_classes).double()
+    weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).float()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     steps_per_epoch = max(1, len(x) // batch_size)
     for _ in tqdm(range(epochs), desc="train classifier", disable=None, leave=False):
@@ -111,7 +114,7 @@ def train_classifier(
         net.train()
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            loss = F.cross_entropy(net(_shift(x[idx], g))[1], y[idx])
+            loss = F.cross_entropy(net(_shift(x[idx], g))[1], y[idx], weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -16,7 +16,9 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom:
 table { border-collapse: collapse; font-size: 12px; } td, th { padding: 2px 8px; border-bottom: 1px solid #eee; }
 th { background: #f4f4f4; position: sticky; top: 0; } td { text-align: right; font-variant-numeric: tabular-nums; }
 td.text { text-align: left; } .scroll { overflow-x: auto; } img { image-rendering: pixelated; max-width: 100%; }
-.missing { color: #a40; } .grids img { margin: 0 8px 8px 0; vertical-align: top; } pre { background: #f7f7f7;
+.missing { color: #a40; }
+.ci { color: #888; font-size: 10px; }
+.grids img { margin: 0 8px 8px 0; vertical-align: top; } pre { background: #f7f7f7;
 padding: 1em; overflow-x: auto; font-size: 12px; }
 """
 

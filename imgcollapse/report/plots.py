@@ -26,6 +26,8 @@ PANEL_COLUMNS = 4
 DPI = 100  # a panel is 260 x 200 pixels
 CLASS_FIGURE_INCHES = (10.0, 4.0)
 CLASS_FREQ_PREFIX = "class_freq_"  # per-class sample frequencies (metrics issue): drawn in classes.png
+PER_CLASS_PREFIXES = ("recall_class_", "coverage_class_")  # per-class diversity: in the table, not a panel each
+COMPANIONS = ("_lo", "_hi", "_sd")  # a column's interval and spread: drawn as its band, not as panels
 GROUPS = (  # (title, predicate on a column name): columns that read better together in one panel
     ("training-set size", lambda c: c.startswith("num_")),
     ("seconds", lambda c: c.endswith("seconds")),
@@ -67,12 +69,18 @@ def numeric_columns(rows: Sequence[Mapping[str, Any]], skip: Sequence[str] = ("g
     return numeric
 
 
+def is_companion(column: str, columns: Sequence[str]) -> bool:
+    """`fid_lo`, `fid_hi`, `fid_sd` belong to `fid` (when `fid` is a column too)."""
+    return column.endswith(COMPANIONS) and column[:-3] in columns
+
+
 def curve_panels(columns: Sequence[str]) -> list[Panel]:
-    """One panel per metric column, grouped columns sharing a panel; class frequencies left out."""
+    """One panel per metric column, grouped columns sharing a panel; class frequencies, per-class scores and
+    intervals left out (an interval is its column's band)."""
     panels: list[Panel] = []
     grouped: dict[str, Panel] = {}
     for c in columns:
-        if c.startswith(CLASS_FREQ_PREFIX):
+        if c.startswith((CLASS_FREQ_PREFIX, *PER_CLASS_PREFIXES)) or is_companion(c, columns):
             continue
         title = next((t for t, belongs in GROUPS if belongs(c)), None)
         if title is None:
@@ -116,9 +124,10 @@ def _series(rows: Sequence[Mapping[str, Any]], column: str) -> tuple[np.ndarray,
 
 
 def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None) -> Figure:
-    """Every numeric metric against generation, one small panel each, generation 0 as a dashed line.
+    """Every numeric metric against generation, one small panel each, its 95% interval as a band, generation 0 as
+    a dashed line.
 
-    `references` maps a column to a real-data value drawn dotted (e.g. the real-vs-real FID floor).
+    `references` maps a column to a real-data value drawn dotted (the real floor: two real sets of the rows' size).
     """
     panels = curve_panels(numeric_columns(rows))
     if not panels:
@@ -134,6 +143,10 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
                 color = f"C{i % 10}"
                 label = column if len(panel.columns) > 1 else None
                 ax.plot(g, v, marker="o", ms=2.5, lw=1.2, color=color, label=label)
+                lo_g, lo = _series(rows, column + "_lo")
+                hi_g, hi = _series(rows, column + "_hi")
+                if len(lo) and np.array_equal(lo_g, hi_g):  # the 95% interval of each generation's value
+                    ax.fill_between(lo_g, lo, hi, color=color, alpha=0.2, lw=0)
                 if len(v):
                     ax.axhline(v[0], ls="--", lw=0.8, color=color, alpha=0.6)  # the first (generation-0) value
                 if column in references and math.isfinite(references[column]):
@@ -208,6 +221,42 @@ def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, 
             ax.set_xlabel("generation")
             if index == 0:
                 ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def calibration_figure(result: Mapping[str, Any]) -> Figure:
+    """Which metric sees which change: each cell is the response at the strongest change, in noise standard
+    deviations toward worse (red) or better (blue), marked ✓ where the calibration's verdict is "sees it"."""
+    changes = list(result["changes"])
+    columns = list(result["changes"][changes[0]]["metrics"]) if changes else []
+    table = np.full((len(columns), len(changes)), np.nan)
+    marks = np.full(table.shape, "", dtype=object)
+    for j, change in enumerate(changes):
+        for i, column in enumerate(columns):
+            entry = result["changes"][change]["metrics"][column]
+            values = np.asarray(entry["values"], dtype=float)
+            sd = entry["noise_sd"] if entry["noise_sd"] and math.isfinite(entry["noise_sd"]) else math.nan
+            worse = entry.get("worse", 1)
+            if len(values) and np.isfinite(values[[0, -1]]).all():
+                delta = worse * (values[-1] - values[0])
+                table[i, j] = delta / sd if sd and sd > 0 else np.sign(delta) * 10
+            marks[i, j] = {"sees it": "✓", "moves the other way": "←"}.get(entry["verdict"], "")
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(1.1 * len(changes) + 2.6, 0.24 * len(columns) + 1.3), dpi=DPI)
+        ax = fig.subplots()
+        fig.subplots_adjust(left=2.2 / fig.get_figwidth(), right=0.97, bottom=0.9 / fig.get_figheight(),
+                            top=1 - 0.45 / fig.get_figheight())
+        image = ax.imshow(np.clip(table, -10, 10), aspect="auto", cmap="RdBu_r", vmin=-10, vmax=10,
+                          interpolation="nearest")
+        ax.set_xticks(range(len(changes)),
+                      [f"{c}\n({result['changes'][c]['kind']})" for c in changes], fontsize=7)
+        ax.set_yticks(range(len(columns)), columns, fontsize=7)
+        for (i, j), mark in np.ndenumerate(marks):
+            if mark:
+                strong = np.isfinite(table[i, j]) and abs(table[i, j]) > 6
+                ax.text(j, i, mark, ha="center", va="center", fontsize=8, color="white" if strong else "black")
+        ax.set_title(f"response to the strongest change, in noise sd toward worse (✓ sees it; n = {result['size']})")
+        fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     return fig
 
 

@@ -23,7 +23,15 @@ from PIL import Image
 from imgcollapse.data import ImageSet
 from imgcollapse.report import page
 from imgcollapse.report.figures import grid_image, save_gif, save_png, strip_image
-from imgcollapse.report.plots import CLASS_FREQ_PREFIX, classes_figure, curves_figure, save_figure
+from imgcollapse.report.plots import (
+    CLASS_FREQ_PREFIX,
+    PER_CLASS_PREFIXES,
+    calibration_figure,
+    classes_figure,
+    curves_figure,
+    is_companion,
+    save_figure,
+)
 from imgcollapse.store import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -183,11 +191,20 @@ def _gif(record: RunRecord) -> Path | None:
     return out
 
 
+def real_floor(record: RunRecord) -> dict[str, Any]:
+    """The real floor's scores from run.json (two real sets the metrics classifier never saw, at the rows' size);
+    runs from before 0.3 recorded only its FID."""
+    floor = dict((record.meta.get("metrics") or {}).get("real_baseline") or {})
+    if not floor and record.meta.get("fid_real") is not None:
+        floor["fid"] = record.meta["fid_real"]
+    return floor
+
+
 def _curves(record: RunRecord) -> Path | None:
     if not record.rows:
         return None
     out = record.root / "curves.png"
-    references = {"fid": record.meta["fid_real"]} if record.meta.get("fid_real") is not None else {}
+    references = {k: v for k, v in real_floor(record).items() if isinstance(v, (int, float))}
     try:
         save_figure(curves_figure(record.rows, references), out)
     except ValueError:  # no numeric column yet
@@ -208,7 +225,74 @@ def _classes(record: RunRecord) -> tuple[Path | None, str]:
     return out, note
 
 
-def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str) -> str:
+CALIBRATION_FILE = "calibration.json"
+
+
+def _calibration(record: RunRecord) -> tuple[Path | None, dict[str, Any] | None]:
+    """calibration.png drawn from the run's calibration.json (written when the run started), if it has one."""
+    path = record.root / CALIBRATION_FILE
+    if not path.exists():
+        return None, None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as e:
+        log.warning("%s cannot be read (%s): no calibration in the report", path, e)
+        return None, None
+    out = record.root / "calibration.png"
+    save_figure(calibration_figure(result), out)
+    return out, result
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    """A value with its 95% interval beneath it, when it has one."""
+    value = page.format_value(row.get(column))
+    lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if value and lo is not None and hi is not None and page.format_value(lo) and page.format_value(hi):
+        value += f'<br><span class="ci">[{page.format_value(lo)}, {page.format_value(hi)}]</span>'
+    return value
+
+
+def metric_table(record: RunRecord, sees: dict[str, list[str]] | None) -> str:
+    """One column per metric (intervals beneath the values, spreads and per-class scores left to metrics.csv),
+    the real floor as the first row and, with a calibration, which changes each metric sees as the last."""
+    columns: list[str] = []
+    for row in record.rows:
+        columns += [k for k in row if k not in columns]
+    shown = [c for c in columns if not (is_companion(c, columns) or c.startswith((CLASS_FREQ_PREFIX,
+                                                                                   *PER_CLASS_PREFIXES)))]
+    floor = real_floor(record)
+    rows = []
+    if floor:
+        rows.append({"generation": "real floor", **{c: _cell(floor, c) for c in shown if c in floor}})
+    rows += [{"generation": row.get("generation"), **{c: _cell(row, c) for c in shown if c != "generation"}}
+             for row in record.rows]
+    if sees is not None:
+        rows.append({"generation": "sees (calibration)",
+                     **{c: page.esc(", ".join(sees[c]) or "none") for c in shown if c in sees}})
+    return page.table(shown, rows, raw=shown)
+
+
+def per_class_table(record: RunRecord) -> str:
+    """Recall and coverage of each class (its held-out images against the samples assigned to it): the real
+    floor, generation 0 and the last generation."""
+    if not record.rows:
+        return ""
+    names = [k[len("recall_class_"):] for k in record.rows[-1] if k.startswith("recall_class_")
+             and not is_companion(k, list(record.rows[-1]))]
+    if not names:
+        return ""
+    floor, first, last = real_floor(record), record.rows[0], record.rows[-1]
+    sources = [("real floor", floor), (f"gen {first.get('generation')}", first),
+               (f"gen {last.get('generation')}", last)]
+    columns = ["class"] + [f"{score} {label}" for score in ("recall", "coverage") for label, _ in sources]
+    rows = [{"class": page.esc(name), **{f"{score} {label}": _cell(src, f"{score}_class_{name}")
+                                         for score in ("recall", "coverage") for label, src in sources}}
+            for name in names]
+    return page.table(columns, rows, raw=columns)
+
+
+def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str,
+          calibration: dict[str, Any] | None = None) -> str:
     m, d = record.meta, record.meta.get("dataset", {})
     status = ("complete" if record.complete else "incomplete") + f": {len(record.done)} finished generation(s)"
     if record.target is not None:
@@ -218,17 +302,16 @@ def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str) -
         facts.append(f"dataset: {d.get('num_train')} training images, {d.get('num_heldout')} held out, "
                      f"shape {d.get('image_shape')}")
     if m.get("classifier_accuracy") is not None:
-        facts.append(f"metrics classifier held-out accuracy {m['classifier_accuracy']:.3f}; "
-                     f"FID of the real training pool vs held-out (the floor) {m.get('fid_real', float('nan')):.2f}")
+        size = (m.get("metrics") or {}).get("equal_size")
+        seen = f" (two real sets of {size} it never saw; samples are scored at the same size)" if size else ""
+        facts.append(f"metrics classifier held-out accuracy {m['classifier_accuracy']:.3f}; real floor FID "
+                     f"{m.get('fid_real', float('nan')):.2f}{seen}")
     intro = page.bullet_list(facts) + page.bullet_list(record.missing, "missing")
 
     def figure(name: str, caption: str) -> str:
         path = figures.get(name)
         return f"<p>{page.esc(caption)}</p>{page.embedded_image(path, name)}" if path else ""
 
-    columns: list[str] = []
-    for row in record.rows:
-        columns += [k for k in row if k not in columns]
     grids = "".join(page.embedded_image(record.root / f"gen_{g:03d}" / "grid.png", f"generation {g}")
                     for g in record.done if (record.root / f"gen_{g:03d}" / "grid.png").exists())
     config_text = (record.root / ".hydra" / "config.yaml")
@@ -236,10 +319,19 @@ def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str) -
     sections = [
         ("Collapse strip", figure("collapse_strip.png", "Rows are generations; each column starts every "
                                   "generation from the same noise, so a column shows one sample drifting.")),
-        ("Metrics by generation", figure("curves.png", "Dashed: the generation-0 value; dotted: real data.")),
+        ("Metrics by generation", figure("curves.png", "Bands: 95% intervals (bootstrap over the scored samples); "
+                                         "dashed: the generation-0 value; dotted: the real floor.")),
         ("Classes", figure("classes.png", class_note)),
         ("Samples across generations", figure("collapse.gif", "The sample grid of each generation, animated.")),
-        ("Metric table", page.table(columns, record.rows)),
+        ("Metric table", "<p>Each value with its 95% interval beneath. The real floor scores two real sets the "
+                         "metrics classifier never saw, at the size the rows use; the last row says which of the "
+                         "calibration's controlled changes each metric sees on this dataset.</p>"
+                         + metric_table(record, (calibration or {}).get("sees"))),
+        ("Per-class recall and coverage", per_class_table(record)),
+        ("Calibration: which metric sees which change", figure(
+            "calibration.png", "Graded changes applied to real images no model or classifier trained on; each "
+            "cell is the response at the strongest change in noise sd toward worse, ✓ where the metric sees it "
+            "(monotone, beyond 2 sd). A metric that does not see a change cannot show it in a chain either.")),
         ("Sample grids", f'<div class="grids">{grids}</div>' if grids else ""),
         ("Config", f"<pre>{page.esc(config_text)}</pre>"),
     ]
@@ -256,5 +348,6 @@ def build_run_report(root: Path) -> RunRecord:
         figures = {"collapse_strip.png": _strip(record), "collapse.gif": _gif(record),
                    "curves.png": _curves(record)}
         figures["classes.png"], class_note = _classes(record)
-    atomic_write_text(record.root / "report.html", _html(record, figures, class_note))
+    figures["calibration.png"], calibration = _calibration(record)
+    atomic_write_text(record.root / "report.html", _html(record, figures, class_note, calibration))
     return record
