@@ -32,6 +32,7 @@ from diffusers import DDIMPipeline, DDPMScheduler
 from imgcollapse.config import Config, build, compose, validate
 from imgcollapse.data import ImageSet, to_float
 from imgcollapse.metrics import MetricsConfig, evaluate, setup_metrics
+from imgcollapse.metrics.calibration import calibrate
 from imgcollapse.models import SamplingConfig
 from imgcollapse.models.ddpm import DDPM, SCHEDULERS, DDPMConfig, build_unet
 
@@ -189,15 +190,23 @@ def metric_config(cfg: Config) -> MetricsConfig:
 def bench_metrics(cfg, splits, samples: ImageSet, cache_dir: Path, sizes: list[int]) -> dict:
     """Seconds per generation for features and each score at the default sample count, and against size."""
     def once(images: ImageSet) -> tuple[float, dict]:
-        metrics = setup_metrics(splits, cache_dir, metric_config(cfg), seed=0)
+        metrics = setup_metrics(splits, cache_dir, metric_config(cfg), seed=0, num_scored=len(images))
         began = time.perf_counter()
-        evaluation = evaluate(images, splits.train, metrics)
+        evaluation = evaluate(images, splits.train, metrics, null=splits.heldout)  # memorization with its null
         return time.perf_counter() - began, evaluation.seconds
 
     default_n = cfg.num_synthetic
     total, parts = once(samples.subset(np.arange(default_n)))
     by_size = {str(n): once(samples.subset(np.arange(n)))[0] for n in sizes if n <= len(samples)}
     return {"num_samples": default_n, "seconds": total, "parts": parts, "seconds_by_num_samples": by_size}
+
+
+def bench_calibration(cfg, splits, cache_dir: Path) -> dict:
+    """Wall seconds of the calibration on the default data (the cached classifier and references reused)."""
+    metrics = setup_metrics(splits, cache_dir, metric_config(cfg), seed=0, num_scored=cfg.num_synthetic)
+    began = time.perf_counter()
+    result = calibrate(splits, metrics)
+    return {"seconds": time.perf_counter() - began, "size": result["size"], "sees": result["sees"]}
 
 
 # Whole chains --------------------------------------------------------------------------------------------
@@ -238,6 +247,10 @@ def table(results: dict) -> str:
     for n, sec in m["seconds_by_num_samples"].items():
         add(f"  metrics s at num_samples={n}", f"{sec:.2f}")
     add("metrics_share (of a generation)", f"{results['metrics_share']:.3f}")
+    if "metrics_share_in_chain" in results:
+        add("metrics_share in the default chain (max)", f"{results['metrics_share_in_chain']:.3f}")
+    if "calibration" in results:
+        add(f"calibration seconds (n = {results['calibration']['size']})", f"{results['calibration']['seconds']:.1f}")
     for name, chain in results.get("chains", {}).items():
         gens = chain["per_generation"]
         add(f"chain {name}: wall minutes", f"{chain['wall_seconds'] / 60:.1f}")
@@ -296,6 +309,8 @@ def main() -> None:
         samples = model.sample(4000, seed=1)
         cache = Path(os.environ.get("IMGCOLLAPSE_CACHE", Path(tmp) / "cache")).expanduser()
         results["metrics"] = bench_metrics(cfg, splits, samples, cache, [1000, 2000, 4000])
+        print("calibration ...", file=sys.stderr)
+        results["calibration"] = bench_calibration(cfg, splits, cache)
 
         # A generation's time: measured in the default chain when it runs, else estimated from the loops.
         steps_per_s = results["training"]["kit_steps_per_s"]["median"]
@@ -322,6 +337,8 @@ def main() -> None:
             # one generation's seconds are noisy (±10% between runs); the median over all of them is steadier
             median = {name: statistics.median(g["seconds"] for g in c["per_generation"]) for name, c in chains.items()}
             results["accumulate_replace_ratio_median"] = median["accumulate"] / median["default"]
+            results["metrics_share_in_chain"] = max(g["metrics_seconds"] / g["seconds"]
+                                                    for g in chains["default"]["per_generation"])
         results["generation_seconds"] = generation_seconds
         results["metrics_share"] = results["metrics"]["seconds"] / generation_seconds
 

@@ -39,7 +39,7 @@ from imgcollapse.metrics.scores import (
     tail_classes,
 )
 
-CONFIG = conf("metrics", extractors=["classifier"], classifier_epochs=10, bootstrap=20)  # else conf/metrics/default.yaml
+CONFIG = conf("metrics", extractors=["classifier"], classifier_epochs=10, bootstrap=20)  # else as in conf/metrics
 
 
 @pytest.fixture(scope="module")
