@@ -190,6 +190,9 @@ def run(
                 # Score (memorization against this generation's training set, with its null); unconditional samples
                 # carry the classifier's predicted labels from here on (none without a classifier).
                 null = null_set(g, composition, splits.heldout, nulls, num_null or len(splits.heldout), seed)
+                if null is None and num_null:
+                    log.warning("gen %d: a generation it trains on was made before memorization had a null "
+                                "(gen_XXX/%s, kit 0.3): its memorization_ratio stays empty", g, NULL_FILE)
                 evaluation = score(samples, train_set, null=null)
                 if samples.labels is None and evaluation.probs is not None:
                     samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()

@@ -364,7 +364,9 @@ def test_two_generation_chain_on_a_colour_folder(tmp_path):
     assert meta["dataset"]["image_shape"] == [3, 32, 32]
     assert meta["dataset"]["class_names"] == ["blue", "green", "red"]
     counts = meta["dataset"]["class_counts"]
-    assert sum(counts["heldout"]) == 10 and [a + b for a, b in zip(*counts.values(), strict=True)] == [16] * 3
+    assert sum(counts["heldout"]) == 10
+    assert [a + b for a, b in zip(counts["train"], counts["heldout"], strict=True)] == [16] * 3
+    assert sum(counts["floor"]) == 10  # the real floor: the held-out size, drawn from the pool
 
 
 @pytest.mark.parametrize(

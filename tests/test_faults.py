@@ -125,14 +125,14 @@ def test_killed_at_random_times_resumes_to_the_same_numbers(baseline, tmp_path):
 
 # (overrides, kill points): every kill lands in generation 1. The first kill comes in a run from scratch, the
 # second in the resumed run, which starts at generation 1, so its count restarts there: smoke trains 20 steps a
-# generation and samples 64 images in batches of 32 plus the strip (the GMM draws each set in one call).
+# generation and samples 64 images in batches of 32, the strip and 64 null draws (the GMM draws each set in one call).
 VARIANTS = {
     "vae": (("model=vae",), ["train_step:25", "sample:1"]),  # mid-training; then gen 1's first sampling batch
-    "gmm": (("model=gmm",), ["sample:3", "metrics:1"]),  # gen 1's samples; then gen 1's scoring
+    "gmm": (("model=gmm",), ["sample:4", "metrics:1"]),  # gen 1's samples (after gen 0's samples, strip, null)
     "conditional-ddpm": (("model.num_classes=10", "sampling.guidance=1"), ["train_step:30", "before_done:1"]),
     "fresh": (("model=gmm", "regime=fresh", "regime.real_fraction=0.5"), ["metrics:2", "after_done:1"]),
     "accumulate": (("model=gmm", "regime=accumulate"), ["before_done:2", "sample:1"]),
-    "curation": (("model=gmm", "regime.curation=confidence", "regime.keep_fraction=0.5"), ["sample:3", "metrics:1"]),
+    "curation": (("model=gmm", "regime.curation=confidence", "regime.keep_fraction=0.5"), ["sample:4", "metrics:1"]),
 }
 
 
@@ -189,7 +189,7 @@ def test_disk_full_while_saving_a_generation(baseline, tmp_path, monkeypatch):
 
     def save_then_fail(self, path):
         calls.append(path)
-        if len(calls) == 3:  # gen 0: samples, strip; gen 1: samples -> half a file, then the disk is full
+        if len(calls) == 4:  # gen 0: samples, strip, null; gen 1: samples -> half a file, then the disk is full
             real_save(self, path)
             os.truncate(path, Path(path).stat().st_size // 2)
             raise OSError(errno.ENOSPC, "No space left on device")

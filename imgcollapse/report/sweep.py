@@ -28,7 +28,8 @@ from imgcollapse.store import atomic_write_text, csv_text
 log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"  # the key averaged over; every other swept key separates lines
-SKIP_PREFIXES = ("class_freq_", "share_gen_")  # per-class and per-source columns: too many lines for a sweep
+# per-class and per-source columns: too many lines for a sweep
+SKIP_PREFIXES = ("class_freq_", "share_gen_", "recall_class_", "coverage_class_")
 
 
 @dataclass
@@ -132,10 +133,12 @@ def group_label(values: dict[str, str]) -> str:
 
 def plot_columns(sweep: Sweep) -> list[str]:
     """The metric columns drawn in sweep.png: numeric, not a swept key, not a per-class/per-source family."""
-    from imgcollapse.report.plots import numeric_columns
+    from imgcollapse.report.plots import is_companion, numeric_columns
 
     skip = ("job", "generation", *sweep.keys)
-    return [c for c in numeric_columns(sweep.rows, skip=skip) if not c.startswith(SKIP_PREFIXES)]
+    columns = numeric_columns(sweep.rows, skip=skip)
+    # a chain's own interval and spread are not what a sweep's band shows (the spread across seeds)
+    return [c for c in columns if not c.startswith(SKIP_PREFIXES) and not is_companion(c, columns)]
 
 
 def bands(sweep: Sweep, metrics: Sequence[str]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:
