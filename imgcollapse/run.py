@@ -1,4 +1,4 @@
-"""Entry point: `python -m imgcollapse.run [overrides]` trains a chain of generations (see conf/).
+"""Entry point: `imgcollapse [overrides]` (= `python -m imgcollapse.run`) trains a chain of generations (see conf/).
 
 `main` maps the kit's errors to exit codes; `run` validates the config and holds the run dir's lock; `_wire`
 builds every component and the run's record, then hands them to the one loop, `chain.run`. Under
@@ -13,7 +13,6 @@ import importlib.metadata
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,12 @@ import hydra
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import imgcollapse
-from imgcollapse import chain, faults, resume
+from imgcollapse import chain, cli, faults, resume
 from imgcollapse.config import Config, build, register, validate, validate_data
 from imgcollapse.data import Splits
-from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Metrics, evaluate, setup_metrics
@@ -210,20 +207,16 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except UserError as e:
-        log.error("%s", e)
-        sys.exit(2)
-    except TrainingDiverged as e:
-        log.error("training diverged: %s", e)
-        sys.exit(3)
-    except WriteFailed as e:  # disk full, quota, I/O error: the generation being written is not marked done
-        log.error("%s. Finished generations are kept; free space (or fix the error) and rerun the same command "
-                  "to resume", e)
-        sys.exit(4)
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> int:
+    """One chain (one job of a `-m` sweep): `run` in Hydra's output dir, errors mapped to exit codes (cli.job)."""
+    return cli.job(cfg, run)
+
+
+def main() -> None:
+    """`imgcollapse OVERRIDES` / `python -m imgcollapse.run OVERRIDES`: the chain, behind the kit's command line
+    (one-line errors with exit status 2, Ctrl-C 130, sweeps that outlive a failed job)."""
+    cli.main(hydra_main)
 
 
 if __name__ == "__main__":
