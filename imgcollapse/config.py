@@ -11,6 +11,7 @@ trained; `validate_data` the few that need the loaded data. Every value, with a 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -24,7 +25,7 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from imgcollapse.data import DatasetConfig
@@ -154,6 +155,10 @@ def target(key: str, config: Any) -> Any:
 def validate(cfg: DictConfig) -> Config:
     """Each component's own checks, then the checks that span components; return the typed config.
     Raises ConfigError naming the key."""
+    if "hydra" in cfg:  # composed with its hydra node (imgcollapse.compose): Hydra's own, not the run's
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     for key in ("dataset", "model", "regime"):  # a user's own component, named by `_target_` alone
         setattr(config, key, typed_component(key, getattr(config, key)))
