@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from imgcollapse._version import __version__
+
 __all__ = ["__version__", "compose", "load_model", "load_run", "run_chain"]
 _API = ("compose", "load_model", "load_run", "run_chain")
 

@@ -26,14 +26,13 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from imgcollapse.config import did_you_mean
 from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
+from imgcollapse.jobs import FAILED, failed_jobs, write_failed
 
 log = logging.getLogger("imgcollapse")
 
 EXIT_USER, EXIT_DIVERGED, EXIT_WRITE, EXIT_INTERRUPTED = 2, 3, 4, 130
-FAILED = "FAILED"  # in a sweep job's dir: why it failed (removed when the job runs again)
 HIDDEN_GROUPS = ("hydra", "schema", "debug_model")  # not chosen by users: Hydra's own, typed schemas, debug sizes
 
-failed_jobs: list[tuple[str, int, str]] = []  # (job dir, exit status, reason) of this process's sweep
 _interrupt_reported = False
 
 
@@ -82,24 +81,6 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> int:
         write_failed(run_dir, code, line)
         failed_jobs.append((str(run_dir), code, line))
         return code
-
-
-def write_failed(run_dir: Path, code: int, line: str) -> None:
-    """The FAILED marker: `exit N` and the reason, read by the sweep report."""
-    from imgcollapse.store import atomic_write_text
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / FAILED, f"exit {code}\n{line}\n")
-
-
-def read_failed(run_dir: Path) -> tuple[int, str] | None:
-    """(exit status, reason) from a job dir's FAILED marker, or None when it has none."""
-    path = Path(run_dir) / FAILED
-    if not path.exists():
-        return None
-    first, _, reason = path.read_text().partition("\n")
-    match = re.fullmatch(r"exit (\d+)", first.strip())
-    return (int(match.group(1)) if match else 1), reason.strip()
 
 
 def report_interrupt(run_dir: Path | None) -> None:

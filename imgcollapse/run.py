@@ -23,8 +23,8 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 from omegaconf import DictConfig, OmegaConf
 
-import imgcollapse
-from imgcollapse import chain, cli, faults, resume
+from imgcollapse import chain, cli, faults, progress, resume
+from imgcollapse._version import __version__
 from imgcollapse.config import Config, build, register, validate, validate_data
 from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
@@ -33,7 +33,7 @@ from imgcollapse.metrics import Metrics, evaluate, setup_metrics
 from imgcollapse.models.train import enable_tf32, mixed_precision
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
-from imgcollapse.tracking import Tracker, accelerator_kwargs
+from imgcollapse.tracking import Tracker, accelerator_kwargs, sweep_group
 
 log = logging.getLogger("imgcollapse")
 register()
@@ -50,7 +50,7 @@ def versions() -> dict[str, str]:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
-            found[name] = imgcollapse.__version__ if name == "imgcollapse" else "unknown"
+            found[name] = __version__ if name == "imgcollapse" else "unknown"
     return {**found, "python": platform.python_version()}
 
 
@@ -67,6 +67,7 @@ class Reporter:
 
     def __call__(self, generation: int, row: dict) -> None:
         self.stale = True
+        progress.generation_done(row.get("seconds") or 0.0)  # the chain's ETA in the training log
         try:
             self.tracker.log_generation(generation, row, self.run_dir / f"gen_{generation:03d}" / "grid.png")
         except Exception as e:  # a tracker's hiccup must not stop the chain: its files are on disk
@@ -157,10 +158,12 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
-    tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
+    tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images, run_dir=run_dir,
+                      project=config.logger.project, group=sweep_group())
     chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
     tracker.start(resolved)
     reporter = Reporter(run_dir, tracker, config.report.redraw_seconds, draw=config.report.draw)
+    progress.begin_chain(store.num_done(), config.generation)
 
     try:
         return chain.run(

@@ -23,7 +23,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from imgcollapse.cli import read_failed
+from imgcollapse.jobs import collect_failed, read_failed
 from imgcollapse.report import page
 from imgcollapse.store import atomic_write_text, csv_text
 
@@ -248,11 +248,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))
-        from imgcollapse import cli
-
-        # every launcher's failed jobs (joblib and Slurm run them in other processes): the command's exit status
-        cli.failed_jobs[:] = [(str(job.parent), *failed) for job in sorted(root.glob("*/FAILED"))
-                              if (failed := read_failed(job.parent))]
+        collect_failed(root)  # the command's exit status, whichever launcher ran the jobs
         try:
             sweep = build_sweep_report(root, runs=False)
         except Exception as e:  # the sweep's results are on disk either way; the report can be rebuilt
