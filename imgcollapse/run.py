@@ -31,6 +31,7 @@ from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Metrics, evaluate, setup_metrics
 from imgcollapse.models.train import enable_tf32, mixed_precision
+from imgcollapse.report import header
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
 from imgcollapse.tracking import Tracker, accelerator_kwargs, sweep_group
@@ -205,7 +206,10 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
                  metrics.classifier.accuracy, metrics.baseline.get("fid"))
     facts = {"classifier_accuracy": metrics.classifier.accuracy if metrics.classifier is not None else None,
              "fid_real": metrics.baseline.get("fid"),  # the real training pool against the held-out split
-             "metrics": metrics.metadata()}  # what this invocation could compute
+             "metrics": metrics.metadata(),  # what this invocation could compute
+             "invocation": header.invocation()}  # command, time, git commit, machine: the report's header
+    if config.report.draw and not (store.root / header.REAL_GRID).exists():  # shown beside generation 0's grid
+        header.write_real_grid(splits.train.images[: config.report.grid_size], store.root / header.REAL_GRID)
     store.write_json(store.root / "run.json", resume.record(opened, resolved, dataset, facts, environment))
     return metrics
 

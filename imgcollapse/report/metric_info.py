@@ -55,14 +55,19 @@ def is_housekeeping(column: str) -> bool:
 
 
 def title(column: str) -> str:
-    """`fid ↓ (classifier features)`: the column, which way is better, and what it is measured on."""
+    """`fid ↓`: the column and which way is better (`density, best ≈1`)."""
     found = info(column)
     if found is None:
         return column
-    metric, suffix = split(column)
-    space = SPACES.get(suffix, suffix) if found.space else "classifier's predicted classes"
-    better = {"→1": "best at 1"}.get(found.better, found.better)
-    return f"{column} {better} ({space})"
+    return f"{column}, best ≈1" if found.better == "→1" else f"{column} {found.better}"
+
+
+def space(column: str) -> str | None:
+    """What a column is measured on: a feature space, or the classifier's predicted classes."""
+    found = info(column)
+    if found is None:
+        return None
+    return SPACES.get(split(column)[1], split(column)[1]) if found.space else "predicted classes"
 
 
 def bounds(column: str) -> tuple[float, float] | None:
@@ -91,4 +96,4 @@ def real_values(meta: Mapping[str, Any]) -> dict[str, float]:
 def legend(columns: Sequence[str]) -> list[str]:
     """One line per feature space used by `columns`, for the page."""
     suffixes = sorted({split(c)[1] for c in columns if info(c) and info(c).space})
-    return [f"{s or 'no suffix'}: {SPACES.get(s, s)}" for s in suffixes]
+    return [f"{'columns without a suffix' if not s else 'columns ending ' + s}: {SPACES.get(s, s)}" for s in suffixes]

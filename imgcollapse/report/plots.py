@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgcollapse.report.metric_info import bounds as metric_bounds
+from imgcollapse.report.metric_info import space as metric_space
 from imgcollapse.report.metric_info import title as metric_title
 from imgcollapse.store import atomic_write
 
@@ -154,6 +155,8 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
             if 1 < len(panel.columns) <= 6 or any(c in references for c in panel.columns):
                 ax.legend(loc="best", frameon=False)
             _natural_range(ax, *panel.columns)
+            if len(panel.columns) == 1 and metric_space(panel.columns[0]):
+                ax.set_ylabel(metric_space(panel.columns[0]))  # the feature space, beside the axis it scales
             ax.set_xlabel("generation")
     return fig
 

@@ -8,6 +8,7 @@ calls it by hand.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -21,9 +22,9 @@ import yaml
 from PIL import Image
 
 from imgcollapse.data import ImageSet
-from imgcollapse.report import page
+from imgcollapse.report import header, metric_info, page
 from imgcollapse.report.figures import grid_image, save_gif, save_png, strip_image
-from imgcollapse.report.plots import CLASS_FREQ_PREFIX, classes_figure, curves_figure, save_figure
+from imgcollapse.report.plots import CLASS_FREQ_PREFIX, classes_figure, curves_figure, numeric_columns, save_figure
 from imgcollapse.store import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -183,13 +184,17 @@ def _gif(record: RunRecord) -> Path | None:
     return out
 
 
-def _curves(record: RunRecord) -> Path | None:
+def _curves(record: RunRecord, housekeeping: bool = False) -> Path | None:
+    """curves.png: the metrics, each with its real-data line where run.json has one; housekeeping.png (with
+    `housekeeping`): timings, training-set sizes and sources, the training loss."""
     if not record.rows:
         return None
-    out = record.root / "curves.png"
-    references = {"fid": record.meta["fid_real"]} if record.meta.get("fid_real") is not None else {}
+    out = record.root / ("housekeeping.png" if housekeeping else "curves.png")
+    columns = [c for c in numeric_columns(record.rows) if metric_info.is_housekeeping(c) == housekeeping]
+    if not columns:
+        return None
     try:
-        save_figure(curves_figure(record.rows, references), out)
+        save_figure(curves_figure(record.rows, metric_info.real_values(record.meta), columns=columns), out)
     except ValueError:  # no numeric column yet
         return None
     return out
@@ -208,6 +213,20 @@ def _classes(record: RunRecord) -> tuple[Path | None, str]:
     return out, note
 
 
+CURVES_CAPTION = ("Each panel: ↓ lower is better, ↑ higher is better, 'best ≈1' closest to 1; the y axis names the "
+                  "feature space (or the classifier's predicted classes). Dashed: the generation-0 value; dotted "
+                  "green: real data (the real training pool against the held-out split). Bounded scores span their "
+                  "whole range.")
+
+
+def _last_done(record: RunRecord) -> str | None:
+    if not record.done:
+        return None
+    done = record.root / f"gen_{record.done[-1]:03d}" / "DONE"
+    stamp = datetime.datetime.fromtimestamp(done.stat().st_mtime) if done.exists() else None
+    return stamp.isoformat(timespec="seconds") if stamp else None
+
+
 def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str) -> str:
     m, d = record.meta, record.meta.get("dataset", {})
     status = ("complete" if record.complete else "incomplete") + f": {len(record.done)} finished generation(s)"
@@ -220,7 +239,8 @@ def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str) -
     if m.get("classifier_accuracy") is not None:
         facts.append(f"metrics classifier held-out accuracy {m['classifier_accuracy']:.3f}; "
                      f"FID of the real training pool vs held-out (the floor) {m.get('fid_real', float('nan')):.2f}")
-    intro = page.bullet_list(facts) + page.bullet_list(record.missing, "missing")
+    intro = (header.header_html(record.root, m, _last_done(record)) + page.bullet_list(facts)
+             + page.bullet_list(record.missing, "missing"))
 
     def figure(name: str, caption: str) -> str:
         path = figures.get(name)
@@ -229,19 +249,36 @@ def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str) -
     columns: list[str] = []
     for row in record.rows:
         columns += [k for k in row if k not in columns]
+    real = metric_info.real_values(m)
+    real_row = {"generation": "real data", **{c: real[c] for c in columns if c in real}}
+    metric_columns = [c for c in columns if not metric_info.is_housekeeping(c)]
+    housekeeping_columns = ["generation", *(c for c in columns if metric_info.is_housekeeping(c))]
+    spaces = metric_info.legend(columns)
+    table_note = ("<p>First row: the same score of the real training pool against the held-out split (or, for "
+                  "class statistics, of the real class frequencies), where run.json has it. ↓ lower is better, "
+                  "↑ higher is better" + (f"; feature spaces: {page.esc('; '.join(spaces))}" if spaces else "")
+                  + ".</p>")
     grids = "".join(page.embedded_image(record.root / f"gen_{g:03d}" / "grid.png", f"generation {g}")
                     for g in record.done if (record.root / f"gen_{g:03d}" / "grid.png").exists())
-    config_text = (record.root / ".hydra" / "config.yaml")
-    config_text = config_text.read_text() if config_text.exists() else yaml.safe_dump(record.config, sort_keys=False)
+    first_grid = record.root / "gen_000" / "grid.png"
+    real_beside = ""
+    if figures.get(header.REAL_GRID) and first_grid.exists() and 0 in record.done:
+        real_beside = ('<div class="grids">' + page.embedded_image(figures[header.REAL_GRID], "real images")
+                       + page.embedded_image(first_grid, "generation 0") + "</div>")
+    config_text, config_source = header.resolved_config_text(record.root, m)
     sections = [
         ("Collapse strip", figure("collapse_strip.png", "Rows are generations; each column starts every "
                                   "generation from the same noise, so a column shows one sample drifting.")),
-        ("Metrics by generation", figure("curves.png", "Dashed: the generation-0 value; dotted: real data.")),
+        ("Real images beside generation 0", real_beside),
+        ("Metrics by generation", figure("curves.png", CURVES_CAPTION)),
         ("Classes", figure("classes.png", class_note)),
         ("Samples across generations", figure("collapse.gif", "The sample grid of each generation, animated.")),
-        ("Metric table", page.table(columns, record.rows)),
+        ("Metric table", table_note + page.table(metric_columns, [real_row, *record.rows]) if record.rows else ""),
         ("Sample grids", f'<div class="grids">{grids}</div>' if grids else ""),
-        ("Config", f"<pre>{page.esc(config_text)}</pre>"),
+        ("Housekeeping: time, training-set sizes and sources, training loss",
+         figure("housekeeping.png", "How the chain ran, not what it made.")
+         + (page.table(housekeeping_columns, record.rows) if record.rows else "")),
+        (f"Config ({config_source})", f"<pre>{page.esc(config_text)}</pre>" if config_text else ""),
     ]
     return page.document(f"imgcollapse run: {record.root.name}", sections, intro)
 
@@ -254,7 +291,8 @@ def build_run_report(root: Path) -> RunRecord:
     if record.done:
         _rebuild_missing_grids(record)
         figures = {"collapse_strip.png": _strip(record), "collapse.gif": _gif(record),
-                   "curves.png": _curves(record)}
+                   "curves.png": _curves(record), "housekeeping.png": _curves(record, housekeeping=True),
+                   header.REAL_GRID: header.rebuild_real_grid(record.root, record.config)}
         figures["classes.png"], class_note = _classes(record)
     atomic_write_text(record.root / "report.html", _html(record, figures, class_note))
     return record
