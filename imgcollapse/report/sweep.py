@@ -137,11 +137,14 @@ def group_label(values: dict[str, str]) -> str:
 
 
 def plot_columns(sweep: Sweep) -> list[str]:
-    """The metric columns drawn in sweep.png: numeric, not a swept key, not a per-class/per-source family."""
+    """The metric columns drawn in sweep.png: numeric, not a swept key, not a per-class/per-source family, not
+    housekeeping (times, sizes: in sweep.csv)."""
+    from imgcollapse.report.metric_info import is_housekeeping
     from imgcollapse.report.plots import numeric_columns
 
     skip = ("job", "generation", *sweep.keys)
-    return [c for c in numeric_columns(sweep.rows, skip=skip) if not c.startswith(SKIP_PREFIXES)]
+    return [c for c in numeric_columns(sweep.rows, skip=skip) if not c.startswith(SKIP_PREFIXES)
+            and not is_housekeeping(c)]
 
 
 def bands(sweep: Sweep, metrics: Sequence[str]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:
