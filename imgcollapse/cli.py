@@ -24,14 +24,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from imgcollapse.config import did_you_mean
+from imgcollapse.config import did_you_mean, register, user_groups
 from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
 from imgcollapse.jobs import FAILED, failed_jobs, write_failed
 
 log = logging.getLogger("imgcollapse")
 
 EXIT_USER, EXIT_DIVERGED, EXIT_WRITE, EXIT_INTERRUPTED = 2, 3, 4, 130
-HIDDEN_GROUPS = ("hydra", "schema", "debug_model")  # not chosen by users: Hydra's own, typed schemas, debug sizes
 
 _interrupt_reported = False
 
@@ -129,34 +128,11 @@ def describe_config_error(error: BaseException) -> str:
     return "; ".join([*(first[:1] or [type(error).__name__]), *detail[:1]])
 
 
-def user_groups() -> list[str]:
-    """The config groups a user chooses from (the kit's and those on `hydra.searchpath`)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    if not GlobalHydra.instance().is_initialized():
-        from imgcollapse.config import CONF_DIR
-
-        return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in HIDDEN_GROUPS)
-    loader = GlobalHydra.instance().config_loader()
-    return sorted(g for g in loader.list_groups("") if g not in HIDDEN_GROUPS)
-
-
-def config_groups_help() -> str:
-    """`--help`'s list of groups and their options (a resolver: the template of conf/hydra/help/imgcollapse.yaml)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    loader = GlobalHydra.instance().config_loader()
-    return "\n".join(f"  {g:12s} {', '.join(loader.get_group_options(g))}" for g in user_groups())
-
-
 # The entry point ---------------------------------------------------------------------------------
 def main(hydra_main: Callable[[], Any]) -> None:
     """Run a `@hydra.main` function as the kit's command: exit 2 with one line for a composition error, 130 on
     Ctrl-C, and after a sweep the first failed job's status."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("config_groups_help"):
-        OmegaConf.register_new_resolver("config_groups_help", config_groups_help)
+    register()  # the schemas and resolvers (--help's list of groups among them)
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing and exiting 1: mapped below
     failed_jobs.clear()

@@ -45,6 +45,7 @@ from imgcollapse.tracking import LoggerConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package: a wheel finds it
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+HIDDEN_GROUPS = ("hydra", "schema", "debug_model")  # not chosen by users: Hydra's own, typed schemas, debug sizes
 
 
 @dataclass
@@ -114,6 +115,27 @@ def register() -> None:
         OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("not_identity"):
         OmegaConf.register_new_resolver("not_identity", not_identity)
+    if not OmegaConf.has_resolver("config_groups_help"):
+        OmegaConf.register_new_resolver("config_groups_help", config_groups_help)
+
+
+def user_groups() -> list[str]:
+    """The config groups a user chooses from (the kit's and those on `hydra.searchpath`)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return sorted(p.name for p in CONF_DIR.iterdir()
+                      if p.is_dir() and p.name not in HIDDEN_GROUPS and not p.name.startswith("_"))
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(g for g in loader.list_groups("") if g not in HIDDEN_GROUPS)
+
+
+def config_groups_help() -> str:
+    """`--help`'s list of groups and their options (a resolver: the template of conf/hydra/help/imgcollapse.yaml)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    return "\n".join(f"  {g:12s} {', '.join(loader.get_group_options(g))}" for g in user_groups())
 
 
 def run_name(override_dirname: str) -> str:
