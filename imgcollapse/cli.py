@@ -114,7 +114,9 @@ def describe_config_error(error: BaseException) -> str:
         parent = getattr(cause, "parent_node", None)
         options = [str(k) for k in parent if str(k) != "hydra"] if parent is not None else []
         where = key.rpartition(".")[0]
-        return (f"unknown key '{key}'{did_you_mean(str(key).rpartition('.')[2], options)}; "
+        override = re.search(r"use \+(\S+)", str(error))  # Hydra's hint repeats the override as typed
+        return ((f"{override.group(1)}: " if override else "")
+                + f"unknown key '{key}'{did_you_mean(str(key).rpartition('.')[2], options)}; "
                 + (f"{where or 'the config'} has: {', '.join(options)}" if options else "see imgcollapse --cfg job"))
     if isinstance(cause, ValidationError):
         value = re.search(r"Value '([^']*)'", str(cause))
