@@ -42,7 +42,8 @@ class LoggerConfig:
         """A known tracker whose package is installed."""
         require(self.kind in KINDS, "logger.kind", self.kind, f"one of {list(KINDS)} (choose with logger=NAME)")
         require(tracker_available(self.kind), "logger.kind", self.kind,
-                f"a tracker whose package is installed: pip install 'imgcollapse[{self.kind}]'")
+                f"a tracker whose package is installed: pip install 'imgcollapse[{self.kind}]' (or pip install "
+                f"{self.kind}), or logger=none")
 
 
 def tracker_available(kind: str) -> bool:
