@@ -181,6 +181,7 @@ def validate(cfg: DictConfig) -> Config:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
+    _reject_appended_keys(cfg)
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     for key in ("dataset", "model", "regime"):  # a user's own component, named by `_target_` alone
         setattr(config, key, typed_component(key, getattr(config, key)))
@@ -250,6 +251,21 @@ def typed_component(key: str, config: Any) -> Any:
         name = f"{key}.{e.key}" if getattr(e, "key", None) else key
         raise ConfigError(name, config.get(str(getattr(e, "key", "")), None),
                           f"{str(e.msg).splitlines()[0]} ({schema.__qualname__})") from e
+
+
+def _reject_appended_keys(node: Any, prefix: str = "") -> None:
+    """A key appended with `+` to a typed node (`+model.lrr=0.1`) would be dropped silently when the node becomes
+    its dataclass: refuse it, naming the key and the closest field."""
+    schema = OmegaConf.get_type(node)
+    names = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        full = f"{prefix}{key}"
+        require(names is None or key in names, full, node._get_node(key)._value(),
+                f"a key of {getattr(schema, '__qualname__', schema)}{did_you_mean(str(key), names or [])}: "
+                f"one of {names}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_appended_keys(child, f"{full}.")
 
 
 def did_you_mean(name: str, options: Any) -> str:

@@ -106,3 +106,17 @@ def test_hydra_config_uses_the_one_list() -> None:
     config = yaml.safe_load((REPO / "imgcollapse" / "conf" / "config.yaml").read_text())
     exclude = config["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
     assert exclude == "${not_identity:${hydra.overrides.task}}"  # computed from resume.IGNORED, never listed here
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("+model.n_component=1", "model.n_component=1 is not allowed: a key of GMMConfig (did you mean 'n_components'?)"),
+    ("+sampling.step=3", "sampling.step=3 is not allowed: a key of SamplingConfig (did you mean 'steps'?)"),
+])
+def test_a_key_appended_to_a_typed_node_is_refused_not_dropped(override: str, expected: str) -> None:
+    """`+key=value` gets past Hydra's schema check; the dataclass would then drop the key without a word."""
+    from imgcollapse.config import validate
+    from imgcollapse.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose("debug=smoke", "model=gmm", override))
+    assert str(info.value).startswith(expected)
