@@ -88,9 +88,13 @@ def report_interrupt(run_dir: Path | None) -> None:
     if _interrupt_reported:
         return
     _interrupt_reported = True
-    done = sorted(p.parent.name for p in run_dir.glob("gen_*/DONE")) if run_dir is not None else []
+    if run_dir is None:  # before a chain started, or in the process that launched a sweep's jobs
+        log.error("interrupted: every generation that finished is kept in its run dir; rerun the same command to "
+                  "resume")
+        return
+    done = sorted(p.parent.name for p in run_dir.glob("gen_*/DONE"))
     kept = (f"generations 0..{len(done) - 1} are finished and kept in {run_dir}" if done
-            else "no generation had finished")
+            else f"no generation had finished in {run_dir}")
     log.error("interrupted: %s; the generation in progress is discarded. Rerun the same command to resume", kept)
 
 
