@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-# the tests cover the Hydra launchers and TensorBoard, so the set-up installs those extras too
-EXTRAS ?= dev,cluster,tensorboard
+# the tests cover the Hydra launchers, TensorBoard and W&B (offline), so the set-up installs those extras too
+EXTRAS ?= dev,cluster,tensorboard,wandb
 
 .PHONY: setup run test lint bench clean
 

@@ -1,4 +1,5 @@
-"""`python -m imgcollapse.calibrate [--out DIR] [overrides]`: which metric sees which change on your data.
+"""`imgcollapse-calibrate [--out DIR] [overrides]` (or `python -m imgcollapse.calibrate`): which metric sees which
+change on your data.
 
 Applies graded blur, noise, contrast loss, class dropping, class skew, duplication and contraction to real images no
 model or classifier trained on, scores each like a generation, and writes calibration.json and calibration.png
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from imgcollapse.cli import describe_config_error
 from imgcollapse.config import build, compose, validate, validate_data
 from imgcollapse.errors import UserError
 from imgcollapse.metrics import setup_metrics
@@ -50,7 +52,7 @@ def run_calibration(overrides: list[str], out: Path | None = None) -> tuple[Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imgcollapse.calibrate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="imgcollapse-calibrate", description="Which metric sees which change on your data.")
     parser.add_argument("--out", type=Path, default=None, help="where calibration.json and .png go")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m imgcollapse.run")
     args = parser.parse_args(argv)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # Hydra's composition errors: an unknown key or group, a wrong type
         if type(e).__module__.startswith(("hydra", "omegaconf")):
-            log.error("%s", str(e).splitlines()[0])
+            log.error("%s", describe_config_error(e))
             return 2
         raise
     width = max(len(c) for c in result["sees"])

@@ -11,6 +11,9 @@ trained; `validate_data` the few that need the loaded data. Every value, with a 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +23,10 @@ import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from imgcollapse.data import DatasetConfig
 from imgcollapse.data.digits import DigitsConfig
@@ -35,11 +40,12 @@ from imgcollapse.models.gmm import GMMConfig
 from imgcollapse.models.train import TrainingConfig
 from imgcollapse.models.vae import VAEConfig
 from imgcollapse.regimes import AccumulateConfig, AugmentConfig, FreshConfig, RegimeConfig, ReplaceConfig
-from imgcollapse.resume import RESUME_MODES
+from imgcollapse.resume import RESUME_MODES, is_ignored
 from imgcollapse.tracking import LoggerConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package: a wheel finds it
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+HIDDEN_GROUPS = ("hydra", "schema", "debug_model")  # not chosen by users: Hydra's own, typed schemas, debug sizes
 
 
 @dataclass
@@ -107,6 +113,29 @@ def register() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("not_identity"):
+        OmegaConf.register_new_resolver("not_identity", not_identity)
+    if not OmegaConf.has_resolver("config_groups_help"):
+        OmegaConf.register_new_resolver("config_groups_help", config_groups_help)
+
+
+def user_groups() -> list[str]:
+    """The config groups a user chooses from (the kit's and those on `hydra.searchpath`)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        return sorted(p.name for p in CONF_DIR.iterdir()
+                      if p.is_dir() and p.name not in HIDDEN_GROUPS and not p.name.startswith("_"))
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(g for g in loader.list_groups("") if g not in HIDDEN_GROUPS)
+
+
+def config_groups_help() -> str:
+    """`--help`'s list of groups and their options (a resolver: the template of conf/hydra/help/imgcollapse.yaml)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    return "\n".join(f"  {g:12s} {', '.join(loader.get_group_options(g))}" for g in user_groups())
 
 
 def run_name(override_dirname: str) -> str:
@@ -115,11 +144,20 @@ def run_name(override_dirname: str) -> str:
     return name[:200] or "default"
 
 
-def compose(*overrides: str) -> DictConfig:
-    """The config `python -m imgcollapse.run OVERRIDES` would run with (for notebooks and tests)."""
+def not_identity(task_overrides: Any) -> list[str]:
+    """The keys among the command's overrides that are not part of a run's identity (`resume.IGNORED`, prefixes
+    included): `hydra.job.config.override_dirname.exclude_keys`, so a run dir's name and resume agree."""
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in task_overrides or ()])
+    return sorted({o.key_or_group for o in parsed if is_ignored(o.key_or_group)})
+
+
+def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """The config `python -m imgcollapse.run OVERRIDES` would run with (for notebooks and tests); `hydra.*`
+    overrides such as `hydra.searchpath=[file:///abs/my_conf]` work as on the command line."""
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides),
+                             return_hydra_config=return_hydra_config)
 
 
 def build(config: Any, **runtime: Any) -> Any:
@@ -139,7 +177,14 @@ def target(key: str, config: Any) -> Any:
 def validate(cfg: DictConfig) -> Config:
     """Each component's own checks, then the checks that span components; return the typed config.
     Raises ConfigError naming the key."""
+    if "hydra" in cfg:  # composed with its hydra node (imgcollapse.compose): Hydra's own, not the run's
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    _reject_appended_keys(cfg)
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    for key in ("dataset", "model", "regime"):  # a user's own component, named by `_target_` alone
+        setattr(config, key, typed_component(key, getattr(config, key)))
     require(config.generation >= 0, "generation", config.generation, "an integer ≥ 0 (the last generation)")
     require(0 <= config.seed < 2**32, "seed", config.seed, "an integer in [0, 2**32)")
     require(config.num_synthetic > 0, "num_synthetic", config.num_synthetic, "an integer > 0")
@@ -172,12 +217,69 @@ def validate(cfg: DictConfig) -> Config:
     return config
 
 
+class PluginConfig(dict):
+    """The config of a user's component whose class has no `Config` dataclass: the YAML's keys as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def check(self) -> None:
+        """Nothing to check here: the component checks its own keys when it is built."""
+
+
+def typed_component(key: str, config: Any) -> Any:
+    """A dataset, model or regime config as the component expects it. The kit's own come typed (their schema is
+    registered); a user's own YAML (`_target_: mypkg.MyModel` plus its keys) is checked against the class's
+    `Config` dataclass when it has one (unknown key or wrong type: ConfigError naming it), else passed as is."""
+    if not isinstance(config, dict):
+        return config
+    require("_target_" in config, f"{key}._target_", None,
+            f"the class that builds this {key} (a {key} YAML needs `_target_: package.module.Class`)")
+    schema = getattr(target(key, PluginConfig(config)), "Config", None)
+    if schema is None:
+        return PluginConfig(config)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for name in config:
+        require(name in names, f"{key}.{name}", config[name],
+                f"a key of {schema.__qualname__}{did_you_mean(name, names)}: one of {names}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), config))
+    except OmegaConfBaseException as e:  # a wrong type or a value left unset, named by OmegaConf
+        name = f"{key}.{e.key}" if getattr(e, "key", None) else key
+        raise ConfigError(name, config.get(str(getattr(e, "key", "")), None),
+                          f"{str(e.msg).splitlines()[0]} ({schema.__qualname__})") from e
+
+
+def _reject_appended_keys(node: Any, prefix: str = "") -> None:
+    """A key appended with `+` to a typed node (`+model.lrr=0.1`) would be dropped silently when the node becomes
+    its dataclass: refuse it, naming the key and the closest field."""
+    schema = OmegaConf.get_type(node)
+    names = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        full = f"{prefix}{key}"
+        require(names is None or key in names, full, node._get_node(key)._value(),
+                f"a key of {getattr(schema, '__qualname__', schema)}{did_you_mean(str(key), names or [])}: "
+                f"one of {names}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_appended_keys(child, f"{full}.")
+
+
+def did_you_mean(name: str, options: Any) -> str:
+    """`" (did you mean 'x'?)"` for the option closest to `name` (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _require_schema(key: str, config: Any) -> None:
     """A dataset, model or regime config must be a typed config (a dataclass with `check`) whose `_target_` imports:
     what a YAML file gets from `defaults: [/schema/<group>/<name>@_here_]`."""
     require(hasattr(config, "check") and hasattr(config, "_target_"), key, config,
-            f"a typed config: its YAML file needs `defaults: [/schema/{key}/<name>@_here_]` (conf/{key}/*.yaml "
-            "show how), with a schema registered in imgcollapse.config.SCHEMAS")
+            f"a typed config: its `_target_` class's `Config` dataclass, or a YAML with `_target_` and the class's "
+            f"keys (docs/EXTENDING.md); the kit's own use `defaults: [/schema/{key}/<name>@_here_]`")
     target(key, config)
 
 

@@ -1,4 +1,4 @@
-"""Entry point: `python -m imgcollapse.run [overrides]` trains a chain of generations (see conf/).
+"""Entry point: `imgcollapse [overrides]` (= `python -m imgcollapse.run`) trains a chain of generations (see conf/).
 
 `main` maps the kit's errors to exit codes; `run` validates the config and holds the run dir's lock; `_wire`
 builds every component and the run's record, then hands them to the one loop, `chain.run`. Under
@@ -13,7 +13,6 @@ import importlib.metadata
 import logging
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,12 @@ import hydra
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-import imgcollapse
-from imgcollapse import chain, faults, resume
+from imgcollapse import chain, cli, faults, progress, resume
+from imgcollapse._version import __version__
 from imgcollapse.config import Config, build, register, validate, validate_data
 from imgcollapse.data import Splits
-from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Metrics, evaluate, setup_metrics
@@ -37,9 +34,10 @@ from imgcollapse.metrics.calibration import FILE as CALIBRATION_FILE
 from imgcollapse.metrics.calibration import load_or_calibrate
 from imgcollapse.metrics.calibration import write_json as write_calibration
 from imgcollapse.models.train import enable_tf32, mixed_precision
+from imgcollapse.report import header
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
-from imgcollapse.tracking import Tracker, accelerator_kwargs
+from imgcollapse.tracking import Tracker, accelerator_kwargs, sweep_group
 
 log = logging.getLogger("imgcollapse")
 register()
@@ -56,7 +54,7 @@ def versions() -> dict[str, str]:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
-            found[name] = imgcollapse.__version__ if name == "imgcollapse" else "unknown"
+            found[name] = __version__ if name == "imgcollapse" else "unknown"
     return {**found, "python": platform.python_version()}
 
 
@@ -73,6 +71,7 @@ class Reporter:
 
     def __call__(self, generation: int, row: dict) -> None:
         self.stale = True
+        progress.generation_done(row.get("seconds") or 0.0)  # the chain's ETA in the training log
         try:
             self.tracker.log_generation(generation, row, self.run_dir / f"gen_{generation:03d}" / "grid.png")
         except Exception as e:  # a tracker's hiccup must not stop the chain: its files are on disk
@@ -163,10 +162,12 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
-    tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
+    tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images, run_dir=run_dir,
+                      project=config.logger.project, group=sweep_group())
     chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
     tracker.start(resolved)
     reporter = Reporter(run_dir, tracker, config.report.redraw_seconds, draw=config.report.draw)
+    progress.begin_chain(store.num_done(), config.generation)
 
     try:
         return chain.run(
@@ -211,7 +212,10 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
                  metrics.baseline.get("coverage"))
     facts = {"classifier_accuracy": metrics.classifier.accuracy if metrics.classifier is not None else None,
              "fid_real": metrics.baseline.get("fid"),  # the real floor: two real sets the classifier never saw
-             "metrics": metrics.metadata()}  # what this invocation could compute
+             "metrics": metrics.metadata(),  # what this invocation could compute
+             "invocation": header.invocation()}  # command, time, git commit, machine: the report's header
+    if config.report.draw and not (store.root / header.REAL_GRID).exists():  # shown beside generation 0's grid
+        header.write_real_grid(splits.train.images[: config.report.grid_size], store.root / header.REAL_GRID)
     store.write_json(store.root / "run.json", resume.record(opened, resolved, dataset, facts, environment))
     if config.metrics.calibrate and metrics.spaces:
         # which metric sees which change on this data (cached per dataset and feature space); the report shows it
@@ -220,20 +224,16 @@ def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, s
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except UserError as e:
-        log.error("%s", e)
-        sys.exit(2)
-    except TrainingDiverged as e:
-        log.error("training diverged: %s", e)
-        sys.exit(3)
-    except WriteFailed as e:  # disk full, quota, I/O error: the generation being written is not marked done
-        log.error("%s. Finished generations are kept; free space (or fix the error) and rerun the same command "
-                  "to resume", e)
-        sys.exit(4)
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> int:
+    """One chain (one job of a `-m` sweep): `run` in Hydra's output dir, errors mapped to exit codes (cli.job)."""
+    return cli.job(cfg, run)
+
+
+def main() -> None:
+    """`imgcollapse OVERRIDES` / `python -m imgcollapse.run OVERRIDES`: the chain, behind the kit's command line
+    (one-line errors with exit status 2, Ctrl-C 130, sweeps that outlive a failed job)."""
+    cli.main(hydra_main)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Experiment trackers through accelerate (`logger=tensorboard`): metric scalars and the sample grid per generation.
+"""Experiment trackers through accelerate (`logger=tensorboard`, `logger=wandb`): metric scalars and the sample
+grid per generation.
 
-Event files are appended by TensorBoard's own writer under `<run dir>/tensorboard/` (the one thing in a
+TensorBoard's event files are appended by its own writer under `<run dir>/tensorboard/` (the one thing in a
 run directory not written by rename: an event stream cannot be). A resumed chain appends to the same
-directory, so its curves continue where they stopped.
+directory, so its curves continue where they stopped. W&B keeps its files under `<run dir>/wandb/` and works
+offline (`WANDB_MODE=offline`, then `wandb sync`); its run id is derived from the run dir, so a resumed chain
+continues the same W&B run, and the jobs of one `-m` sweep share a W&B group (the sweep dir's name).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 from collections.abc import Mapping
@@ -22,8 +26,8 @@ from PIL import Image
 from imgcollapse.errors import require
 from imgcollapse.resume import flatten as flatten_keys
 
-KINDS = ("none", "tensorboard")  # accelerate trackers that work offline
-PROJECT = "tensorboard"  # events go to <run dir>/<PROJECT>/
+KINDS = ("none", "tensorboard", "wandb")  # accelerate trackers that work offline
+PROJECT = "tensorboard"  # tensorboard: events go to <run dir>/<PROJECT>/
 
 
 @dataclass
@@ -32,17 +36,47 @@ class LoggerConfig:
 
     kind: str = MISSING
     images: bool = MISSING
+    project: str | None = MISSING  # the W&B project (wandb only)
 
     def check(self) -> None:
         """A known tracker whose package is installed."""
         require(self.kind in KINDS, "logger.kind", self.kind, f"one of {list(KINDS)} (choose with logger=NAME)")
         require(tracker_available(self.kind), "logger.kind", self.kind,
-                f"a tracker whose package is installed: pip install 'imgcollapse[{self.kind}]'")
+                f"a tracker whose package is installed: pip install 'imgcollapse[{self.kind}]' (or pip install "
+                f"{self.kind}), or logger=none")
 
 
 def tracker_available(kind: str) -> bool:
     """Whether the package behind tracker `kind` is installed."""
-    return kind == "none" or importlib.util.find_spec(kind) is not None
+    try:
+        return kind == "none" or importlib.util.find_spec(kind) is not None
+    except (ImportError, ValueError):  # a broken install counts as none
+        return False
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """A W&B run id from the run dir's absolute path: rerunning (resuming) the chain continues the same W&B run."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def init_kwargs(kind: str, run_dir: Path, group: str | None) -> dict[str, Any]:
+    """`init_trackers` keyword arguments of tracker `kind`: for W&B its files in the run dir, the run id derived
+    from the run dir (resumed, not duplicated), the run dir's name, and the sweep's group."""
+    if kind != "wandb":
+        return {}
+    run_dir = Path(run_dir)
+    return {"wandb": {"id": wandb_run_id(run_dir), "resume": "allow", "dir": str(run_dir), "name": run_dir.name,
+                      "group": group}}
+
+
+def sweep_group() -> str | None:
+    """The sweep dir's name inside a job of a `-m` sweep (its W&B group), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(HydraConfig.get().sweep.dir)).name
 
 
 def accelerator_kwargs(kind: str, run_dir: Path) -> dict[str, Any]:
@@ -58,12 +92,17 @@ def flatten(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
 class Tracker:
     """Logs each finished generation to the accelerator's trackers; does nothing for `logger=none`."""
 
-    def __init__(self, accelerator: Accelerator, kind: str, images: bool) -> None:
+    def __init__(self, accelerator: Accelerator, kind: str, images: bool, run_dir: Path | None = None,
+                 project: str | None = None, group: str | None = None) -> None:
         self.accelerator, self.kind, self.images = accelerator, kind, images
+        self.run_dir, self.project, self.group = run_dir, project, group
 
     def start(self, config: Mapping[str, Any]) -> None:
-        if self.kind != "none":
-            self.accelerator.init_trackers(PROJECT, config=flatten(config))
+        if self.kind == "none":
+            return
+        project = PROJECT if self.kind == "tensorboard" else (self.project or "imgcollapse")
+        kwargs = init_kwargs(self.kind, self.run_dir, self.group) if self.run_dir is not None else {}
+        self.accelerator.init_trackers(project, config=flatten(config), init_kwargs=kwargs)
 
     def log_generation(self, generation: int, row: Mapping[str, Any], grid: Path) -> None:
         """Scalars of the metrics row (numbers only) and the grid image, at step = generation."""
@@ -75,9 +114,12 @@ class Tracker:
         if self.images and self.accelerator.is_main_process and Path(grid).exists():
             with Image.open(grid) as im:
                 pixels = np.asarray(im.convert("RGB"))
-            tracker = self.accelerator.get_tracker(self.kind)
-            tracker.log_images({"grid": pixels[None]}, step=generation, dataformats="NHWC")
-            tracker.tracker.flush()
+            tracker = self.accelerator.get_tracker(self.kind, unwrap=False)
+            if self.kind == "tensorboard":
+                tracker.log_images({"grid": pixels[None]}, step=generation, dataformats="NHWC")
+                tracker.tracker.flush()
+            else:  # accelerate's log_images of the other trackers take a list of HWC images
+                tracker.log_images({"grid": [pixels]}, step=generation)
 
     def finish(self) -> None:
         if self.kind != "none":

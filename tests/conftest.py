@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcollapse.config import build, compose
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "imgcollapse" / "conf")
 REPO = Path(__file__).resolve().parents[1]
 
 

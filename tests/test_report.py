@@ -23,12 +23,14 @@ from imgcollapse.chain import strip_seed
 from imgcollapse.data import ImageSet
 from imgcollapse.models.ddpm import DDPM
 from imgcollapse.report.__main__ import main as report_main
+from imgcollapse.report.metric_info import is_housekeeping
 from imgcollapse.report.plots import curve_panels, numeric_columns
 from imgcollapse.report.run_report import build_run_report, class_frequencies, read_run
 from imgcollapse.report.summary import summary_line
 from imgcollapse.tracking import flatten
 
-OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "classes.png", "report.html")
+OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "housekeeping.png", "classes.png", "real_grid.png",
+           "report.html")
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +53,12 @@ def test_chain_leaves_every_figure_at_its_size(run_dir):
     assert gif.n_frames == 3 and gif.info["loop"] == 0
     assert gif.size == Image.open(run_dir / "gen_002" / "grid.png").size == (4 * 50 + 2, 16 + 4 * 50 + 2)
     rows = [json.loads((run_dir / f"gen_{g:03d}" / "metrics.json").read_text()) for g in range(3)]
-    n = len(curve_panels(numeric_columns(rows)))
-    assert n >= 4  # fid, confidence, train_loss, ... whatever the metrics provide
+    columns = numeric_columns(rows)
+    n = len(curve_panels([c for c in columns if not is_housekeeping(c)]))
+    assert n >= 4  # fid, confidence, recall, ... whatever the metrics provide
     assert Image.open(run_dir / "curves.png").size == (260 * min(n, 4), 200 * math.ceil(n / 4))
+    k = len(curve_panels([c for c in columns if is_housekeeping(c)]))  # loss, sizes, seconds: their own figure
+    assert k >= 3 and Image.open(run_dir / "housekeeping.png").size == (260 * min(k, 4), 200 * math.ceil(k / 4))
     assert Image.open(run_dir / "classes.png").size == (1000, 400)
 
 
@@ -110,7 +115,8 @@ def test_report_html_is_self_contained(run_dir):
     html = (run_dir / "report.html").read_text()
     assert "<script" not in html and "http://" not in html and "https://" not in html
     sources = re.findall(r'<img src="([^"]+)"', html)
-    assert len(sources) == 4 + 3  # strip, curves, classes, GIF, and the three grids
+    # strip, curves, classes, GIF, the three grids, the real grid and generation 0's side by side, housekeeping
+    assert len(sources) == 4 + 3 + 2 + 1
     for src in sources:
         kind, data = re.match(r"data:image/(png|gif);base64,(.+)", src).groups()
         assert Image.open(io.BytesIO(base64.b64decode(data))).format == kind.upper()

@@ -103,7 +103,7 @@ BAD = [
     (("accelerator.mixed_precision=fp8",), "accelerator.mixed_precision", "fp8", "['auto', 'no', 'fp16', 'bf16']"),
     pytest.param(("accelerator.mixed_precision=fp16",), "accelerator.mixed_precision", "fp16", "fp16 needs one",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is allowed with a GPU")),
-    (("logger.kind=wandb",), "logger.kind", "wandb", "['none', 'tensorboard']"),
+    (("logger.kind=mlflow",), "logger.kind", "mlflow", "['none', 'tensorboard', 'wandb']"),
 ]
 
 

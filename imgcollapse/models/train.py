@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from imgcollapse import faults
 from imgcollapse.errors import TrainingDiverged, require  # noqa: F401  (TrainingDiverged: its old home)
+from imgcollapse.progress import Steps
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def train(
     last_checked = 0
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=desc, disable=None if accelerator.is_main_process else True, leave=False)
+    progress = Steps(steps, desc, enabled=None if accelerator.is_main_process else False)  # a log without a terminal
     for step in range(steps):
         idx = torch.randint(n, (local_batch,), generator=generator, device=device)
         batch_labels = labels[idx] if labels is not None else None
@@ -136,8 +138,10 @@ def train(
         if (step + 1) % check_every == 0 or step + 1 == steps:
             _check_finite(losses, last_checked, step + 1, lr)
             last_checked = step + 1
-            bar.set_postfix(loss=f"{losses[max(0, step - check_every + 1) : step + 1].mean().item():.4f}")
+            recent = losses[max(0, step - check_every + 1) : step + 1].mean().item()
+            bar.set_postfix(loss=f"{recent:.4f}")
             bar.update(step + 1 - bar.n)
+            progress.update(step + 1, recent)
     bar.close()
     seconds = time.perf_counter() - start
 

@@ -18,7 +18,8 @@ from imgcollapse.report.sweep import build_sweep_report, is_sweep_dir
 
 log = logging.getLogger("imgcollapse.report")
 
-RUN_OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "classes.png", "report.html")
+RUN_OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "housekeeping.png", "classes.png", "real_grid.png",
+               "report.html")
 SWEEP_OUTPUTS = ("sweep.csv", "sweep.png", "sweep.html")
 
 

@@ -19,6 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgcollapse.report.metric_info import bounds as metric_bounds
+from imgcollapse.report.metric_info import space as metric_space
+from imgcollapse.report.metric_info import title as metric_title
 from imgcollapse.store import atomic_write
 
 PANEL_INCHES = (2.6, 2.0)  # one small panel per metric
@@ -123,13 +126,24 @@ def _series(rows: Sequence[Mapping[str, Any]], column: str) -> tuple[np.ndarray,
     return g[keep], v[keep]
 
 
-def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None) -> Figure:
-    """Every numeric metric against generation, one small panel each, its 95% interval as a band, generation 0 as
-    a dashed line.
+def _natural_range(ax: Any, *columns: str) -> None:
+    """Bounded metrics (precision, recall, coverage, shares) on their whole range, so a drop reads at its size."""
+    found = {metric_bounds(c) for c in columns}
+    if len(found) == 1 and (lo_hi := found.pop()) is not None:
+        pad = 0.03 * (lo_hi[1] - lo_hi[0])
+        ax.set_ylim(lo_hi[0] - pad, lo_hi[1] + pad)
+
+
+def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None,
+                  columns: Sequence[str] | None = None) -> Figure:
+    """Every numeric metric (or those in `columns`) against generation, one small panel each, its 95% interval as
+    a band, generation 0 as a dashed line; titles say which way is better and the feature space, bounded metrics
+    span their range.
 
     `references` maps a column to a real-data value drawn dotted (the real floor: two real sets of the rows' size).
     """
-    panels = curve_panels(numeric_columns(rows))
+    numeric = numeric_columns(rows)
+    panels = curve_panels([c for c in numeric if columns is None or c in columns])
     if not panels:
         raise ValueError("no numeric metric columns to draw")
     references = references or {}
@@ -137,7 +151,7 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
         w, h = panel_grid_pixels(len(panels))
         fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
         for ax, panel in zip(_panel_axes(fig, len(panels)), panels, strict=True):
-            ax.set_title(panel.title)
+            ax.set_title(metric_title(panel.title) if panel.columns == [panel.title] else panel.title)
             for i, column in enumerate(panel.columns):
                 g, v = _series(rows, column)
                 color = f"C{i % 10}"
@@ -153,6 +167,9 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
                     ax.axhline(references[column], ls=":", lw=1.0, color="green", label="real data")
             if 1 < len(panel.columns) <= 6 or any(c in references for c in panel.columns):
                 ax.legend(loc="best", frameon=False)
+            _natural_range(ax, *panel.columns)
+            if len(panel.columns) == 1 and metric_space(panel.columns[0]):
+                ax.set_ylabel(metric_space(panel.columns[0]))  # the feature space, beside the axis it scales
             ax.set_xlabel("generation")
     return fig
 
@@ -201,10 +218,10 @@ def classes_figure(class_names: Sequence[str], real: Sequence[float] | None, gen
     return fig
 
 
-def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]) -> Figure:
-    """One panel per metric: a line per group (mean across seeds) with a ±1 standard deviation band.
+def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, ...]]]) -> Figure:
+    """One panel per metric: a line per group (mean across seeds) with its 95% interval as a band, n in the legend.
 
-    `bands[metric][group] = (generations, mean, std)`.
+    `bands[metric][group] = (generations, mean, half-width of the interval, n seeds)`.
     """
     metrics = list(bands)
     if not metrics:
@@ -213,11 +230,14 @@ def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, 
         w, h = panel_grid_pixels(len(metrics))
         fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
         for index, (ax, metric) in enumerate(zip(_panel_axes(fig, len(metrics)), metrics, strict=True)):
-            ax.set_title(metric)
-            for k, (group, (g, mean, std)) in enumerate(bands[metric].items()):
+            ax.set_title(metric_title(metric))
+            for k, (group, (g, mean, half, *rest)) in enumerate(bands[metric].items()):
                 color = f"C{k % 10}"
-                ax.plot(g, mean, marker="o", ms=2.5, lw=1.2, color=color, label=group)
-                ax.fill_between(g, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+                n = rest[0] if rest else None
+                label = group if n is None else f"{group} (n={_seeds(n)})"
+                ax.plot(g, mean, marker="o", ms=2.5, lw=1.2, color=color, label=label)
+                ax.fill_between(g, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+            _natural_range(ax, metric)
             ax.set_xlabel("generation")
             if index == 0:
                 ax.legend(loc="best", frameon=False)
@@ -258,6 +278,11 @@ def calibration_figure(result: Mapping[str, Any]) -> Figure:
         ax.set_title(f"response to the strongest change, in noise sd toward worse (✓ sees it; n = {result['size']})")
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     return fig
+
+
+def _seeds(n: np.ndarray) -> str:
+    lo, hi = int(np.min(n)), int(np.max(n))
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def save_figure(fig: Figure, path: Path) -> None:

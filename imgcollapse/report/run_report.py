@@ -8,6 +8,7 @@ calls it by hand.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -21,7 +22,7 @@ import yaml
 from PIL import Image
 
 from imgcollapse.data import ImageSet
-from imgcollapse.report import page
+from imgcollapse.report import header, metric_info, page
 from imgcollapse.report.figures import grid_image, save_gif, save_png, strip_image
 from imgcollapse.report.plots import (
     CLASS_FREQ_PREFIX,
@@ -30,6 +31,7 @@ from imgcollapse.report.plots import (
     classes_figure,
     curves_figure,
     is_companion,
+    numeric_columns,
     save_figure,
 )
 from imgcollapse.store import atomic_write_text
@@ -192,21 +194,23 @@ def _gif(record: RunRecord) -> Path | None:
 
 
 def real_floor(record: RunRecord) -> dict[str, Any]:
-    """The real floor's scores from run.json (two real sets the metrics classifier never saw, at the rows' size);
+    """The real floor's scores (two real sets the metrics classifier never saw, at the rows' size, with their
+    intervals) from run.json, and the class statistics of the real frequencies where it has no score of its own;
     runs from before 0.3 recorded only its FID."""
-    floor = dict((record.meta.get("metrics") or {}).get("real_baseline") or {})
-    if not floor and record.meta.get("fid_real") is not None:
-        floor["fid"] = record.meta["fid_real"]
-    return floor
+    return metric_info.real_values(record.meta)
 
 
-def _curves(record: RunRecord) -> Path | None:
+def _curves(record: RunRecord, housekeeping: bool = False) -> Path | None:
+    """curves.png: the metrics, each with its real-data line where run.json has one; housekeeping.png (with
+    `housekeeping`): timings, training-set sizes and sources, the training loss."""
     if not record.rows:
         return None
-    out = record.root / "curves.png"
-    references = {k: v for k, v in real_floor(record).items() if isinstance(v, (int, float))}
+    out = record.root / ("housekeeping.png" if housekeeping else "curves.png")
+    columns = [c for c in numeric_columns(record.rows) if metric_info.is_housekeeping(c) == housekeeping]
+    if not columns:
+        return None
     try:
-        save_figure(curves_figure(record.rows, references), out)
+        save_figure(curves_figure(record.rows, metric_info.real_values(record.meta), columns=columns), out)
     except ValueError:  # no numeric column yet
         return None
     return out
@@ -223,6 +227,21 @@ def _classes(record: RunRecord) -> tuple[Path | None, str]:
     if real is None:
         note += "; run.json has no real class counts (dataset.class_counts), so no real column"
     return out, note
+
+
+CURVES_CAPTION = ("Each panel: ↓ lower is better, ↑ higher is better, 'best ≈1' closest to 1; the y axis names the "
+                  "feature space (or the classifier's predicted classes). Bands: 95% intervals (bootstrap over the "
+                  "scored samples); dashed: the generation-0 value; dotted green: the real floor (two real sets the "
+                  "metrics classifier never saw, at the rows' size). Bounded scores span their whole range.")
+
+
+def _last_done(record: RunRecord) -> str | None:
+    if not record.done:
+        return None
+    done = record.root / f"gen_{record.done[-1]:03d}" / "DONE"
+    stamp = datetime.datetime.fromtimestamp(done.stat().st_mtime) if done.exists() else None
+    return stamp.isoformat(timespec="seconds") if stamp else None
+
 
 
 CALIBRATION_FILE = "calibration.json"
@@ -258,8 +277,8 @@ def metric_table(record: RunRecord, sees: dict[str, list[str]] | None) -> str:
     columns: list[str] = []
     for row in record.rows:
         columns += [k for k in row if k not in columns]
-    shown = [c for c in columns if not (is_companion(c, columns) or c.startswith((CLASS_FREQ_PREFIX,
-                                                                                   *PER_CLASS_PREFIXES)))]
+    shown = [c for c in columns if not (is_companion(c, columns) or metric_info.is_housekeeping(c)
+                                        or c.startswith((CLASS_FREQ_PREFIX, *PER_CLASS_PREFIXES)))]
     floor = real_floor(record)
     rows = []
     if floor:
@@ -306,34 +325,49 @@ def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str,
         seen = f" (two real sets of {size} it never saw; samples are scored at the same size)" if size else ""
         facts.append(f"metrics classifier held-out accuracy {m['classifier_accuracy']:.3f}; real floor FID "
                      f"{m.get('fid_real', float('nan')):.2f}{seen}")
-    intro = page.bullet_list(facts) + page.bullet_list(record.missing, "missing")
+    intro = (header.header_html(record.root, m, _last_done(record)) + page.bullet_list(facts)
+             + page.bullet_list(record.missing, "missing"))
 
     def figure(name: str, caption: str) -> str:
         path = figures.get(name)
         return f"<p>{page.esc(caption)}</p>{page.embedded_image(path, name)}" if path else ""
 
+    columns: list[str] = []
+    for row in record.rows:
+        columns += [k for k in row if k not in columns]
+    housekeeping_columns = ["generation", *(c for c in columns if metric_info.is_housekeeping(c))]
+    spaces = metric_info.legend(columns)
+    table_note = ("<p>Each value with its 95% interval beneath. First row: the real floor, two real sets the "
+                  "metrics classifier never saw, scored at the size the rows use (for class statistics without "
+                  "one, the real class frequencies themselves); last row: which of the calibration's controlled "
+                  "changes each metric sees on this dataset. ↓ lower is better, ↑ higher is better"
+                  + (f"; feature spaces: {page.esc('; '.join(spaces))}" if spaces else "") + ".</p>")
     grids = "".join(page.embedded_image(record.root / f"gen_{g:03d}" / "grid.png", f"generation {g}")
                     for g in record.done if (record.root / f"gen_{g:03d}" / "grid.png").exists())
-    config_text = (record.root / ".hydra" / "config.yaml")
-    config_text = config_text.read_text() if config_text.exists() else yaml.safe_dump(record.config, sort_keys=False)
+    first_grid = record.root / "gen_000" / "grid.png"
+    real_beside = ""
+    if figures.get(header.REAL_GRID) and first_grid.exists() and 0 in record.done:
+        real_beside = ('<div class="grids">' + page.embedded_image(figures[header.REAL_GRID], "real images")
+                       + page.embedded_image(first_grid, "generation 0") + "</div>")
+    config_text, config_source = header.resolved_config_text(record.root, m)
     sections = [
         ("Collapse strip", figure("collapse_strip.png", "Rows are generations; each column starts every "
                                   "generation from the same noise, so a column shows one sample drifting.")),
-        ("Metrics by generation", figure("curves.png", "Bands: 95% intervals (bootstrap over the scored samples); "
-                                         "dashed: the generation-0 value; dotted: the real floor.")),
+        ("Real images beside generation 0", real_beside),
+        ("Metrics by generation", figure("curves.png", CURVES_CAPTION)),
         ("Classes", figure("classes.png", class_note)),
         ("Samples across generations", figure("collapse.gif", "The sample grid of each generation, animated.")),
-        ("Metric table", "<p>Each value with its 95% interval beneath. The real floor scores two real sets the "
-                         "metrics classifier never saw, at the size the rows use; the last row says which of the "
-                         "calibration's controlled changes each metric sees on this dataset.</p>"
-                         + metric_table(record, (calibration or {}).get("sees"))),
+        ("Metric table", table_note + metric_table(record, (calibration or {}).get("sees")) if record.rows else ""),
         ("Per-class recall and coverage", per_class_table(record)),
         ("Calibration: which metric sees which change", figure(
             "calibration.png", "Graded changes applied to real images no model or classifier trained on; each "
             "cell is the response at the strongest change in noise sd toward worse, ✓ where the metric sees it "
             "(monotone, beyond 2 sd). A metric that does not see a change cannot show it in a chain either.")),
         ("Sample grids", f'<div class="grids">{grids}</div>' if grids else ""),
-        ("Config", f"<pre>{page.esc(config_text)}</pre>"),
+        ("Housekeeping: time, training-set sizes and sources, training loss",
+         figure("housekeeping.png", "How the chain ran, not what it made.")
+         + (page.table(housekeeping_columns, record.rows) if record.rows else "")),
+        (f"Config ({config_source})", f"<pre>{page.esc(config_text)}</pre>" if config_text else ""),
     ]
     return page.document(f"imgcollapse run: {record.root.name}", sections, intro)
 
@@ -346,7 +380,8 @@ def build_run_report(root: Path) -> RunRecord:
     if record.done:
         _rebuild_missing_grids(record)
         figures = {"collapse_strip.png": _strip(record), "collapse.gif": _gif(record),
-                   "curves.png": _curves(record)}
+                   "curves.png": _curves(record), "housekeeping.png": _curves(record, housekeeping=True),
+                   header.REAL_GRID: header.rebuild_real_grid(record.root, record.config)}
         figures["classes.png"], class_note = _classes(record)
     figures["calibration.png"], calibration = _calibration(record)
     atomic_write_text(record.root / "report.html", _html(record, figures, class_note, calibration))

@@ -1,9 +1,10 @@
-"""Aggregate a multirun directory: `sweep.csv`, `sweep.png` (mean ± std across seeds) and `sweep.html`.
+"""Aggregate a multirun directory: `sweep.csv`, `sweep.png` (mean and 95% interval across seeds) and `sweep.html`.
 
 A job is a subdirectory with `.hydra/overrides.yaml` (Hydra writes it for every job of a `-m` sweep).
 The swept keys are the overrides whose value differs between jobs; every value of the swept keys other
 than `seed` is one line in `sweep.png`, averaged over the seeds that share it. Jobs that are still
-running or were interrupted contribute the generations they finished.
+running or were interrupted contribute the generations they finished; jobs that failed (a `FAILED` file in
+their dir, written by `imgcollapse.cli.job`) are listed with their reason.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from imgcollapse.jobs import collect_failed, read_failed
 from imgcollapse.report import page
 from imgcollapse.store import atomic_write_text, csv_text
 
@@ -38,6 +40,7 @@ class Job:
     root: Path
     overrides: dict[str, str]
     rows: list[dict[str, Any]]  # metrics.csv rows as text, generation as int
+    failed: str | None = None  # the reason in the job's FAILED file; None: not failed
 
 
 @dataclass
@@ -99,7 +102,9 @@ def find_jobs(root: Path) -> list[Job]:
         metrics = job_dir / "metrics.csv"
         rows = read_metrics_csv(metrics) if metrics.exists() else []
         name = job_dir.relative_to(root).as_posix()
-        jobs.append(Job(name, job_dir, parse_overrides(yaml.safe_load(path.read_text()) or []), rows))
+        failed = read_failed(job_dir)
+        jobs.append(Job(name, job_dir, parse_overrides(yaml.safe_load(path.read_text()) or []), rows,
+                        failed=f"exit {failed[0]}: {failed[1]}" if failed else None))
     return jobs
 
 
@@ -118,7 +123,8 @@ def collect(root: Path) -> Sweep:
     fixed = {k: jobs[0].overrides[k] for k in all_keys if k not in keys} if jobs else {}
     metric_columns: list[str] = []
     rows = []
-    missing = [f"{job.name}: no finished generation yet" for job in jobs if not job.rows]
+    missing = [f"{job.name}: FAILED ({job.failed})" for job in jobs if job.failed]
+    missing += [f"{job.name}: no finished generation yet" for job in jobs if not job.rows and not job.failed]
     for job in jobs:
         for row in job.rows:
             metric_columns += [k for k in row if k not in metric_columns and k not in keys]
@@ -132,13 +138,15 @@ def group_label(values: dict[str, str]) -> str:
 
 
 def plot_columns(sweep: Sweep) -> list[str]:
-    """The metric columns drawn in sweep.png: numeric, not a swept key, not a per-class/per-source family."""
+    """The metric columns drawn in sweep.png: numeric, not a swept key, not a per-class/per-source family, not
+    housekeeping (times, sizes: in sweep.csv), not a chain's own interval or spread (the band is across seeds)."""
+    from imgcollapse.report.metric_info import is_housekeeping
     from imgcollapse.report.plots import is_companion, numeric_columns
 
     skip = ("job", "generation", *sweep.keys)
     columns = numeric_columns(sweep.rows, skip=skip)
-    # a chain's own interval and spread are not what a sweep's band shows (the spread across seeds)
-    return [c for c in columns if not c.startswith(SKIP_PREFIXES) and not is_companion(c, columns)]
+    return [c for c in columns if not c.startswith(SKIP_PREFIXES) and not is_housekeeping(c)
+            and not is_companion(c, columns)]
 
 
 def bands(sweep: Sweep, metrics: Sequence[str]) -> dict[str, dict[str, tuple[np.ndarray, ...]]]:
@@ -168,6 +176,16 @@ def bands(sweep: Sweep, metrics: Sequence[str]) -> dict[str, dict[str, tuple[np.
     return out
 
 
+def interval(std: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Half-width of the 95% t-interval of a mean over `n` seeds with sample std `std` (0 where n is 1)."""
+    from scipy import stats
+
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * np.asarray(std) / np.sqrt(n)
+    return np.where(n > 1, half, 0.0)
+
+
 def _last_generation_table(sweep: Sweep, metric_bands: dict[str, dict[str, tuple[np.ndarray, ...]]]) -> str:
     labels = list(next(iter(metric_bands.values()), {}))
     rows = []
@@ -178,14 +196,16 @@ def _last_generation_table(sweep: Sweep, metric_bands: dict[str, dict[str, tuple
                 g, mean, std, n = by_group[label]
                 row.setdefault("generation", int(g[-1]))
                 row.setdefault("seeds", int(n[-1]))
-                row[metric] = f"{page.format_value(mean[-1])} ± {page.format_value(std[-1]) or '0'}"
+                half = interval(std[-1:], n[-1:])[0]
+                row[metric] = f"{page.format_value(mean[-1])} ± {page.format_value(half) or '0'}"
         rows.append(row)
     return page.table(["group", "generation", "seeds", *metric_bands], rows)
 
 
 def _html(sweep: Sweep, figure: Path | None, metric_bands: dict) -> str:
     facts = [f"{len(sweep.jobs)} job(s); swept: {', '.join(sweep.keys) or 'nothing'}; "
-             f"lines average over `{SEED_KEY}` (band: ± one standard deviation across seeds)"]
+             f"lines average over `{SEED_KEY}`; bands and ± are 95% t-intervals of the mean across seeds (n seeds "
+             "shown; none where n = 1)"]
     if sweep.fixed:
         facts.append("shared overrides: " + " ".join(f"{k}={v}" for k, v in sweep.fixed.items()))
     intro = page.bullet_list(facts) + page.bullet_list(sweep.missing, "missing")
@@ -194,11 +214,11 @@ def _html(sweep: Sweep, figure: Path | None, metric_bands: dict) -> str:
         report = job.root / "report.html"
         link = f'<a href="{page.esc(job.name)}/report.html">report.html</a>' if report.exists() else ""
         job_rows.append({"job": job.name, **{k: job.overrides.get(k, "") for k in sweep.keys},
-                         "generations": len(job.rows), "report": link})
-    jobs_table = page.table(["job", *sweep.keys, "generations", "report"], job_rows, raw=("report",))
+                         "generations": len(job.rows), "report": link, "failed": job.failed or ""})
+    jobs_table = page.table(["job", *sweep.keys, "generations", "report", "failed"], job_rows, raw=("report",))
     sections = [
         ("Metrics by generation", page.embedded_image(figure, "sweep.png") if figure else ""),
-        ("Last generation of each group (mean ± std across seeds)",
+        ("Last generation of each group (mean ± 95% interval across seeds)",
          _last_generation_table(sweep, metric_bands) if metric_bands else ""),
         ("Jobs", jobs_table),
     ]
@@ -221,8 +241,8 @@ def build_sweep_report(root: Path, runs: bool = True) -> Sweep:
     figure = None
     if any(metric_bands.values()):
         figure = root / "sweep.png"
-        drawable = {m: {label: b[:3] for label, b in by_group.items()} for m, by_group in metric_bands.items()
-                    if by_group}
+        drawable = {m: {label: (g, mean, interval(std, n), n) for label, (g, mean, std, n) in by_group.items()}
+                    for m, by_group in metric_bands.items() if by_group}
         save_figure(sweep_figure(drawable), figure)
     atomic_write_text(root / "sweep.html", _html(sweep, figure, metric_bands))
     return sweep
@@ -233,6 +253,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))
+        collect_failed(root)  # the command's exit status, whichever launcher ran the jobs
         try:
             sweep = build_sweep_report(root, runs=False)
         except Exception as e:  # the sweep's results are on disk either way; the report can be rebuilt

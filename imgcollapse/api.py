@@ -1,0 +1,97 @@
+"""The kit from Python (a notebook): compose a config, run a chain, read its table, load a generation's model.
+
+    import imgcollapse as ic
+    cfg = ic.compose("debug=smoke", "model=gmm")            # the config `imgcollapse debug=smoke model=gmm` runs
+    table = ic.run_chain(cfg)                               # trains into outputs/debug=smoke,model=gmm/, resumable
+    table = ic.load_run("outputs/debug=smoke,model=gmm")    # pandas DataFrame (list of dicts without pandas)
+    model = ic.load_model("outputs/debug=smoke,model=gmm", generation=2)
+    images = model.sample(16, seed=0).images                # uint8 N×C×H×W
+
+`run_chain` runs the same code as the command line (same run dir, same resume checks, same files), in this
+process; the command line is the way to run sweeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from imgcollapse.errors import UserError
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config `imgcollapse OVERRIDES` would run with, with its `hydra` node (the default run dir);
+    `hydra.searchpath=[file:///abs/my_conf]` adds your own config groups."""
+    from imgcollapse.config import compose as compose_config
+
+    return compose_config(*overrides, return_hydra_config=True)
+
+
+def run_chain(cfg: DictConfig, run_dir: str | Path | None = None) -> Any:
+    """Train (or resume) the chain `cfg` describes in `run_dir` (default: the dir the command line would use,
+    relative to the current directory); returns its table as `load_run` does. Raises the kit's errors
+    (UserError for a bad config) instead of exiting."""
+    from imgcollapse.run import run
+
+    if run_dir is None:
+        if "hydra" not in cfg:
+            raise UserError("run_chain needs run_dir=... for a config composed without its hydra node "
+                            "(imgcollapse.compose keeps it)")
+        run_dir = str(cfg.hydra.run.dir)
+    task = copy.deepcopy(cfg)
+    if "hydra" in task:
+        with open_dict(task):
+            del task["hydra"]  # what Hydra hands the entry point: the job's config without Hydra's own node
+    _log_to_stderr()
+    run(task, Path(run_dir))
+    return load_run(run_dir)
+
+
+def load_run(run_dir: str | Path) -> Any:
+    """The metric rows of a run's finished generations: a pandas DataFrame when pandas is installed, else a list
+    of dicts (one per generation, the columns of metrics.csv)."""
+    from imgcollapse.store import RunStore
+
+    root = Path(run_dir)
+    if not (root / "gen_000").is_dir() and not (root / "run.json").exists():
+        raise UserError(f"{root} is not a run directory (no run.json, no gen_000/)")
+    rows = RunStore(root).rows()
+    try:
+        import pandas
+    except ImportError:  # pandas is optional: pip install 'imgcollapse[pandas]'
+        return rows
+    return pandas.DataFrame(rows)
+
+
+def load_model(run_dir: str | Path, generation: int, accelerator: Any = None) -> Any:
+    """The model generation `generation` of the run in `run_dir` trained, rebuilt by its class's `load`; sample
+    from it with `model.sample(n, seed=0)` (conditional models: `labels=`)."""
+    from imgcollapse.config import target
+
+    root = Path(run_dir)
+    gen_dir = root / f"gen_{generation:03d}"
+    if not (gen_dir / "DONE").exists():
+        done = sorted(int(p.parent.name[4:]) for p in root.glob("gen_*/DONE"))
+        raise UserError(f"generation {generation} of {root} is not finished (finished: "
+                        f"{f'0..{done[-1]}' if done else 'none'})")
+    record = json.loads((root / "run.json").read_text())
+    model_class = target("model", OmegaConf.create(record["config"]["model"]))
+    return model_class.load(gen_dir / "model", accelerator=accelerator)
+
+
+def _log_to_stderr() -> None:
+    """A notebook has no logging set up: show the chain's progress lines, as the command line does."""
+    logger = logging.getLogger("imgcollapse")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+__all__ = ["compose", "load_model", "load_run", "run_chain"]

@@ -1,0 +1,1 @@
+"""The kit's Hydra configs, a package so an installed kit finds them (`pkg://imgcollapse.conf`)."""

@@ -1,0 +1,151 @@
+"""The Python API and the plug-in points: a model and a dataset defined in this file, reached by `_target_` from a
+config folder of the user's own (`hydra.searchpath`), run a chain through `imgcollapse.run_chain`; the run's table
+and a generation's model load back."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import imgcollapse
+from imgcollapse.data import ImageSet, Splits
+from imgcollapse.errors import ConfigError, UserError
+
+
+# A user's dataset: a function of its config (no schema of its own), returning the two splits --------------------
+def stripes(config: Any) -> Splits:
+    """8x8 grey images of two classes, a bright row (class 0) or a bright column (class 1), with noise."""
+    rng = np.random.default_rng(config.seed)
+    n = config.num_images
+    labels = rng.integers(0, 2, n)
+    images = rng.integers(0, 60, (n, 1, 8, 8))
+    where = rng.integers(0, 8, n)
+    for i in range(n):
+        if labels[i] == 0:
+            images[i, 0, where[i], :] = 230
+        else:
+            images[i, 0, :, where[i]] = 230
+    data = ImageSet(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels), ["row", "column"])
+    cut = n * 3 // 4
+    return Splits(ImageSet(data.images[:cut], data.labels[:cut], data.class_names),
+                  ImageSet(data.images[cut:], data.labels[cut:], data.class_names), {"source": "test stripes"})
+
+
+# A user's model: a typed config (checked like the kit's own), and the five members the chain uses -----------------
+@dataclass
+class PixelGaussianConfig:
+    _target_: str = "test_api.PixelGaussian"
+    shrink: float = 1.0  # scale of the per-pixel standard deviation when sampling
+
+    def check(self) -> None:
+        if not 0 < self.shrink <= 1:
+            raise ConfigError("model.shrink", self.shrink, "a scale in (0, 1]")
+
+
+class PixelGaussian:
+    """Each pixel an independent Gaussian: collapses fast, which is the point of a toy."""
+
+    Config = PixelGaussianConfig
+    num_classes = None  # unconditional
+
+    def __init__(self, config: PixelGaussianConfig, *, image_shape: tuple[int, int, int], sampling: Any = None,
+                 accelerator: Any = None) -> None:
+        self.config, self.shape = config, tuple(image_shape)
+        self.mean = self.std = None
+
+    def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
+        x = data.images.double()
+        self.mean, self.std = x.mean(0), x.std(0)
+        return {"train_loss": float(self.std.mean())}
+
+    def sample(self, n: int, seed: int, labels: torch.Tensor | None = None) -> ImageSet:
+        g = torch.Generator().manual_seed(seed)
+        x = self.mean + self.config.shrink * self.std * torch.randn((n, *self.shape), generator=g, dtype=torch.float64)
+        return ImageSet(x.round().clamp(0, 255).to(torch.uint8))
+
+    def save(self, path: Path) -> None:
+        torch.save({"mean": self.mean, "std": self.std}, Path(path) / "pixels.pt")
+        (Path(path) / "config.json").write_text(json.dumps({"shrink": self.config.shrink, "shape": self.shape}))
+
+    @classmethod
+    def load(cls, path: Path, accelerator: Any = None) -> PixelGaussian:
+        meta = json.loads((Path(path) / "config.json").read_text())
+        model = cls(PixelGaussianConfig(shrink=meta["shrink"]), image_shape=tuple(meta["shape"]))
+        state = torch.load(Path(path) / "pixels.pt")
+        model.mean, model.std = state["mean"], state["std"]
+        return model
+
+
+@pytest.fixture
+def my_conf(tmp_path: Path) -> Path:
+    """A user's config folder: model/pixels.yaml and dataset/stripes.yaml, nothing registered in the kit."""
+    conf = tmp_path / "my_conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "dataset").mkdir()
+    (conf / "model" / "pixels.yaml").write_text(textwrap.dedent("""\
+        _target_: test_api.PixelGaussian
+        shrink: 0.5
+    """))
+    (conf / "dataset" / "stripes.yaml").write_text(textwrap.dedent("""\
+        _target_: test_api.stripes
+        seed: 3
+        num_images: 400
+    """))
+    return conf
+
+
+def test_a_users_model_and_dataset_run_a_chain_through_the_api(tmp_path: Path, my_conf: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = imgcollapse.compose("debug=smoke", "generation=2", "threads=1", "report.draw=false", "model=pixels",
+                              "dataset=stripes", f"hydra.searchpath=[file://{my_conf}]")
+    assert cfg.model._target_ == "test_api.PixelGaussian" and cfg.dataset.num_images == 400
+    table = imgcollapse.run_chain(cfg)
+    run_dir = tmp_path / "outputs" / "dataset=stripes,debug=smoke,model=pixels"  # as the command line names it
+    assert (run_dir / "gen_002" / "DONE").exists()
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else table
+    assert [int(r["generation"]) for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(float(r["fid"])) for r in rows) and rows[0]["num_train"] == 300
+    assert imgcollapse.load_run(run_dir) is not None
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["model"] == {"_target_": "test_api.PixelGaussian", "shrink": 0.5}
+    assert record["dataset"]["class_names"] == ["row", "column"]
+
+    model = imgcollapse.load_model(run_dir, generation=1)
+    assert isinstance(model, PixelGaussian) and model.config.shrink == 0.5
+    first, again = model.sample(8, seed=0), model.sample(8, seed=0)
+    assert first.images.shape == (8, 1, 8, 8) and torch.equal(first.images, again.images)
+    # the pixel spread shrinks by half each generation: the loaded model is generation 1's, not 0's or 2's
+    stds = [imgcollapse.load_model(run_dir, g).std.mean().item() for g in (0, 1, 2)]
+    assert stds[0] > stds[1] > stds[2]
+    with pytest.raises(UserError, match="generation 3 of .* is not finished"):
+        imgcollapse.load_model(run_dir, 3)
+
+
+def test_a_users_typed_model_config_is_checked_like_the_kits(tmp_path: Path, my_conf: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcollapse.config import validate
+
+    monkeypatch.chdir(tmp_path)
+    base = ("debug=smoke", "model=pixels", "dataset=stripes", f"hydra.searchpath=[file://{my_conf}]")
+    with pytest.raises(ConfigError, match=r"model.shrnk=0.5 is not allowed: a key of PixelGaussianConfig "
+                                          r"\(did you mean 'shrink'\?\)"):
+        validate(imgcollapse.compose(*base, "~model.shrink", "+model.shrnk=0.5"))
+    with pytest.raises(ConfigError, match="model.shrink=2.0 is not allowed: a scale in"):
+        validate(imgcollapse.compose(*base, "model.shrink=2.0"))
+    with pytest.raises(ConfigError, match="model.shrink"):
+        validate(imgcollapse.compose(*base, "model.shrink=abc"))
+    with pytest.raises(ConfigError, match="model._target_='test_api.Nope' is not allowed: an importable class"):
+        validate(imgcollapse.compose(*base, "model._target_=test_api.Nope"))
+
+
+def test_load_run_refuses_what_is_not_a_run(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is not a run directory"):
+        imgcollapse.load_run(tmp_path)
