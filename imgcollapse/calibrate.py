@@ -52,7 +52,8 @@ def run_calibration(overrides: list[str], out: Path | None = None) -> tuple[Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="imgcollapse-calibrate", description="Which metric sees which change on your data.")
+    parser = argparse.ArgumentParser(prog="imgcollapse-calibrate",
+                                     description="Which metric sees which change on your data.")
     parser.add_argument("--out", type=Path, default=None, help="where calibration.json and .png go")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m imgcollapse.run")
     args = parser.parse_args(argv)
