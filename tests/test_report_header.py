@@ -22,9 +22,9 @@ def test_header_real_data_and_housekeeping(smoke_run):
     assert "Config (run.json (resolved))" in html
     config_block = html.split("Config (run.json (resolved))")[1]
     assert "${" not in config_block and "oc.env" not in config_block
-    # the real-data row: the real baseline's FID as the table's first row
+    # the real-data row: the real floor (its FID among its scores) as the table's first row
     real = metric_info.real_values(record)
-    assert "<td class=text>real data</td>" in html and "fid" in real
+    assert "<td class=text>real floor</td>" in html and "fid" in real
     assert (run_dir / "housekeeping.png").exists() and (run_dir / "real_grid.png").exists()
     assert html.index("Real images beside generation 0") < html.index("Metrics by generation")
     assert html.index("Housekeeping") > html.index("Sample grids")
