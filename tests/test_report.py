@@ -130,6 +130,7 @@ def test_report_html_is_self_contained(run_dir):
         elif not column.startswith("class_freq_"):
             assert f"<th>{column}</th>" in html, column
     assert "real floor" in html and '<span class="ci">[' in html  # the floor's row and the intervals
+    assert "<tr><td class=text>0</td>" in html  # generation 0's row is labelled (a raw 0 once printed as empty)
     assert "num_synthetic: 64" in html  # the config
 
 

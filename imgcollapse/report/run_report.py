@@ -283,8 +283,8 @@ def metric_table(record: RunRecord, sees: dict[str, list[str]] | None) -> str:
     rows = []
     if floor:
         rows.append({"generation": "real floor", **{c: _cell(floor, c) for c in shown if c in floor}})
-    rows += [{"generation": row.get("generation"), **{c: _cell(row, c) for c in shown if c != "generation"}}
-             for row in record.rows]
+    rows += [{"generation": page.esc(row.get("generation")), **{c: _cell(row, c) for c in shown if c != "generation"}}
+             for row in record.rows]  # (as text: a raw cell of 0 would print as empty)
     if sees is not None:
         rows.append({"generation": "sees (calibration)",
                      **{c: page.esc(", ".join(sees[c]) or "none") for c in shown if c in sees}})
