@@ -81,6 +81,19 @@ def training_set(generation: int, real: ImageSet, synthetic: list[ImageSet], reg
     return regime.training_set(real, synthetic, generation, seed)
 
 
+def starting_point(model: Model, generation: int, store: RunStore) -> tuple[str, int | None]:
+    """(`model.init`, the finished generation whose saved weights generation `generation` starts from, or None for
+    new weights). Generation 0 always starts from scratch; a model without `init` always does."""
+    init = getattr(getattr(model, "config", None), "init", "scratch")
+    if generation == 0 or init == "scratch":
+        return init, None
+    if init == "base":
+        return init, 0
+    if init == "previous":
+        return init, generation - 1
+    raise ValueError(f"model.init={init!r} is not one of ['scratch', 'base', 'previous']")
+
+
 def run(
     *,
     store: RunStore,
@@ -123,10 +136,12 @@ def run(
 
         train_set, composition = training_set(g, splits.train, synthetic, regime, seed)
 
-        # Fit a fresh model (every process: data-parallel under accelerate).
+        # Fit (every process: data-parallel under accelerate): from new weights, or from a finished generation's.
         model = make_model()
+        init, init_from = starting_point(model, g, store)
+        start_at = {} if init_from is None else {"init_from": store.gen_dir(init_from) / "model"}
         try:
-            fit_stats = model.fit(train_set, seed=seeds["fit"])
+            fit_stats = model.fit(train_set, seed=seeds["fit"], **start_at)
         except TrainingDiverged as e:  # nothing of this generation is on disk yet; earlier ones stay as they are
             e.generation = g
             raise
@@ -162,6 +177,9 @@ def run(
                     "generation": g,
                     **evaluation.row,
                     "train_loss": fit_stats.get("train_loss"),
+                    "train_steps": fit_stats.get("train_steps"),
+                    "init": init,
+                    "init_from": None if init_from is None else f"gen_{init_from:03d}",
                     "num_train": len(train_set),
                     **composition,
                     **curation,

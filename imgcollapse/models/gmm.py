@@ -62,9 +62,14 @@ class GMMConfig:
     reg_covar: float = MISSING
     max_iter: int = MISSING
     n_init: int = MISSING
+    init: str = MISSING  # only "scratch": EM refits from its data (the key exists so the error can say why)
 
     def check(self) -> None:
         """The model's own keys (sizes that must fit the data are checked in config.validate)."""
+        require(self.init == "scratch", "model.init", self.init,
+                "'scratch' for model=gmm: EM fits the mixture to its training set from a k-means start, so a "
+                "warm start from earlier weights converges to the same fit; fine-tuning (base, previous) needs "
+                "model=ddpm or model=vae")
         require(self.n_components > 0, "model.n_components", self.n_components, "an integer > 0")
         require(self.covariance_type in COVARIANCE_TYPES, "model.covariance_type", self.covariance_type,
                 f"one of {list(COVARIANCE_TYPES)}")

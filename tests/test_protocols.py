@@ -1,0 +1,126 @@
+"""Protocols as the papers define them: where each generation starts (model.init) and what it spends (model.budget)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config, make_model, run_chain
+from conftest import digits as load_digits
+
+from imgcollapse.chain import starting_point
+from imgcollapse.config import validate
+from imgcollapse.data import ImageSet
+from imgcollapse.errors import ConfigError
+from imgcollapse.resume import config_differences
+
+FAST = ("debug=smoke", "threads=1", "report.draw=false")
+
+
+def strip(run_dir, g: int) -> torch.Tensor:
+    """Generation g's collapse strip: the same noise seed in every generation, so equal weights give equal images."""
+    return ImageSet.load(run_dir / f"gen_{g:03d}" / "strip.npz").images
+
+
+def rows(run_dir) -> list[dict]:
+    return [json.loads((run_dir / f"gen_{g:03d}" / "metrics.json").read_text()) for g in range(3)]
+
+
+@pytest.mark.parametrize("model", ["vae", "ddpm"])
+@pytest.mark.parametrize("init", ["base", "previous"])
+def test_a_fine_tune_of_zero_steps_is_its_starting_model(tmp_path, model, init):
+    run_chain(tmp_path / "run", *FAST, f"model={model}", f"model.init={init}", "model.finetune_steps=0")
+    first = strip(tmp_path / "run", 0)
+    for g in (1, 2):
+        assert torch.equal(strip(tmp_path / "run", g), first), f"generation {g} is not generation 0's model"
+    recorded = rows(tmp_path / "run")
+    assert [r["init_from"] for r in recorded] == [None, "gen_000", "gen_000" if init == "base" else "gen_001"]
+    assert [r["train_steps"] for r in recorded] == [20, 0, 0]
+    assert {r["init"] for r in recorded} == {init}
+
+
+def test_fine_tuning_changes_the_model_and_uses_its_own_budget(tmp_path):
+    run_chain(tmp_path / "run", *FAST, "model=vae", "model.init=previous", "model.finetune_steps=5",
+              "model.finetune_lr=1e-3")
+    assert not torch.equal(strip(tmp_path / "run", 1), strip(tmp_path / "run", 0))
+    assert [r["train_steps"] for r in rows(tmp_path / "run")] == [20, 5, 5]
+
+
+def test_scratch_is_todays_chain(tmp_path):
+    """The default (init=scratch, budget=steps) trains new weights every generation, seeded by the fit."""
+    run_chain(tmp_path / "run", *FAST, "model=vae", "generation=1")
+    recorded = json.loads((tmp_path / "run" / "gen_001" / "metrics.json").read_text())
+    assert recorded["init"] == "scratch" and recorded["init_from"] is None and recorded["train_steps"] == 20
+
+
+def test_starting_points():
+    model = make_model("vae", init="base")
+    assert starting_point(model, 0, None) == ("base", None)
+    assert starting_point(model, 5, None) == ("base", 0)
+    model = make_model("vae", init="previous")
+    assert starting_point(model, 5, None) == ("previous", 4)
+    assert starting_point(make_model("vae"), 5, None) == ("scratch", None)
+    assert starting_point(make_model("gmm"), 5, None) == ("scratch", None)
+
+
+def test_a_resumed_fine_tuned_chain_is_bit_identical(tmp_path):
+    args = (*FAST, "model=vae", "model.init=previous", "model.finetune_steps=5")
+    run_chain(tmp_path / "straight", *args)
+    run_chain(tmp_path / "resumed", *args, "generation=1")
+    run_chain(tmp_path / "resumed", *args)
+    for name in ("samples.npz", "strip.npz"):
+        a = ImageSet.load(tmp_path / "straight" / "gen_002" / name).images
+        assert torch.equal(a, ImageSet.load(tmp_path / "resumed" / "gen_002" / name).images)
+
+
+def test_init_from_a_saved_model_reproduces_it_at_zero_steps(tmp_path):
+    data = load_digits().train
+    start = make_model("ddpm", sampling={"steps": 2}, train_steps=5, batch_size=8, warmup_steps=1)
+    start.fit(data, seed=0)
+    start.save(tmp_path / "model")
+    tuned = make_model("ddpm", sampling={"steps": 2}, train_steps=5, batch_size=8, warmup_steps=1, init="base",
+                       finetune_steps=0)
+    stats = tuned.fit(data, seed=1, init_from=tmp_path / "model")
+    assert stats["train_steps"] == 0 and math.isnan(stats["train_loss"])
+    assert torch.equal(tuned.sample(6, seed=3).images, start.sample(6, seed=3).images)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (("model=gmm", "model.init=base"), "model.init"),
+    (("model.init=warm",), "model.init"),
+    (("model.finetune_steps=-1",), "model.finetune_steps"),
+    (("model.budget=epochs",), "model.epochs"),
+    (("model.budget=flops",), "model.budget"),
+])
+def test_bad_protocol_keys_are_named(overrides, key):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config(*overrides))
+    assert key in str(e.value)
+
+
+def test_runs_from_before_the_new_keys_resume_under_their_defaults():
+    before = {"model": {"lr": 1.0}}
+    assert config_differences(before, {"model": {"lr": 1.0, "init": "scratch", "budget": "steps"}}) == {}
+    assert "model.init" in config_differences(before, {"model": {"lr": 1.0, "init": "base"}})
+
+
+# Compute budgets -------------------------------------------------------------------------------------------
+def test_epochs_budget_grows_with_the_training_set():
+    config = make_model("vae", budget="epochs", epochs=2.0, batch_size=16).config
+    assert config.fit_budget(160, finetune=False).steps == 20
+    assert config.fit_budget(320, finetune=False).steps == 40  # twice the data, twice the steps
+    assert config.fit_budget(100, finetune=False).steps == math.ceil(2 * 100 / 16)
+    fixed = make_model("vae", train_steps=30).config
+    assert fixed.fit_budget(160, finetune=False).steps == fixed.fit_budget(10_000, finetune=False).steps == 30
+
+
+def test_epochs_budget_in_an_accumulating_chain(tmp_path):
+    run_chain(tmp_path / "run", *FAST, "model=vae", "regime=accumulate", "model.budget=epochs", "model.epochs=0.5")
+    recorded = rows(tmp_path / "run")
+    sizes = [r["num_train"] for r in recorded]
+    assert sizes == [1397, 1397 + 64, 1397 + 128]
+    assert [r["train_steps"] for r in recorded] == [math.ceil(0.5 * n / 16) for n in sizes]
+    assert np.all(np.diff([r["train_steps"] for r in recorded]) > 0)
