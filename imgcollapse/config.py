@@ -34,7 +34,14 @@ from imgcollapse.models.ddpm import DDPMConfig
 from imgcollapse.models.gmm import GMMConfig
 from imgcollapse.models.train import TrainingConfig
 from imgcollapse.models.vae import VAEConfig
-from imgcollapse.regimes import AccumulateConfig, AugmentConfig, FreshConfig, RegimeConfig, ReplaceConfig
+from imgcollapse.regimes import (
+    AccumulateConfig,
+    AugmentConfig,
+    FreshConfig,
+    RealPlusConfig,
+    RegimeConfig,
+    ReplaceConfig,
+)
 from imgcollapse.resume import RESUME_MODES
 from imgcollapse.tracking import LoggerConfig
 
@@ -94,7 +101,7 @@ SCHEMAS = {
                 "cifar10": CIFAR10Config, "folder": FolderConfig},
     "model": {"ddpm": DDPMConfig, "vae": VAEConfig, "gmm": GMMConfig},
     "regime": {"replace": ReplaceConfig, "accumulate": AccumulateConfig, "fresh": FreshConfig,
-               "augment": AugmentConfig},
+               "augment": AugmentConfig, "real_plus": RealPlusConfig},
 }
 
 
@@ -237,6 +244,12 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
         require(r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
                 f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
                 f"num_synthetic={config.num_synthetic} samples")
+    if isinstance(r, RealPlusConfig):
+        wanted = r.num_synthetic_used(num_train)
+        require(wanted <= config.num_synthetic, "regime.synthetic_ratio", r.synthetic_ratio,
+                f"at most {config.num_synthetic / num_train:.4g}: each training set takes synthetic_ratio x the real "
+                f"pool's {num_train} images = {wanted} samples, and each generation makes num_synthetic="
+                f"{config.num_synthetic} (raise num_synthetic for a larger ratio)")
 
 
 __all__ = ["Config", "DatasetConfig", "build", "compose", "register", "validate", "validate_data"]

@@ -6,6 +6,8 @@ training set as one function of (real pool, synthetic sets so far, generation, s
   accumulate  the real pool plus every synthetic set so far, optionally subsampled to a fixed size
   fresh       a fresh draw of real images each generation plus the last samples, at `real_fraction`
   augment     a fixed real subset (drawn once) plus the last samples, at `real_fraction`
+  real_plus   the whole real pool plus `synthetic_ratio` x its size of the last samples (Bertrand et al.'s
+              mix: all real data, lambda * n synthetic images)
 
 Randomness comes from (seed, generation, purpose) only, where `seed` is the chain's seed: a resumed chain
 builds the same sets, and augment's real subset is the same in every generation.
@@ -84,6 +86,24 @@ class MixConfig(RegimeConfig):
     def check(self) -> None:
         super().check()
         require(0 <= self.real_fraction <= 1, "regime.real_fraction", self.real_fraction, "a fraction in [0, 1]")
+
+
+@dataclass
+class RealPlusConfig(RegimeConfig):
+    _target_: str = "imgcollapse.regimes.RealPlus"
+    synthetic_ratio: float = MISSING  # lambda: synthetic images per real image (all real images are kept)
+
+    def check(self) -> None:
+        super().check()
+        require(self.synthetic_ratio >= 0, "regime.synthetic_ratio", self.synthetic_ratio,
+                "a ratio >= 0 (lambda: synthetic images per real image; 0 retrains on the real pool alone)")
+
+    def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
+        return None  # the real pool plus lambda times it: never smaller than generation 0's
+
+    def num_synthetic_used(self, num_real: int) -> int:
+        """How many of the last generation's samples each training set takes: lambda x the real pool."""
+        return round(self.synthetic_ratio * num_real)
 
 
 @dataclass
@@ -186,6 +206,23 @@ class Augment(Fresh):
 
     def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
         return _rng(seed, 0, 2).permutation(num_pool)[:num_real]  # one permutation: the same subset every time
+
+
+class RealPlus(Regime):
+    """`regime=real_plus`: the whole real pool plus lambda x its size of the last samples, drawn without replacement
+    (Bertrand et al. 2024, `mix` in their iterative_retraining.py)."""
+
+    Config = RealPlusConfig
+    kind = "real_plus"
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        last = synthetic[-1]
+        wanted = self.config.num_synthetic_used(len(real))
+        if wanted > len(last):
+            raise ValueError(f"regime.synthetic_ratio={self.config.synthetic_ratio} needs {wanted} samples of "
+                             f"generation {generation - 1}, which made {len(last)} (raise num_synthetic)")
+        syn_idx = _rng(seed, generation, 4).choice(len(last), wanted, replace=False)
+        return [("real", real), (generation - 1, last.subset(np.sort(syn_idx)))]
 
 
 def verifier_scores(curation: str, probs: np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> np.ndarray:

@@ -124,3 +124,17 @@ def test_epochs_budget_in_an_accumulating_chain(tmp_path):
     assert sizes == [1397, 1397 + 64, 1397 + 128]
     assert [r["train_steps"] for r in recorded] == [math.ceil(0.5 * n / 16) for n in sizes]
     assert np.all(np.diff([r["train_steps"] for r in recorded]) > 0)
+
+
+# Bertrand's mix -----------------------------------------------------------------------------------------------
+def test_a_synthetic_ratio_larger_than_the_samples_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="regime.synthetic_ratio") as e:
+        run_chain(tmp_path, *FAST, "model=gmm", "regime=real_plus", "regime.synthetic_ratio=0.5")
+    assert "0.04581" in str(e.value)  # the largest ratio 64 samples allow on 1,397 real images
+    assert not list(tmp_path.glob("gen_*"))
+
+
+def test_bertrand_preset_is_their_protocol():
+    config = validate(compose_config("experiment=bertrand_real_fraction"))
+    assert config.model.init == "previous" and config.model.budget == "steps"
+    assert config.regime.synthetic_ratio == 0.5 and type(config.regime).__name__ == "RealPlusConfig"

@@ -163,3 +163,17 @@ def test_no_curation_keeps_every_sample_and_adds_no_columns():
     candidates = tagged(1, 30)
     kept, stats = regime.curate(candidates, np.full((30, 10), 0.1), 30)
     assert np.array_equal(ids(kept), ids(candidates)) and stats == {}
+
+
+def test_real_plus_keeps_every_real_image_and_adds_lambda_n_samples():
+    """Bertrand et al.'s mix: the whole real pool plus lambda x n of the last samples, none twice."""
+    for ratio in (0.0, 0.05, 0.1):
+        for g, (data, composition) in enumerate(chain_sets(make_regime("real_plus", synthetic_ratio=ratio), 3), 1):
+            wanted = round(ratio * REAL)
+            counts = np.bincount(sources(data), minlength=g + 1)
+            assert counts[0] == REAL and counts[g] == wanted and counts.sum() == REAL + wanted  # last gen's only
+            assert len(set(ids(data))) == len(data)
+            assert composition == {"num_real": REAL, "num_synthetic": wanted}
+            assert_labels_follow_images(data)
+    with pytest.raises(ValueError, match="synthetic_ratio"):  # 0.5 x 300 = 150 > the 40 samples made
+        chain_sets(make_regime("real_plus", synthetic_ratio=0.5), 1)
