@@ -178,6 +178,7 @@ def run(
                     **evaluation.row,
                     "train_loss": fit_stats.get("train_loss"),
                     "train_steps": fit_stats.get("train_steps"),
+                    **{k: v for k, v in fit_stats.items() if k.startswith("model_")},  # what the fit reports of itself
                     "init": init,
                     "init_from": None if init_from is None else f"gen_{init_from:03d}",
                     "num_train": len(train_set),

@@ -42,6 +42,7 @@ IGNORED = (
 ADDED = {
     "model.init": "scratch", "model.finetune_steps": None, "model.finetune_lr": None,  # kit 0.3: fine-tuning
     "model.budget": "steps", "model.epochs": None, "model.finetune_epochs": None,  # kit 0.3: compute budgets
+    "model.estimator": "mle", "model.float_samples": False,  # kit 0.3: the Gaussian theory check
 }
 # Resolved settings (environment.json) that change a chain's numbers: moving a chain across them is refused.
 NUMERIC_SETTINGS = ("threads", "mixed_precision", "device", "num_processes")
