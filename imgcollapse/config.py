@@ -236,9 +236,14 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
                 m.pca_components, f"null or at most the training pool's {num_train} images")
     extractors = config.metrics.extractors
     has_classifier = num_classes is not None and (extractors == "auto" or "classifier" in extractors)
-    require(r.curation == "none" or has_classifier, "regime.curation", r.curation,
-            "'none' here: curation's verifier is the metrics classifier, which needs labelled data and "
+    require(r.curation in ("none", "verify") or has_classifier, "regime.curation", r.curation,
+            "'none' here: this curation's judge is the metrics classifier, which needs labelled data and "
             "'classifier' in metrics.extractors")
+    require(r.curation != "verify" or num_classes is not None, "regime.curation", r.curation,
+            "'none' here: the verifier is trained on the real pool's class labels, and this dataset has none")
+    require(r.curation != "verify" or wanted or r.verify_threshold > 0, "regime.verify_threshold",
+            r.verify_threshold, "> 0 for an unconditional model, which asks for no class: the verifier then accepts "
+            "what it is this sure of (e.g. 0.9)")
     if isinstance(r, AccumulateConfig):
         pool = num_train + config.num_synthetic  # what accumulate draws from at generation 1, its smallest
         require(r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,

@@ -12,28 +12,38 @@ training set as one function of (real pool, synthetic sets so far, generation, s
 Randomness comes from (seed, generation, purpose) only, where `seed` is the chain's seed: a resumed chain
 builds the same sets, and augment's real subset is the same in every generation.
 
-Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` samples, a verifier scores
-them, and `curate` keeps the `n` it scores highest; those are what later generations train on.
+Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` samples and `curate` chooses the
+(at most) `n` that later generations train on.
   none        keep every sample (no extra candidates)
-  confidence  the metrics classifier's probability of its predicted class: keep what it finds unambiguous
-  condition   the classifier's probability of the sample's own label, i.e. the class a conditional model
-              was asked for: keep samples that show what they were meant to (for unconditional models,
-              whose labels are the classifier's predictions, this equals `confidence`)
+  reward      reward curation: the metrics classifier's probability of its predicted class; keep the `n` it
+              finds least ambiguous (the name until kit 0.3, `confidence`, still works). The judge is also the
+              ruler: what it selects, it then scores
+  condition   the metrics classifier's probability of the sample's own label (the class a conditional model
+              was asked for); keep the top `n` (for unconditional models it equals `reward`)
+  verify      verification as Feng et al. mean it: an independent verifier (imgcollapse/verifier.py: its own
+              architecture, seed and cache, trained on the real pool, never used by the metrics) accepts a
+              sample of a class-conditional model when its label is the requested class (and its confidence at
+              least `verify_threshold`), of an unconditional one when its confidence is at least the threshold;
+              the first `n` accepted candidates are kept (fewer if fewer pass: the row says how many)
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import MISSING
 
 from imgcollapse.data import ImageSet
-from imgcollapse.errors import require
+from imgcollapse.errors import UserError, require
 
-CURATIONS = ("none", "confidence", "condition")
+log = logging.getLogger(__name__)
+
+CURATIONS = ("none", "reward", "confidence", "condition", "verify")  # confidence: reward's name until kit 0.3
 
 
 def _rng(seed: int, *tags: int) -> np.random.Generator:
@@ -47,12 +57,19 @@ class RegimeConfig:
     _target_: str = MISSING
     curation: str = MISSING  # verifier that filters synthetic samples (CURATIONS)
     keep_fraction: float = MISSING  # curation: share of the candidates kept
+    verify_threshold: float = MISSING  # curation=verify: the verifier's least confidence to accept a sample
+    verifier_seed: int = MISSING  # curation=verify: the verifier's own training seed (not the metrics classifier's)
+    verifier_epochs: int = MISSING  # curation=verify: passes over the real pool to train the verifier
 
     def check(self) -> None:
         """The regime's own keys (ConfigError naming the key)."""
         require(self.curation in CURATIONS, "regime.curation", self.curation, f"one of {list(CURATIONS)}")
         require(0 < self.keep_fraction <= 1, "regime.keep_fraction", self.keep_fraction,
                 "a fraction in (0, 1]: the share of candidates curation keeps")
+        require(0 <= self.verify_threshold < 1, "regime.verify_threshold", self.verify_threshold,
+                "a probability in [0, 1) (0: a conditional sample passes on the verifier's label alone)")
+        require(self.verifier_seed >= 0, "regime.verifier_seed", self.verifier_seed, "an integer >= 0")
+        require(self.verifier_epochs >= 1, "regime.verifier_epochs", self.verifier_epochs, "an integer >= 1")
 
     def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
         """(config key, size) of every training set after generation 0, or None where it grows (never smaller
@@ -125,6 +142,20 @@ class Regime:
 
     def __init__(self, config: RegimeConfig) -> None:
         self.config = config
+        self.verifier = None  # curation=verify: set by `setup`
+        self.conditional = False  # whether candidates' labels are the classes they were asked for
+
+    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool) -> None:
+        """What curation needs before the chain runs: with curation=verify, the independent verifier (trained on
+        the real pool, or read from its cache). `conditional`: the model samples the classes it is asked for."""
+        self.conditional = conditional
+        if self.config.curation == "verify":
+            from imgcollapse.verifier import load_or_train_verifier
+
+            self.verifier = load_or_train_verifier(train, heldout, cache_dir, epochs=self.config.verifier_epochs,
+                                                   seed=self.config.verifier_seed)
+            log.info("curation verifier: held-out accuracy %.3f (fingerprint %s)", self.verifier.accuracy,
+                     self.verifier.fingerprint)
 
     def training_set(
         self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
@@ -147,12 +178,41 @@ class Regime:
         """The `n` candidates the verifier scores highest (in their original order) and curation stats."""
         if self.config.curation == "none":
             return candidates.subset(np.arange(n)), {}
+        if self.config.curation == "verify":
+            return self._verify(candidates, n)
         if probs is None:
             raise ValueError("curation needs the metrics classifier's class probabilities")
         scores = verifier_scores(self.config.curation, probs, candidates.labels)
         keep = np.sort(np.argsort(-scores, kind="stable")[:n])
         stats = {"num_candidates": len(candidates), "curation_threshold": float(scores[keep].min()),
                  "curated_score": float(scores[keep].mean()), "candidate_score": float(scores.mean())}
+        return candidates.subset(keep), stats
+
+
+    def _verify(self, candidates: ImageSet, n: int) -> tuple[ImageSet, dict[str, float]]:
+        """The first `n` candidates the independent verifier accepts, and how many it accepted."""
+        if self.verifier is None:
+            raise ValueError("regime.curation=verify needs Regime.setup to build the verifier first")
+        probs = self.verifier(candidates.images)
+        confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+        accepted = confidence >= self.config.verify_threshold
+        if self.conditional:
+            agrees = predicted == np.asarray(candidates.labels)
+            accepted &= agrees
+        keep = np.flatnonzero(accepted)[:n]
+        if not len(keep):
+            raise UserError(f"the verifier accepted none of {len(candidates)} candidates: lower "
+                            f"regime.verify_threshold={self.config.verify_threshold} or raise the candidates "
+                            f"(lower regime.keep_fraction={self.config.keep_fraction})")
+        if len(keep) < n:
+            log.warning("the verifier accepted %d of %d candidates, fewer than the %d wanted: the next generation "
+                        "trains on %d (lower regime.keep_fraction for more candidates)", accepted.sum(),
+                        len(candidates), n, len(keep))
+        stats = {"num_candidates": len(candidates), "num_verified": int(accepted.sum()),
+                 "verified_share": float(accepted.mean()), "curated_score": float(confidence[keep].mean()),
+                 "candidate_score": float(confidence.mean())}
+        if self.conditional:
+            stats["verifier_agreement"] = float(agrees.mean())  # share whose verifier label is the requested class
         return candidates.subset(keep), stats
 
 
@@ -227,7 +287,7 @@ class RealPlus(Regime):
 
 def verifier_scores(curation: str, probs: np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
     """Per-sample verifier score in [0, 1] from the metrics classifier's class probabilities [N, K]."""
-    if curation == "confidence" or (curation == "condition" and labels is None):
+    if curation in ("reward", "confidence") or (curation == "condition" and labels is None):
         return probs.max(axis=1)
     if curation == "condition":
         return probs[np.arange(len(probs)), np.asarray(labels)]

@@ -160,6 +160,12 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
+    if main and failure is None:  # curation runs on the main process; curation=verify trains (or reads) its verifier
+        try:
+            regime.setup(splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
+                         conditional=bool(getattr(config.model, "num_classes", None)))
+        except Exception as e:
+            failure = e
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)
     chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
     tracker.start(resolved)

@@ -91,7 +91,7 @@ def test_preset_choices_reach_the_models():
     config, model, regime, _ = build_all("experiment=mad_sampling_bias")
     assert model.num_classes == 10 and model.sampling.guidance == 1.0
     config, model, regime, _ = build_all("experiment=feng_curation")
-    assert regime.config.curation == "confidence" and regime.num_candidates(100) == 200
+    assert regime.config.curation == "verify" and regime.num_candidates(100) == 200 and model.num_classes == 10
     config, model, regime, _ = build_all("experiment=mad_sampling_bias_gaussian", "sampling.temperature=0.7")
     assert model.sampling.temperature == 0.7  # the model reads the one sampling node
 
