@@ -77,7 +77,7 @@ def training_set(generation: int, real: ImageSet, synthetic: list[ImageSet], reg
                  seed: int) -> tuple[ImageSet, dict[str, float]]:
     """Real data for generation 0, the regime's mix after that; with its composition."""
     if generation == 0:
-        return real, {"num_real": len(real), "num_synthetic": 0}
+        return regime.first_set(real, seed)
     return regime.training_set(real, synthetic, generation, seed)
 
 

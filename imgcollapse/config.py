@@ -249,6 +249,14 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
         require(r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
                 f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
                 f"num_synthetic={config.num_synthetic} samples")
+    if isinstance(r, FreshConfig) and r.first_real is not None:
+        require(r.first_real <= num_train, "regime.first_real", r.first_real,
+                f"null (the whole pool) or at most the real pool's {num_train} images")
+        if isinstance(m, TrainingConfig):
+            require(r.first_real >= m.batch_size, "regime.first_real", r.first_real,
+                    f"at least model.batch_size={m.batch_size}: generation 0 trains on that many real images")
+        if isinstance(m, GMMConfig):
+            m.check_training_size("regime.first_real", r.first_real, "generation 0 trains on that many real images")
     if isinstance(r, RealPlusConfig):
         wanted = r.num_synthetic_used(num_train)
         require(wanted <= config.num_synthetic, "regime.synthetic_ratio", r.synthetic_ratio,

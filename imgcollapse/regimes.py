@@ -4,7 +4,9 @@ Each regime is a class (chosen by `_target_` in conf/regime/) with its own typed
 training set as one function of (real pool, synthetic sets so far, generation, seed):
   replace     the last generation's samples only (the fully synthetic loop)
   accumulate  the real pool plus every synthetic set so far, optionally subsampled to a fixed size
-  fresh       a fresh draw of real images each generation plus the last samples, at `real_fraction`
+  fresh       real images no earlier generation trained on, plus the last samples, at `real_fraction`, while
+              the pool lasts (generation 0 trains on `first_real` of it); then real images earlier generations
+              trained on are redrawn, and each row counts them (num_real_reused)
   augment     a fixed real subset (drawn once) plus the last samples, at `real_fraction`
   real_plus   the whole real pool plus `synthetic_ratio` x its size of the last samples (Bertrand et al.'s
               mix: all real data, lambda * n synthetic images)
@@ -126,6 +128,12 @@ class RealPlusConfig(RegimeConfig):
 @dataclass
 class FreshConfig(MixConfig):
     _target_: str = "imgcollapse.regimes.Fresh"
+    first_real: int | None = MISSING  # real images generation 0 trains on (None: the whole pool, nothing left fresh)
+
+    def check(self) -> None:
+        super().check()
+        require(self.first_real is None or self.first_real > 0, "regime.first_real", self.first_real,
+                "null (the whole real pool) or an integer > 0")
 
 
 @dataclass
@@ -145,9 +153,15 @@ class Regime:
         self.verifier = None  # curation=verify: set by `setup`
         self.conditional = False  # whether candidates' labels are the classes they were asked for
 
-    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool) -> None:
-        """What curation needs before the chain runs: with curation=verify, the independent verifier (trained on
-        the real pool, or read from its cache). `conditional`: the model samples the classes it is asked for."""
+    def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
+        """Generation 0's training set and its composition: the whole real pool (fresh: its first_real)."""
+        return real, {"num_real": len(real), "num_synthetic": 0}
+
+    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
+              num_synthetic: int | None = None, generation: int | None = None) -> None:
+        """What the regime needs before the chain runs: with curation=verify, the independent verifier (trained on
+        the real pool, or read from its cache). `conditional`: the model samples the classes it is asked for;
+        `num_synthetic`, `generation`: the chain's sizes, for a regime that plans ahead (fresh)."""
         self.conditional = conditional
         if self.config.curation == "verify":
             from imgcollapse.verifier import load_or_train_verifier
@@ -245,17 +259,75 @@ class Fresh(Regime):
 
     Config = FreshConfig
     kind = "fresh"
+    records_reuse = True  # rows count the real images an earlier generation trained on (num_real_reused)
 
-    def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
-        return _rng(seed, generation, 2).choice(num_pool, num_real, replace=False)
+    def _first_count(self, num_pool: int) -> int:
+        first = self.config.first_real
+        return num_pool if first is None else min(first, num_pool)
+
+    def _order(self, num_pool: int, seed: int) -> np.ndarray:
+        """The order in which the pool's images are handed out: generation 0's first, then each generation's."""
+        return _rng(seed, 0, 5).permutation(num_pool)
+
+    def _num_real(self, real: ImageSet, size: int) -> int:
+        return min(len(real), round(self.config.real_fraction * size))
+
+    def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
+        n0 = self._first_count(len(real))
+        data = real if n0 == len(real) else real.subset(np.sort(self._order(len(real), seed)[:n0]))
+        return data, {"num_real": n0, "num_synthetic": 0, "num_real_reused": 0}
+
+    def _real_index(self, num_pool: int, sizes: list[int], generation: int, seed: int) -> tuple[np.ndarray, int]:
+        """Indices of generation `generation`'s real images (it needs sizes[-1]; sizes[h - 1]: what generation h
+        needed) and how many of them an earlier generation trained on. Fresh ones come next in `_order`; when the
+        pool is spent the rest is drawn, without replacement, from the images generations before used."""
+        order = self._order(num_pool, seed)
+        start = min(num_pool, self._first_count(num_pool) + sum(sizes[:-1]))  # images earlier generations had
+        fresh = order[start : start + sizes[-1]]
+        need = sizes[-1] - len(fresh)
+        used = np.sort(order[:start])  # the whole pool once spent: the draw is then the kit 0.2 one, bit for bit
+        reused = used[_rng(seed, generation, 2).choice(len(used), need, replace=False)] if need else used[:0]
+        return np.concatenate([fresh, reused]), need
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         last = synthetic[-1]
         size = len(last)
-        num_real = min(len(real), round(self.config.real_fraction * size))
-        real_idx = self._real_index(len(real), num_real, generation, seed)
-        syn_idx = _rng(seed, generation, 3).choice(len(last), size - num_real, replace=False)
+        sizes = [self._num_real(real, len(s)) for s in synthetic]
+        real_idx, self._reused = self._real_index(len(real), sizes, generation, seed)
+        syn_idx = _rng(seed, generation, 3).choice(len(last), size - sizes[-1], replace=False)
         return [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]
+
+    def training_set(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
+                     ) -> tuple[ImageSet, dict[str, float]]:
+        data, composition = super().training_set(real, synthetic, generation, seed)
+        if self.records_reuse:
+            composition["num_real_reused"] = self._reused
+        return data, composition
+
+    def fresh_generations(self, num_pool: int, num_synthetic: int) -> int:
+        """How many generations after 0 get only real images no earlier generation trained on (num_synthetic
+        samples a generation)."""
+        per = min(num_pool, round(self.config.real_fraction * num_synthetic))
+        return (num_pool - self._first_count(num_pool)) // per if per else 10**9
+
+    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
+              num_synthetic: int | None = None, generation: int | None = None) -> None:
+        super().setup(train, heldout, cache_dir, conditional, num_synthetic, generation)
+        if not self.records_reuse or num_synthetic is None:
+            return
+        n, n0 = len(train), self._first_count(len(train))
+        per = min(n, round(self.config.real_fraction * num_synthetic))
+        served = self.fresh_generations(n, num_synthetic)
+        plan = (f"regime=fresh: the real pool holds {n} images; generation 0 trains on {n0} "
+                f"(regime.first_real), each later generation on {per} real ones, so fresh real images last "
+                f"{served} generation{'s' * (served != 1)} after generation 0")
+        if generation is not None and served < generation:
+            log.warning("%s, not the %d this chain asks for: from generation %d on, the real share is drawn from "
+                        "images earlier generations trained on (each row's num_real_reused counts them). A larger "
+                        "dataset, a smaller regime.first_real or regime.real_fraction serves more", plan, generation,
+                        served + 1)
+        else:
+            log.info("%s: enough for generations 1..%s", plan, generation)
 
 
 class Augment(Fresh):
@@ -263,9 +335,14 @@ class Augment(Fresh):
 
     Config = AugmentConfig
     kind = "augment"
+    records_reuse = False  # the same real subset every generation is the point
 
-    def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
-        return _rng(seed, 0, 2).permutation(num_pool)[:num_real]  # one permutation: the same subset every time
+    def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
+        return Regime.first_set(self, real, seed)
+
+    def _real_index(self, num_pool: int, sizes: list[int], generation: int, seed: int) -> tuple[np.ndarray, int]:
+        # one permutation: the same subset every time
+        return _rng(seed, 0, 2).permutation(num_pool)[: sizes[-1]], sizes[-1]
 
 
 class RealPlus(Regime):

@@ -163,7 +163,8 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     if main and failure is None:  # curation runs on the main process; curation=verify trains (or reads) its verifier
         try:
             regime.setup(splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
-                         conditional=bool(getattr(config.model, "num_classes", None)))
+                         conditional=bool(getattr(config.model, "num_classes", None)),
+                         num_synthetic=config.num_synthetic, generation=config.generation)
         except Exception as e:
             failure = e
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images)

@@ -48,7 +48,8 @@ def test_vae_and_gmm_run_the_chain(tmp_path, model, cls):
         ("accumulate", [{"num_real": REAL, "num_synthetic": 64, "share_gen_000": 64 / (REAL + 64)},
                         {"num_real": REAL, "num_synthetic": 128, "share_gen_000": 64 / (REAL + 128),
                          "share_gen_001": 64 / (REAL + 128)}]),
-        ("fresh", [{"num_real": 32, "num_synthetic": 32}, {"num_real": 32, "num_synthetic": 32}]),
+        ("fresh", [{"num_real": 32, "num_synthetic": 32, "num_real_reused": 32},
+                   {"num_real": 32, "num_synthetic": 32, "num_real_reused": 32}]),
         ("augment", [{"num_real": 32, "num_synthetic": 32}, {"num_real": 32, "num_synthetic": 32}]),
         ("real_plus", [{"num_real": REAL, "num_synthetic": 56}, {"num_real": REAL, "num_synthetic": 56}]),
     ],
@@ -61,6 +62,12 @@ def test_rows_record_the_training_set_composition(tmp_path, regime, expected):
         got = {k: v for k, v in row.items() if k.startswith(("num_real", "num_synthetic", "share_gen_"))}
         assert got == pytest.approx(want)
         assert row["num_train"] == want["num_real"] + want["num_synthetic"]
+
+
+def test_fresh_chain_records_reuse_and_first_real(tmp_path):
+    rows = run_chain(tmp_path, *SMOKE, "model=gmm", "regime=fresh", "regime.first_real=1350")
+    assert rows[0]["num_train"] == 1350 and rows[0]["num_real_reused"] == 0
+    assert [r["num_real_reused"] for r in rows[1:]] == [0, 17]  # 47 left fresh: 32 for gen 1, 15 + 17 for gen 2
 
 
 def test_curation_keeps_the_verifiers_top_candidates(tmp_path, cache_dir):

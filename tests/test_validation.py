@@ -161,6 +161,8 @@ BAD_WITH_DATA = [
      "'classifier' in metrics.extractors"),
     (("regime.curation=verify",), 100, None, "regime.curation", "verify", "trained on the real pool's class labels"),
     (("model=gmm", "regime.curation=verify"), 1397, 10, "regime.verify_threshold", 0.0, "> 0 for an unconditional"),
+    (("regime=fresh", "regime.first_real=5000"), 1397, 10, "regime.first_real", 5000, "at most the real pool's 1397"),
+    (("regime=fresh", "regime.first_real=100"), 1397, 10, "regime.first_real", 100, "at least model.batch_size=128"),
 ]
 
 
