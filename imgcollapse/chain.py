@@ -111,6 +111,8 @@ def run(
     environment: dict[str, Any] | None = None,  # versions and resolved settings, kept beside each generation
     after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
     processes: PartialState | None = None,  # every process of `accelerate launch` runs this loop; None: one
+    family_for: Callable[[int], tuple[str, Callable[[], Model]]] | None = None,  # chain.models: (family name,
+    # its make_model) for generation g; None: `make_model` every generation
 ) -> list[dict[str, Any]]:
     """Train generations up to `generation`, after the last finished one (resume.prepare has cleaned the run dir
     of anything after it); returns all rows. Every process trains its share of each batch; the main process
@@ -137,7 +139,8 @@ def run(
         train_set, composition = training_set(g, splits.train, synthetic, regime, seed)
 
         # Fit (every process: data-parallel under accelerate): from new weights, or from a finished generation's.
-        model = make_model()
+        family, make = family_for(g) if family_for is not None else (None, make_model)
+        model = make()
         init, init_from = starting_point(model, g, store)
         start_at = {} if init_from is None else {"init_from": store.gen_dir(init_from) / "model"}
         try:
@@ -175,6 +178,7 @@ def run(
                 save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
                 row = {
                     "generation": g,
+                    **({} if family is None else {"family": family}),
                     **evaluation.row,
                     "train_loss": fit_stats.get("train_loss"),
                     "train_steps": fit_stats.get("train_steps"),

@@ -79,6 +79,13 @@ class AcceleratorConfig:
 
 
 @dataclass
+class ChainConfig:
+    """`chain.*`: which model family trains each generation."""
+
+    models: list[str] | None = MISSING  # families in turn (generation g: models[g % len]); None: `model` every time
+
+
+@dataclass
 class Config:
     generation: int = MISSING
     seed: int = MISSING
@@ -94,6 +101,8 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    families: dict[str, Any] = field(default_factory=dict)  # {name: model config}: families besides `model`
 
 
 SCHEMAS = {
@@ -168,15 +177,53 @@ def validate(cfg: DictConfig) -> Config:
     config.logger.check()
 
     # Across components.
-    _check_sampling_for_model(m, s)
-    if isinstance(m, DDPMConfig):
-        m.check_image_size(d.image_size)
-        m.check_sampling(s)
-    if isinstance(m, GMMConfig):
-        m.check_pixels(d.channels * d.image_size**2)
-    _check_training_sets(config)
+    for family in family_configs(config).values():
+        _check_sampling_for_model(family, s)
+        if isinstance(family, DDPMConfig):
+            family.check_image_size(d.image_size)
+            family.check_sampling(s)
+        if isinstance(family, GMMConfig):
+            family.check_pixels(d.channels * d.image_size**2)
+        _check_training_sets(config, family)
     config.metrics.check_sizes(config.num_synthetic)
     return config
+
+
+def model_kind(m: Any) -> str:
+    """The conf/model/ name of a model config (ddpm, vae, gmm), from its schema."""
+    return next((name for name, schema in SCHEMAS["model"].items() if type(m) is schema), type(m).__name__)
+
+
+def family_configs(config: Config) -> dict[str, Any]:
+    """{family name: model config} of every family the chain trains: `model` alone, or each name of chain.models
+    (the one of `model`'s kind is `model`, the others come from `families.<name>`). ConfigError naming what is
+    missing."""
+    m = config.model
+    names = config.chain.models
+    if names is None:
+        return {model_kind(m): m}
+    require(len(names) > 0, "chain.models", names, "null or a non-empty list of model families, e.g. [ddpm,vae]")
+    found = {model_kind(m): m}
+    for name, family in dict(config.families or {}).items():
+        _require_schema(f"families.{name}", family)
+        family.check()
+        found.setdefault(name, family)
+    families = {}
+    for name in names:
+        require(name in found, "chain.models", names,
+                f"families this config has: {sorted(found)} (`model` is {model_kind(m)}); add another with "
+                f"`+model@families.{name}={name}` on the command line or `- /model@families.{name}: {name}` in a "
+                "preset's defaults")
+        families[name] = found[name]
+    if len(families) > 1:
+        for name, family in families.items():
+            require(getattr(family, "init", "scratch") == "scratch", f"model.init ({name})",
+                    getattr(family, "init", None), "scratch when families alternate: a model cannot start from "
+                    "another family's weights")
+        classes = {name: getattr(family, "num_classes", None) for name, family in families.items()}
+        require(len(set(classes.values())) == 1, "chain.models", names,
+                f"families that agree on class conditioning (num_classes: {classes})")
+    return families
 
 
 def _require_schema(key: str, config: Any) -> None:
@@ -197,10 +244,10 @@ def _check_sampling_for_model(m: Any, s: SamplingConfig) -> None:
             "1.0 for this model, which has no temperature (diffusion's sampling bias is sampling.guidance)")
 
 
-def _check_training_sets(config: Config) -> None:
-    """Each generation after 0 trains on the regime's training set: it must hold a batch, and a GMM's components
-    and PCA dimensions."""
-    m, r = config.model, config.regime
+def _check_training_sets(config: Config, m: Any) -> None:
+    """Each generation after 0 trains (a model of config `m`) on the regime's training set: it must hold a batch,
+    and a GMM's components and PCA dimensions."""
+    r = config.regime
     if config.generation == 0:  # generation 0 trains on the real pool (checked in validate_data)
         return
     sized = r.training_size(config.num_synthetic)

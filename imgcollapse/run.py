@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import imgcollapse
 from imgcollapse import chain, faults, resume
-from imgcollapse.config import Config, build, register, validate, validate_data
+from imgcollapse.config import Config, build, family_configs, register, validate, validate_data
 from imgcollapse.data import Splits
 from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
 from imgcollapse.launch import hydra_launcher, resolve_threads
@@ -160,6 +160,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
+    family_for = _families(config, splits, accelerator)
     if main and failure is None:  # curation runs on the main process; curation=verify trains (or reads) its verifier
         try:
             regime.setup(splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
@@ -181,6 +182,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds, environment=environment,
             after_generation=reporter,
             processes=processes,
+            family_for=family_for,
         )
     finally:
         # Done, or stopped: the report once more, from whatever is on disk (main), and the tracker closed;
@@ -193,6 +195,16 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             tracker.finish()
         except Exception as e:
             log.warning("closing the %s tracker failed (%s: %s)", config.logger.kind, type(e).__name__, e)
+
+
+def _families(config: Config, splits: Splits, accelerator: Accelerator) -> Any:
+    """chain.models: generation g -> (family name, its make_model), the families in turn; None without a schedule."""
+    if config.chain.models is None:
+        return None
+    makers = {name: functools.partial(build, family, image_shape=splits.train.shape, sampling=config.sampling,
+                                      accelerator=accelerator) for name, family in family_configs(config).items()}
+    names = list(config.chain.models)
+    return lambda g: (names[g % len(names)], makers[names[g % len(names)]])
 
 
 def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, splits: Splits, store: RunStore,

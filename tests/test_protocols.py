@@ -138,3 +138,40 @@ def test_bertrand_preset_is_their_protocol():
     config = validate(compose_config("experiment=bertrand_real_fraction"))
     assert config.model.init == "previous" and config.model.budget == "steps"
     assert config.regime.synthetic_ratio == 0.5 and type(config.regime).__name__ == "RealPlusConfig"
+
+
+# Model families in turn ------------------------------------------------------------------------------------------
+FAMILIES = ("model=gmm", "chain.models=[gmm,vae]", "+model@families.vae=vae", "+debug_model@families.vae=smoke_vae")
+
+
+def test_families_alternate_and_resume_bit_for_bit(tmp_path):
+    run_chain(tmp_path / "straight", *FAST, *FAMILIES, "generation=3")
+    run_chain(tmp_path / "resumed", *FAST, *FAMILIES, "generation=1")
+    rows = run_chain(tmp_path / "resumed", *FAST, *FAMILIES, "generation=3")
+    assert [r["family"] for r in rows] == ["gmm", "vae", "gmm", "vae"]
+    for g, weights in enumerate(["gmm.npz", "vae.safetensors"] * 2):
+        assert (tmp_path / "resumed" / f"gen_{g:03d}" / "model" / weights).exists()
+        a = ImageSet.load(tmp_path / "straight" / f"gen_{g:03d}" / "samples.npz").images
+        assert torch.equal(a, ImageSet.load(tmp_path / "resumed" / f"gen_{g:03d}" / "samples.npz").images)
+    assert rows[1]["train_steps"] == 20 and rows[2]["train_steps"] is None  # the VAE's smoke budget; EM has none
+
+
+@pytest.mark.parametrize("overrides, key, says", [
+    (("chain.models=[ddpm,vae]",), "chain.models", "+model@families.vae=vae"),
+    (("chain.models=[]",), "chain.models", "non-empty"),
+    (("chain.models=[ddpm,vae]", "+model@families.vae=vae", "model.init=previous"), "model.init (ddpm)",
+     "another family's weights"),
+    (("chain.models=[ddpm,vae]", "+model@families.vae=vae", "model.num_classes=10"), "chain.models",
+     "agree on class conditioning"),
+])
+def test_bad_family_schedules_are_named(overrides, key, says):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config(*overrides))
+    assert e.value.key == key and says in str(e.value)
+
+
+def test_the_families_preset_composes_both_families_with_smoke_sizes():
+    from imgcollapse.config import family_configs
+
+    families = family_configs(validate(compose_config("experiment=families_alternating", "debug=smoke")))
+    assert list(families) == ["ddpm", "vae"] and families["vae"].train_steps == families["ddpm"].train_steps == 20
