@@ -175,3 +175,20 @@ def test_the_families_preset_composes_both_families_with_smoke_sizes():
 
     families = family_configs(validate(compose_config("experiment=families_alternating", "debug=smoke")))
     assert list(families) == ["ddpm", "vae"] and families["vae"].train_steps == families["ddpm"].train_steps == 20
+
+
+# Long horizons -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset, kind, regime", [
+    ("kazdan_subsample", "GMMConfig", "AccumulateConfig"),
+    ("gerstgrasser_accumulate_gaussian", "GMMConfig", "AccumulateConfig"),
+    ("kazdan_subsample_vae", "VAEConfig", "AccumulateConfig"),
+    ("feng_curation_gaussian", "GMMConfig", "ReplaceConfig"),
+])
+def test_bounded_or_growing_presets_run_long(preset, kind, regime):
+    config = validate(compose_config(f"experiment={preset}"))
+    assert config.generation >= 30
+    assert type(config.model).__name__ == kind and type(config.regime).__name__ == regime
+    if preset == "kazdan_subsample_vae":  # fixed compute: the question is the data, not the budget
+        assert config.model.budget == "steps" and config.regime.subsample == 1397
+    if preset == "feng_curation_gaussian":
+        assert config.regime.curation == "verify" and config.regime.verify_threshold > 0
