@@ -94,6 +94,20 @@ def starting_point(model: Model, generation: int, store: RunStore) -> tuple[str,
     raise ValueError(f"model.init={init!r} is not one of ['scratch', 'base', 'previous']")
 
 
+MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
+
+
+def score_members(score: Callable[[ImageSet, ImageSet], Any], samples: ImageSet, train_set: ImageSet
+                  ) -> dict[str, Any]:
+    """A population's members scored on their own blocks of the pooled samples (`<column>_<member>`); {} for one
+    model."""
+    out: dict[str, Any] = {}
+    for label, start, stop in getattr(samples, "members", ()):
+        row = score(samples.subset(np.arange(start, stop)), train_set).row
+        out.update({f"{c}_{label}": row.get(c) for c in MEMBER_COLUMNS if c in row})
+    return out
+
+
 def run(
     *,
     store: RunStore,
@@ -164,6 +178,7 @@ def run(
                 # Score (memorization against this generation's training set); unconditional samples carry the
                 # classifier's predicted labels from here on (none without a classifier).
                 evaluation = score(samples, train_set)
+                member_scores = score_members(score, samples, train_set)  # chain.population: each member's share
                 if samples.labels is None and evaluation.probs is not None:
                     samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
                 samples.class_names = splits.train.class_names
@@ -180,6 +195,7 @@ def run(
                     "generation": g,
                     **({} if family is None else {"family": family}),
                     **evaluation.row,
+                    **member_scores,
                     "train_loss": fit_stats.get("train_loss"),
                     "train_steps": fit_stats.get("train_steps"),
                     **{k: v for k, v in fit_stats.items() if k.startswith("model_")},  # what the fit reports of itself

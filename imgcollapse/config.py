@@ -83,6 +83,7 @@ class ChainConfig:
     """`chain.*`: which model family trains each generation."""
 
     models: list[str] | None = MISSING  # families in turn (generation g: models[g % len]); None: `model` every time
+    population: list[str] | None = MISSING  # families trained side by side every generation, samples pooled
 
 
 @dataclass
@@ -199,10 +200,14 @@ def family_configs(config: Config) -> dict[str, Any]:
     (the one of `model`'s kind is `model`, the others come from `families.<name>`). ConfigError naming what is
     missing."""
     m = config.model
-    names = config.chain.models
+    key, names = "chain.models", config.chain.models
+    if config.chain.population is not None:
+        require(names is None, "chain.population", config.chain.population,
+                "null while chain.models is set: families take turns or live side by side, not both")
+        key, names = "chain.population", config.chain.population
     if names is None:
         return {model_kind(m): m}
-    require(len(names) > 0, "chain.models", names, "null or a non-empty list of model families, e.g. [ddpm,vae]")
+    require(len(names) > 0, key, names, "null or a non-empty list of model families, e.g. [ddpm,vae]")
     found = {model_kind(m): m}
     for name, family in dict(config.families or {}).items():
         _require_schema(f"families.{name}", family)
@@ -210,18 +215,18 @@ def family_configs(config: Config) -> dict[str, Any]:
         found.setdefault(name, family)
     families = {}
     for name in names:
-        require(name in found, "chain.models", names,
+        require(name in found, key, names,
                 f"families this config has: {sorted(found)} (`model` is {model_kind(m)}); add another with "
                 f"`+model@families.{name}={name}` on the command line or `- /model@families.{name}: {name}` in a "
                 "preset's defaults")
         families[name] = found[name]
-    if len(families) > 1:
+    if len(families) > 1 or key == "chain.population":
         for name, family in families.items():
             require(getattr(family, "init", "scratch") == "scratch", f"model.init ({name})",
                     getattr(family, "init", None), "scratch when families alternate: a model cannot start from "
                     "another family's weights")
         classes = {name: getattr(family, "num_classes", None) for name, family in families.items()}
-        require(len(set(classes.values())) == 1, "chain.models", names,
+        require(len(set(classes.values())) == 1, key, names,
                 f"families that agree on class conditioning (num_classes: {classes})")
     return families
 

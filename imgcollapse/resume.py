@@ -44,7 +44,7 @@ ADDED = {
     "model.budget": "steps", "model.epochs": None, "model.finetune_epochs": None,  # kit 0.3: compute budgets
     "model.estimator": "mle", "model.float_samples": False,  # kit 0.3: the Gaussian theory check
     "regime.first_real": None,  # kit 0.3: fresh means fresh
-    "chain.models": None,  # kit 0.3: model families in turn
+    "chain.models": None, "chain.population": None,  # kit 0.3: model families in turn, or side by side
     "regime.verify_threshold": 0.0, "regime.verifier_seed": 1, "regime.verifier_epochs": 20,  # kit 0.3: verify
 }
 # Resolved settings (environment.json) that change a chain's numbers: moving a chain across them is refused.

@@ -198,11 +198,17 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
 
 
 def _families(config: Config, splits: Splits, accelerator: Accelerator) -> Any:
-    """chain.models: generation g -> (family name, its make_model), the families in turn; None without a schedule."""
-    if config.chain.models is None:
+    """chain.models: generation g -> (family name, its make_model), the families in turn; chain.population: every
+    generation ("population", a Population of the families); None for neither."""
+    if config.chain.models is None and config.chain.population is None:
         return None
     makers = {name: functools.partial(build, family, image_shape=splits.train.shape, sampling=config.sampling,
                                       accelerator=accelerator) for name, family in family_configs(config).items()}
+    if config.chain.population is not None:
+        from imgcollapse.models.population import Population
+
+        members = list(config.chain.population)
+        return lambda g: ("population", lambda: Population([(name, makers[name]()) for name in members]))
     names = list(config.chain.models)
     return lambda g: (names[g % len(names)], makers[names[g % len(names)]])
 

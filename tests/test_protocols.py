@@ -192,3 +192,46 @@ def test_bounded_or_growing_presets_run_long(preset, kind, regime):
         assert config.model.budget == "steps" and config.regime.subsample == 1397
     if preset == "feng_curation_gaussian":
         assert config.regime.curation == "verify" and config.regime.verify_threshold > 0
+
+
+# A population of families side by side ---------------------------------------------------------------------------
+POPULATION = ("model=gmm", "chain.population=[gmm,vae]", "+model@families.vae=vae",
+              "+debug_model@families.vae=smoke_vae")
+
+
+def test_a_population_of_two_runs_scores_each_member_and_resumes(tmp_path):
+    run_chain(tmp_path / "straight", *FAST, *POPULATION)
+    run_chain(tmp_path / "resumed", *FAST, *POPULATION, "generation=1")
+    rows = run_chain(tmp_path / "resumed", *FAST, *POPULATION)
+    assert len(ImageSet.load(tmp_path / "straight" / "gen_000" / "samples.npz")) == 64  # 32 from each member
+    for g in range(3):
+        model = tmp_path / "resumed" / f"gen_{g:03d}" / "model"
+        assert (model / "member_0_gmm" / "gmm.npz").exists() and (model / "member_1_vae" / "vae.safetensors").exists()
+        a = ImageSet.load(tmp_path / "straight" / f"gen_{g:03d}" / "samples.npz").images
+        assert torch.equal(a, ImageSet.load(tmp_path / "resumed" / f"gen_{g:03d}" / "samples.npz").images)
+    for row in rows:
+        assert row["family"] == "population"
+        assert row["fid_gmm"] != row["fid_vae"] and min(row["fid_gmm"], row["fid_vae"]) > 0
+        assert row["model_train_loss_gmm"] is not None and row["model_train_loss_vae"] is not None
+
+
+def test_population_samples_are_the_members_blocks(tmp_path):
+    from imgcollapse.models.population import Population, blocks, member_seed
+
+    data = load_digits().train
+    members = [("gmm", make_model("gmm", n_components=2, max_iter=5)), ("vae", make_model("vae", train_steps=3,
+                                                                                          batch_size=8))]
+    population = Population(members)
+    population.fit(data, seed=3)
+    pooled = population.sample(7, seed=5)
+    assert blocks(7, 2) == [(0, 4), (4, 7)] and pooled.members == [("gmm", 0, 4), ("vae", 4, 7)]
+    assert torch.equal(pooled.images[:4], members[0][1].sample(4, seed=member_seed(5, 0)).images)
+    assert torch.equal(pooled.images[4:], members[1][1].sample(3, seed=member_seed(5, 1)).images)
+
+
+def test_population_and_turns_do_not_mix():
+    with pytest.raises(ConfigError) as e:
+        validate(compose_config("chain.models=[ddpm]", "chain.population=[ddpm,ddpm]"))
+    assert e.value.key == "chain.population"
+    config = validate(compose_config("experiment=population_families", "debug=smoke"))
+    assert config.chain.population == ["ddpm", "vae"] and config.families["vae"].train_steps == 20
