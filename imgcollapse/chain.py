@@ -107,8 +107,35 @@ def training_set(generation: int, real: ImageSet, synthetic: list[ImageSet], reg
                  seed: int) -> tuple[ImageSet, dict[str, float]]:
     """Real data for generation 0, the regime's mix after that; with its composition."""
     if generation == 0:
-        return real, {"num_real": len(real), "num_synthetic": 0}
+        return regime.first_set(real, seed)
     return regime.training_set(real, synthetic, generation, seed)
+
+
+def starting_point(model: Model, generation: int, store: RunStore) -> tuple[str, int | None]:
+    """(`model.init`, the finished generation whose saved weights generation `generation` starts from, or None for
+    new weights). Generation 0 always starts from scratch; a model without `init` always does."""
+    init = getattr(getattr(model, "config", None), "init", "scratch")
+    if generation == 0 or init == "scratch":
+        return init, None
+    if init == "base":
+        return init, 0
+    if init == "previous":
+        return init, generation - 1
+    raise ValueError(f"model.init={init!r} is not one of ['scratch', 'base', 'previous']")
+
+
+MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
+
+
+def score_members(score: Callable[[ImageSet, ImageSet], Any], samples: ImageSet, train_set: ImageSet
+                  ) -> dict[str, Any]:
+    """A population's members scored on their own blocks of the pooled samples (`<column>_<member>`); {} for one
+    model."""
+    out: dict[str, Any] = {}
+    for label, start, stop in getattr(samples, "members", ()):
+        row = score(samples.subset(np.arange(start, stop)), train_set).row
+        out.update({f"{c}_{label}": row.get(c) for c in MEMBER_COLUMNS if c in row})
+    return out
 
 
 def run(
@@ -130,6 +157,8 @@ def run(
     environment: dict[str, Any] | None = None,  # versions and resolved settings, kept beside each generation
     after_generation: Callable[[int, dict[str, Any]], None] | None = None,  # report, trackers: once g is done
     processes: PartialState | None = None,  # every process of `accelerate launch` runs this loop; None: one
+    family_for: Callable[[int], tuple[str, Callable[[], Model]]] | None = None,  # chain.models: (family name,
+    # its make_model) for generation g; None: `make_model` every generation
 ) -> list[dict[str, Any]]:
     """Train generations up to `generation`, after the last finished one (resume.prepare has cleaned the run dir
     of anything after it); returns all rows. Every process trains its share of each batch; the main process
@@ -156,10 +185,13 @@ def run(
 
         train_set, composition = training_set(g, splits.train, synthetic, regime, seed)
 
-        # Fit a fresh model (every process: data-parallel under accelerate).
-        model = make_model()
+        # Fit (every process: data-parallel under accelerate): from new weights, or from a finished generation's.
+        family, make = family_for(g) if family_for is not None else (None, make_model)
+        model = make()
+        init, init_from = starting_point(model, g, store)
+        start_at = {} if init_from is None else {"init_from": store.gen_dir(init_from) / "model"}
         try:
-            fit_stats = model.fit(train_set, seed=seeds["fit"])
+            fit_stats = model.fit(train_set, seed=seeds["fit"], **start_at)
         except TrainingDiverged as e:  # nothing of this generation is on disk yet; earlier ones stay as they are
             e.generation = g
             raise
@@ -194,6 +226,7 @@ def run(
                     log.warning("gen %d: a generation it trains on was made before memorization had a null "
                                 "(gen_XXX/%s, kit 0.3): its memorization_ratio stays empty", g, NULL_FILE)
                 evaluation = score(samples, train_set, null=null)
+                member_scores = score_members(score, samples, train_set)  # chain.population: each member's share
                 if samples.labels is None and evaluation.probs is not None:
                     samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
                 samples.class_names = splits.train.class_names
@@ -210,8 +243,14 @@ def run(
                 save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
                 row = {
                     "generation": g,
+                    **({} if family is None else {"family": family}),
                     **evaluation.row,
+                    **member_scores,
                     "train_loss": fit_stats.get("train_loss"),
+                    "train_steps": fit_stats.get("train_steps"),
+                    **{k: v for k, v in fit_stats.items() if k.startswith("model_")},  # what the fit reports of itself
+                    "init": init,
+                    "init_from": None if init_from is None else f"gen_{init_from:03d}",
                     "num_train": len(train_set),
                     **composition,
                     **curation,

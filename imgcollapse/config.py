@@ -39,7 +39,14 @@ from imgcollapse.models.ddpm import DDPMConfig
 from imgcollapse.models.gmm import GMMConfig
 from imgcollapse.models.train import TrainingConfig
 from imgcollapse.models.vae import VAEConfig
-from imgcollapse.regimes import AccumulateConfig, AugmentConfig, FreshConfig, RegimeConfig, ReplaceConfig
+from imgcollapse.regimes import (
+    AccumulateConfig,
+    AugmentConfig,
+    FreshConfig,
+    RealPlusConfig,
+    RegimeConfig,
+    ReplaceConfig,
+)
 from imgcollapse.resume import RESUME_MODES, is_ignored
 from imgcollapse.tracking import LoggerConfig
 
@@ -78,6 +85,14 @@ class AcceleratorConfig:
 
 
 @dataclass
+class ChainConfig:
+    """`chain.*`: which model family trains each generation."""
+
+    models: list[str] | None = MISSING  # families in turn (generation g: models[g % len]); None: `model` every time
+    population: list[str] | None = MISSING  # families trained side by side every generation, samples pooled
+
+
+@dataclass
 class Config:
     generation: int = MISSING
     seed: int = MISSING
@@ -93,6 +108,8 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     accelerator: AcceleratorConfig = field(default_factory=AcceleratorConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
+    families: dict[str, Any] = field(default_factory=dict)  # {name: model config}: families besides `model`
 
 
 SCHEMAS = {
@@ -100,7 +117,7 @@ SCHEMAS = {
                 "cifar10": CIFAR10Config, "folder": FolderConfig},
     "model": {"ddpm": DDPMConfig, "vae": VAEConfig, "gmm": GMMConfig},
     "regime": {"replace": ReplaceConfig, "accumulate": AccumulateConfig, "fresh": FreshConfig,
-               "augment": AugmentConfig},
+               "augment": AugmentConfig, "real_plus": RealPlusConfig},
 }
 
 
@@ -206,13 +223,14 @@ def validate(cfg: DictConfig) -> Config:
     config.logger.check()
 
     # Across components.
-    _check_sampling_for_model(m, s)
-    if isinstance(m, DDPMConfig):
-        m.check_image_size(d.image_size)
-        m.check_sampling(s)
-    if isinstance(m, GMMConfig):
-        m.check_pixels(d.channels * d.image_size**2)
-    _check_training_sets(config)
+    for family in family_configs(config).values():
+        _check_sampling_for_model(family, s)
+        if isinstance(family, DDPMConfig):
+            family.check_image_size(d.image_size)
+            family.check_sampling(s)
+        if isinstance(family, GMMConfig):
+            family.check_pixels(d.channels * d.image_size**2)
+        _check_training_sets(config, family)
     config.metrics.check_sizes(config.num_synthetic)
     return config
 
@@ -274,6 +292,47 @@ def did_you_mean(name: str, options: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def model_kind(m: Any) -> str:
+    """The conf/model/ name of a model config (ddpm, vae, gmm), from its schema."""
+    return next((name for name, schema in SCHEMAS["model"].items() if type(m) is schema), type(m).__name__)
+
+
+def family_configs(config: Config) -> dict[str, Any]:
+    """{family name: model config} of every family the chain trains: `model` alone, or each name of chain.models
+    (the one of `model`'s kind is `model`, the others come from `families.<name>`). ConfigError naming what is
+    missing."""
+    m = config.model
+    key, names = "chain.models", config.chain.models
+    if config.chain.population is not None:
+        require(names is None, "chain.population", config.chain.population,
+                "null while chain.models is set: families take turns or live side by side, not both")
+        key, names = "chain.population", config.chain.population
+    if names is None:
+        return {model_kind(m): m}
+    require(len(names) > 0, key, names, "null or a non-empty list of model families, e.g. [ddpm,vae]")
+    found = {model_kind(m): m}
+    for name, family in dict(config.families or {}).items():
+        _require_schema(f"families.{name}", family)
+        family.check()
+        found.setdefault(name, family)
+    families = {}
+    for name in names:
+        require(name in found, key, names,
+                f"families this config has: {sorted(found)} (`model` is {model_kind(m)}); add another with "
+                f"`+model@families.{name}={name}` on the command line or `- /model@families.{name}: {name}` in a "
+                "preset's defaults")
+        families[name] = found[name]
+    if len(families) > 1 or key == "chain.population":
+        for name, family in families.items():
+            require(getattr(family, "init", "scratch") == "scratch", f"model.init ({name})",
+                    getattr(family, "init", None), "scratch when families alternate: a model cannot start from "
+                    "another family's weights")
+        classes = {name: getattr(family, "num_classes", None) for name, family in families.items()}
+        require(len(set(classes.values())) == 1, key, names,
+                f"families that agree on class conditioning (num_classes: {classes})")
+    return families
+
+
 def _require_schema(key: str, config: Any) -> None:
     """A dataset, model or regime config must be a typed config (a dataclass with `check`) whose `_target_` imports:
     what a YAML file gets from `defaults: [/schema/<group>/<name>@_here_]`."""
@@ -292,10 +351,10 @@ def _check_sampling_for_model(m: Any, s: SamplingConfig) -> None:
             "1.0 for this model, which has no temperature (diffusion's sampling bias is sampling.guidance)")
 
 
-def _check_training_sets(config: Config) -> None:
-    """Each generation after 0 trains on the regime's training set: it must hold a batch, and a GMM's components
-    and PCA dimensions."""
-    m, r = config.model, config.regime
+def _check_training_sets(config: Config, m: Any) -> None:
+    """Each generation after 0 trains (a model of config `m`) on the regime's training set: it must hold a batch,
+    and a GMM's components and PCA dimensions."""
+    r = config.regime
     if config.generation == 0:  # generation 0 trains on the real pool (checked in validate_data)
         return
     sized = r.training_size(config.num_synthetic)
@@ -331,14 +390,33 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
                 m.pca_components, f"null or at most the training pool's {num_train} images")
     extractors = config.metrics.extractors
     has_classifier = num_classes is not None and (extractors == "auto" or "classifier" in extractors)
-    require(r.curation == "none" or has_classifier, "regime.curation", r.curation,
-            "'none' here: curation's verifier is the metrics classifier, which needs labelled data and "
+    require(r.curation in ("none", "verify") or has_classifier, "regime.curation", r.curation,
+            "'none' here: this curation's judge is the metrics classifier, which needs labelled data and "
             "'classifier' in metrics.extractors")
+    require(r.curation != "verify" or num_classes is not None, "regime.curation", r.curation,
+            "'none' here: the verifier is trained on the real pool's class labels, and this dataset has none")
+    require(r.curation != "verify" or wanted or r.verify_threshold > 0, "regime.verify_threshold",
+            r.verify_threshold, "> 0 for an unconditional model, which asks for no class: the verifier then accepts "
+            "what it is this sure of (e.g. 0.9)")
     if isinstance(r, AccumulateConfig):
         pool = num_train + config.num_synthetic  # what accumulate draws from at generation 1, its smallest
         require(r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
                 f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
                 f"num_synthetic={config.num_synthetic} samples")
+    if isinstance(r, FreshConfig) and r.first_real is not None:
+        require(r.first_real <= num_train, "regime.first_real", r.first_real,
+                f"null (the whole pool) or at most the real pool's {num_train} images")
+        if isinstance(m, TrainingConfig):
+            require(r.first_real >= m.batch_size, "regime.first_real", r.first_real,
+                    f"at least model.batch_size={m.batch_size}: generation 0 trains on that many real images")
+        if isinstance(m, GMMConfig):
+            m.check_training_size("regime.first_real", r.first_real, "generation 0 trains on that many real images")
+    if isinstance(r, RealPlusConfig):
+        wanted = r.num_synthetic_used(num_train)
+        require(wanted <= config.num_synthetic, "regime.synthetic_ratio", r.synthetic_ratio,
+                f"at most {config.num_synthetic / num_train:.4g}: each training set takes synthetic_ratio x the real "
+                f"pool's {num_train} images = {wanted} samples, and each generation makes num_synthetic="
+                f"{config.num_synthetic} (raise num_synthetic for a larger ratio)")
 
 
 __all__ = ["Config", "DatasetConfig", "build", "compose", "register", "validate", "validate_data"]

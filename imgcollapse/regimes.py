@@ -4,34 +4,48 @@ Each regime is a class (chosen by `_target_` in conf/regime/) with its own typed
 training set as one function of (real pool, synthetic sets so far, generation, seed):
   replace     the last generation's samples only (the fully synthetic loop)
   accumulate  the real pool plus every synthetic set so far, optionally subsampled to a fixed size
-  fresh       a fresh draw of real images each generation plus the last samples, at `real_fraction`
+  fresh       real images no earlier generation trained on, plus the last samples, at `real_fraction`, while
+              the pool lasts (generation 0 trains on `first_real` of it); then real images earlier generations
+              trained on are redrawn, and each row counts them (num_real_reused)
   augment     a fixed real subset (drawn once) plus the last samples, at `real_fraction`
+  real_plus   the whole real pool plus `synthetic_ratio` x its size of the last samples (Bertrand et al.'s
+              mix: all real data, lambda * n synthetic images)
 
 Randomness comes from (seed, generation, purpose) only, where `seed` is the chain's seed: a resumed chain
 builds the same sets, and augment's real subset is the same in every generation.
 
-Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` samples, a verifier scores
-them, and `curate` keeps the `n` it scores highest; those are what later generations train on.
+Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` samples and `curate` chooses the
+(at most) `n` that later generations train on.
   none        keep every sample (no extra candidates)
-  confidence  the metrics classifier's probability of its predicted class: keep what it finds unambiguous
-  condition   the classifier's probability of the sample's own label, i.e. the class a conditional model
-              was asked for: keep samples that show what they were meant to (for unconditional models,
-              whose labels are the classifier's predictions, this equals `confidence`)
+  reward      reward curation: the metrics classifier's probability of its predicted class; keep the `n` it
+              finds least ambiguous (the name until kit 0.3, `confidence`, still works). The judge is also the
+              ruler: what it selects, it then scores
+  condition   the metrics classifier's probability of the sample's own label (the class a conditional model
+              was asked for); keep the top `n` (for unconditional models it equals `reward`)
+  verify      verification as Feng et al. mean it: an independent verifier (imgcollapse/verifier.py: its own
+              architecture, seed and cache, trained on the real pool, never used by the metrics) accepts a
+              sample of a class-conditional model when its label is the requested class (and its confidence at
+              least `verify_threshold`), of an unconditional one when its confidence is at least the threshold;
+              the first `n` accepted candidates are kept (fewer if fewer pass: the row says how many)
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import MISSING
 
 from imgcollapse.data import ImageSet
-from imgcollapse.errors import require
+from imgcollapse.errors import UserError, require
 
-CURATIONS = ("none", "confidence", "condition")
+log = logging.getLogger(__name__)
+
+CURATIONS = ("none", "reward", "confidence", "condition", "verify")  # confidence: reward's name until kit 0.3
 
 
 def _rng(seed: int, *tags: int) -> np.random.Generator:
@@ -45,12 +59,19 @@ class RegimeConfig:
     _target_: str = MISSING
     curation: str = MISSING  # verifier that filters synthetic samples (CURATIONS)
     keep_fraction: float = MISSING  # curation: share of the candidates kept
+    verify_threshold: float = MISSING  # curation=verify: the verifier's least confidence to accept a sample
+    verifier_seed: int = MISSING  # curation=verify: the verifier's own training seed (not the metrics classifier's)
+    verifier_epochs: int = MISSING  # curation=verify: passes over the real pool to train the verifier
 
     def check(self) -> None:
         """The regime's own keys (ConfigError naming the key)."""
         require(self.curation in CURATIONS, "regime.curation", self.curation, f"one of {list(CURATIONS)}")
         require(0 < self.keep_fraction <= 1, "regime.keep_fraction", self.keep_fraction,
                 "a fraction in (0, 1]: the share of candidates curation keeps")
+        require(0 <= self.verify_threshold < 1, "regime.verify_threshold", self.verify_threshold,
+                "a probability in [0, 1) (0: a conditional sample passes on the verifier's label alone)")
+        require(self.verifier_seed >= 0, "regime.verifier_seed", self.verifier_seed, "an integer >= 0")
+        require(self.verifier_epochs >= 1, "regime.verifier_epochs", self.verifier_epochs, "an integer >= 1")
 
     def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
         """(config key, size) of every training set after generation 0, or None where it grows (never smaller
@@ -87,8 +108,32 @@ class MixConfig(RegimeConfig):
 
 
 @dataclass
+class RealPlusConfig(RegimeConfig):
+    _target_: str = "imgcollapse.regimes.RealPlus"
+    synthetic_ratio: float = MISSING  # lambda: synthetic images per real image (all real images are kept)
+
+    def check(self) -> None:
+        super().check()
+        require(self.synthetic_ratio >= 0, "regime.synthetic_ratio", self.synthetic_ratio,
+                "a ratio >= 0 (lambda: synthetic images per real image; 0 retrains on the real pool alone)")
+
+    def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
+        return None  # the real pool plus lambda times it: never smaller than generation 0's
+
+    def num_synthetic_used(self, num_real: int) -> int:
+        """How many of the last generation's samples each training set takes: lambda x the real pool."""
+        return round(self.synthetic_ratio * num_real)
+
+
+@dataclass
 class FreshConfig(MixConfig):
     _target_: str = "imgcollapse.regimes.Fresh"
+    first_real: int | None = MISSING  # real images generation 0 trains on (None: the whole pool, nothing left fresh)
+
+    def check(self) -> None:
+        super().check()
+        require(self.first_real is None or self.first_real > 0, "regime.first_real", self.first_real,
+                "null (the whole real pool) or an integer > 0")
 
 
 @dataclass
@@ -105,6 +150,26 @@ class Regime:
 
     def __init__(self, config: RegimeConfig) -> None:
         self.config = config
+        self.verifier = None  # curation=verify: set by `setup`
+        self.conditional = False  # whether candidates' labels are the classes they were asked for
+
+    def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
+        """Generation 0's training set and its composition: the whole real pool (fresh: its first_real)."""
+        return real, {"num_real": len(real), "num_synthetic": 0}
+
+    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
+              num_synthetic: int | None = None, generation: int | None = None) -> None:
+        """What the regime needs before the chain runs: with curation=verify, the independent verifier (trained on
+        the real pool, or read from its cache). `conditional`: the model samples the classes it is asked for;
+        `num_synthetic`, `generation`: the chain's sizes, for a regime that plans ahead (fresh)."""
+        self.conditional = conditional
+        if self.config.curation == "verify":
+            from imgcollapse.verifier import load_or_train_verifier
+
+            self.verifier = load_or_train_verifier(train, heldout, cache_dir, epochs=self.config.verifier_epochs,
+                                                   seed=self.config.verifier_seed)
+            log.info("curation verifier: held-out accuracy %.3f (fingerprint %s)", self.verifier.accuracy,
+                     self.verifier.fingerprint)
 
     def training_set(
         self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
@@ -127,12 +192,41 @@ class Regime:
         """The `n` candidates the verifier scores highest (in their original order) and curation stats."""
         if self.config.curation == "none":
             return candidates.subset(np.arange(n)), {}
+        if self.config.curation == "verify":
+            return self._verify(candidates, n)
         if probs is None:
             raise ValueError("curation needs the metrics classifier's class probabilities")
         scores = verifier_scores(self.config.curation, probs, candidates.labels)
         keep = np.sort(np.argsort(-scores, kind="stable")[:n])
         stats = {"num_candidates": len(candidates), "curation_threshold": float(scores[keep].min()),
                  "curated_score": float(scores[keep].mean()), "candidate_score": float(scores.mean())}
+        return candidates.subset(keep), stats
+
+
+    def _verify(self, candidates: ImageSet, n: int) -> tuple[ImageSet, dict[str, float]]:
+        """The first `n` candidates the independent verifier accepts, and how many it accepted."""
+        if self.verifier is None:
+            raise ValueError("regime.curation=verify needs Regime.setup to build the verifier first")
+        probs = self.verifier(candidates.images)
+        confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+        accepted = confidence >= self.config.verify_threshold
+        if self.conditional:
+            agrees = predicted == np.asarray(candidates.labels)
+            accepted &= agrees
+        keep = np.flatnonzero(accepted)[:n]
+        if not len(keep):
+            raise UserError(f"the verifier accepted none of {len(candidates)} candidates: lower "
+                            f"regime.verify_threshold={self.config.verify_threshold} or raise the candidates "
+                            f"(lower regime.keep_fraction={self.config.keep_fraction})")
+        if len(keep) < n:
+            log.warning("the verifier accepted %d of %d candidates, fewer than the %d wanted: the next generation "
+                        "trains on %d (lower regime.keep_fraction for more candidates)", accepted.sum(),
+                        len(candidates), n, len(keep))
+        stats = {"num_candidates": len(candidates), "num_verified": int(accepted.sum()),
+                 "verified_share": float(accepted.mean()), "curated_score": float(confidence[keep].mean()),
+                 "candidate_score": float(confidence.mean())}
+        if self.conditional:
+            stats["verifier_agreement"] = float(agrees.mean())  # share whose verifier label is the requested class
         return candidates.subset(keep), stats
 
 
@@ -165,17 +259,75 @@ class Fresh(Regime):
 
     Config = FreshConfig
     kind = "fresh"
+    records_reuse = True  # rows count the real images an earlier generation trained on (num_real_reused)
 
-    def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
-        return _rng(seed, generation, 2).choice(num_pool, num_real, replace=False)
+    def _first_count(self, num_pool: int) -> int:
+        first = self.config.first_real
+        return num_pool if first is None else min(first, num_pool)
+
+    def _order(self, num_pool: int, seed: int) -> np.ndarray:
+        """The order in which the pool's images are handed out: generation 0's first, then each generation's."""
+        return _rng(seed, 0, 5).permutation(num_pool)
+
+    def _num_real(self, real: ImageSet, size: int) -> int:
+        return min(len(real), round(self.config.real_fraction * size))
+
+    def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
+        n0 = self._first_count(len(real))
+        data = real if n0 == len(real) else real.subset(np.sort(self._order(len(real), seed)[:n0]))
+        return data, {"num_real": n0, "num_synthetic": 0, "num_real_reused": 0}
+
+    def _real_index(self, num_pool: int, sizes: list[int], generation: int, seed: int) -> tuple[np.ndarray, int]:
+        """Indices of generation `generation`'s real images (it needs sizes[-1]; sizes[h - 1]: what generation h
+        needed) and how many of them an earlier generation trained on. Fresh ones come next in `_order`; when the
+        pool is spent the rest is drawn, without replacement, from the images generations before used."""
+        order = self._order(num_pool, seed)
+        start = min(num_pool, self._first_count(num_pool) + sum(sizes[:-1]))  # images earlier generations had
+        fresh = order[start : start + sizes[-1]]
+        need = sizes[-1] - len(fresh)
+        used = np.sort(order[:start])  # the whole pool once spent: the draw is then the kit 0.2 one, bit for bit
+        reused = used[_rng(seed, generation, 2).choice(len(used), need, replace=False)] if need else used[:0]
+        return np.concatenate([fresh, reused]), need
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         last = synthetic[-1]
         size = len(last)
-        num_real = min(len(real), round(self.config.real_fraction * size))
-        real_idx = self._real_index(len(real), num_real, generation, seed)
-        syn_idx = _rng(seed, generation, 3).choice(len(last), size - num_real, replace=False)
+        sizes = [self._num_real(real, len(s)) for s in synthetic]
+        real_idx, self._reused = self._real_index(len(real), sizes, generation, seed)
+        syn_idx = _rng(seed, generation, 3).choice(len(last), size - sizes[-1], replace=False)
         return [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]
+
+    def training_set(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
+                     ) -> tuple[ImageSet, dict[str, float]]:
+        data, composition = super().training_set(real, synthetic, generation, seed)
+        if self.records_reuse:
+            composition["num_real_reused"] = self._reused
+        return data, composition
+
+    def fresh_generations(self, num_pool: int, num_synthetic: int) -> int:
+        """How many generations after 0 get only real images no earlier generation trained on (num_synthetic
+        samples a generation)."""
+        per = min(num_pool, round(self.config.real_fraction * num_synthetic))
+        return (num_pool - self._first_count(num_pool)) // per if per else 10**9
+
+    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
+              num_synthetic: int | None = None, generation: int | None = None) -> None:
+        super().setup(train, heldout, cache_dir, conditional, num_synthetic, generation)
+        if not self.records_reuse or num_synthetic is None:
+            return
+        n, n0 = len(train), self._first_count(len(train))
+        per = min(n, round(self.config.real_fraction * num_synthetic))
+        served = self.fresh_generations(n, num_synthetic)
+        plan = (f"regime=fresh: the real pool holds {n} images; generation 0 trains on {n0} "
+                f"(regime.first_real), each later generation on {per} real ones, so fresh real images last "
+                f"{served} generation{'s' * (served != 1)} after generation 0")
+        if generation is not None and served < generation:
+            log.warning("%s, not the %d this chain asks for: from generation %d on, the real share is drawn from "
+                        "images earlier generations trained on (each row's num_real_reused counts them). A larger "
+                        "dataset, a smaller regime.first_real or regime.real_fraction serves more", plan, generation,
+                        served + 1)
+        else:
+            log.info("%s: enough for generations 1..%s", plan, generation)
 
 
 class Augment(Fresh):
@@ -183,14 +335,36 @@ class Augment(Fresh):
 
     Config = AugmentConfig
     kind = "augment"
+    records_reuse = False  # the same real subset every generation is the point
 
-    def _real_index(self, num_pool: int, num_real: int, generation: int, seed: int) -> np.ndarray:
-        return _rng(seed, 0, 2).permutation(num_pool)[:num_real]  # one permutation: the same subset every time
+    def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
+        return Regime.first_set(self, real, seed)
+
+    def _real_index(self, num_pool: int, sizes: list[int], generation: int, seed: int) -> tuple[np.ndarray, int]:
+        # one permutation: the same subset every time
+        return _rng(seed, 0, 2).permutation(num_pool)[: sizes[-1]], sizes[-1]
+
+
+class RealPlus(Regime):
+    """`regime=real_plus`: the whole real pool plus lambda x its size of the last samples, drawn without replacement
+    (Bertrand et al. 2024, `mix` in their iterative_retraining.py)."""
+
+    Config = RealPlusConfig
+    kind = "real_plus"
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        last = synthetic[-1]
+        wanted = self.config.num_synthetic_used(len(real))
+        if wanted > len(last):
+            raise ValueError(f"regime.synthetic_ratio={self.config.synthetic_ratio} needs {wanted} samples of "
+                             f"generation {generation - 1}, which made {len(last)} (raise num_synthetic)")
+        syn_idx = _rng(seed, generation, 4).choice(len(last), wanted, replace=False)
+        return [("real", real), (generation - 1, last.subset(np.sort(syn_idx)))]
 
 
 def verifier_scores(curation: str, probs: np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
     """Per-sample verifier score in [0, 1] from the metrics classifier's class probabilities [N, K]."""
-    if curation == "confidence" or (curation == "condition" and labels is None):
+    if curation in ("reward", "confidence") or (curation == "condition" and labels is None):
         return probs.max(axis=1)
     if curation == "condition":
         return probs[np.arange(len(probs)), np.asarray(labels)]

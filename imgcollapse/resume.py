@@ -38,6 +38,16 @@ IGNORED = (
     "metrics.calibrate",  # whether the calibration is written beside the run: no row depends on it
     "accelerator.mixed_precision",  # compared as the resolved precision instead: "auto" depends on the machine
 )
+# Keys added after runs were started without them, with the value that does what their absence did: a run.json
+# without the key resumes under that value (any other value is a difference like any other).
+ADDED = {
+    "model.init": "scratch", "model.finetune_steps": None, "model.finetune_lr": None,  # kit 0.3: fine-tuning
+    "model.budget": "steps", "model.epochs": None, "model.finetune_epochs": None,  # kit 0.3: compute budgets
+    "model.estimator": "mle", "model.float_samples": False,  # kit 0.3: the Gaussian theory check
+    "regime.first_real": None,  # kit 0.3: fresh means fresh
+    "chain.models": None, "chain.population": None,  # kit 0.3: model families in turn, or side by side
+    "regime.verify_threshold": 0.0, "regime.verifier_seed": 1, "regime.verifier_epochs": 20,  # kit 0.3: verify
+}
 # Resolved settings (environment.json) that change a chain's numbers: moving a chain across them is refused.
 NUMERIC_SETTINGS = ("threads", "mixed_precision", "device", "num_processes")
 ABSENT = "(absent)"
@@ -68,7 +78,10 @@ def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> di
     old, new = flatten(started), flatten(now)
     keys = [k for k in old if not is_ignored(k)]
     keys += [k for k in new if k not in old and not is_ignored(k)]
-    return {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys if old.get(k, ABSENT) != new.get(k, ABSENT)}
+    differences = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys}
+    return {k: (was, now) for k, (was, now) in differences.items()
+            if was != now and not (k in ADDED and ADDED[k] == (now if was == ABSENT else was)
+                                   and ABSENT in (was, now))}
 
 
 def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgcollapse import chain, cli, faults, progress, resume
 from imgcollapse._version import __version__
-from imgcollapse.config import Config, build, register, validate, validate_data
+from imgcollapse.config import Config, build, family_configs, register, validate, validate_data
 from imgcollapse.data import Splits
 from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
@@ -162,6 +162,14 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
+    family_for = _families(config, splits, accelerator)
+    if main and failure is None:  # curation runs on the main process; curation=verify trains (or reads) its verifier
+        try:
+            regime.setup(splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
+                         conditional=bool(getattr(config.model, "num_classes", None)),
+                         num_synthetic=config.num_synthetic, generation=config.generation)
+        except Exception as e:
+            failure = e
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images, run_dir=run_dir,
                       project=config.logger.project, group=sweep_group())
     chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
@@ -180,6 +188,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds, environment=environment,
             after_generation=reporter,
             processes=processes,
+            family_for=family_for,
         )
     finally:
         # Done, or stopped: the report once more, from whatever is on disk (main), and the tracker closed;
@@ -192,6 +201,22 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             tracker.finish()
         except Exception as e:
             log.warning("closing the %s tracker failed (%s: %s)", config.logger.kind, type(e).__name__, e)
+
+
+def _families(config: Config, splits: Splits, accelerator: Accelerator) -> Any:
+    """chain.models: generation g -> (family name, its make_model), the families in turn; chain.population: every
+    generation ("population", a Population of the families); None for neither."""
+    if config.chain.models is None and config.chain.population is None:
+        return None
+    makers = {name: functools.partial(build, family, image_shape=splits.train.shape, sampling=config.sampling,
+                                      accelerator=accelerator) for name, family in family_configs(config).items()}
+    if config.chain.population is not None:
+        from imgcollapse.models.population import Population
+
+        members = list(config.chain.population)
+        return lambda g: ("population", lambda: Population([(name, makers[name]()) for name in members]))
+    names = list(config.chain.models)
+    return lambda g: (names[g % len(names)], makers[names[g % len(names)]])
 
 
 def _metrics_and_record(config: Config, resolved: dict, opened: resume.Opened, splits: Splits, store: RunStore,

@@ -32,7 +32,7 @@ def build_all(*overrides: str):
 
 def test_the_groups_are_all_here():
     assert set(MODELS) == {p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")}
-    assert REGIMES == ["accumulate", "augment", "fresh", "replace"]
+    assert REGIMES == ["accumulate", "augment", "fresh", "real_plus", "replace"]
     assert len(EXPERIMENTS) >= 11
 
 
@@ -91,7 +91,7 @@ def test_preset_choices_reach_the_models():
     config, model, regime, _ = build_all("experiment=mad_sampling_bias")
     assert model.num_classes == 10 and model.sampling.guidance == 1.0
     config, model, regime, _ = build_all("experiment=feng_curation")
-    assert regime.config.curation == "confidence" and regime.num_candidates(100) == 200
+    assert regime.config.curation == "verify" and regime.num_candidates(100) == 200 and model.num_classes == 10
     config, model, regime, _ = build_all("experiment=mad_sampling_bias_gaussian", "sampling.temperature=0.7")
     assert model.sampling.temperature == 0.7  # the model reads the one sampling node
 

@@ -49,17 +49,26 @@ def test_vae_and_gmm_run_the_chain(tmp_path, model, cls):
         ("accumulate", [{"num_real": REAL, "num_synthetic": 64, "share_gen_000": 64 / (REAL + 64)},
                         {"num_real": REAL, "num_synthetic": 128, "share_gen_000": 64 / (REAL + 128),
                          "share_gen_001": 64 / (REAL + 128)}]),
-        ("fresh", [{"num_real": 32, "num_synthetic": 32}, {"num_real": 32, "num_synthetic": 32}]),
+        ("fresh", [{"num_real": 32, "num_synthetic": 32, "num_real_reused": 32},
+                   {"num_real": 32, "num_synthetic": 32, "num_real_reused": 32}]),
         ("augment", [{"num_real": 32, "num_synthetic": 32}, {"num_real": 32, "num_synthetic": 32}]),
+        ("real_plus", [{"num_real": REAL, "num_synthetic": 56}, {"num_real": REAL, "num_synthetic": 56}]),
     ],
 )
 def test_rows_record_the_training_set_composition(tmp_path, regime, expected):
-    rows = run_chain(tmp_path, *SMOKE, "model=gmm", f"regime={regime}")
+    extra = ("regime.synthetic_ratio=0.04",) if regime == "real_plus" else ()  # round(0.04 x 1,397) = 56 of 64
+    rows = run_chain(tmp_path, *SMOKE, "model=gmm", f"regime={regime}", *extra)
     assert rows[0]["num_real"] == REAL and rows[0]["num_synthetic"] == 0 and rows[0]["num_train"] == REAL
     for row, want in zip(rows[1:], expected, strict=True):
         got = {k: v for k, v in row.items() if k.startswith(("num_real", "num_synthetic", "share_gen_"))}
         assert got == pytest.approx(want)
         assert row["num_train"] == want["num_real"] + want["num_synthetic"]
+
+
+def test_fresh_chain_records_reuse_and_first_real(tmp_path):
+    rows = run_chain(tmp_path, *SMOKE, "model=gmm", "regime=fresh", "regime.first_real=1350")
+    assert rows[0]["num_train"] == 1350 and rows[0]["num_real_reused"] == 0
+    assert [r["num_real_reused"] for r in rows[1:]] == [0, 17]  # 47 left fresh: 32 for gen 1, 15 + 17 for gen 2
 
 
 def test_curation_keeps_the_verifiers_top_candidates(tmp_path, cache_dir):
@@ -123,8 +132,10 @@ def test_subsample_too_large_fails_before_training(tmp_path):
 # One preset chain per (model, regime) pair no other test runs: ddpm/augment, ddpm/fresh, vae/accumulate,
 # vae/augment. Every preset composes, validates and builds in tests/test_configs.py; ddpm/replace (the shared
 # smoke chain), vae/replace, conditional ddpm and the GMM under every regime run in this file and test_faults.py.
-PRESET_RUNS = ["mad_augment", "mad_fresh", "gerstgrasser_accumulate", "shumailov_real10"]
-REGIME_CLASSES = ("Replace", "Accumulate", "Fresh", "Augment")
+PRESET_RUNS = ["mad_augment", "mad_fresh", "gerstgrasser_accumulate", "shumailov_real10", "bertrand_real_fraction"]
+REGIME_CLASSES = ("Replace", "Accumulate", "Fresh", "Augment", "RealPlus")
+# smoke makes 64 samples a generation: real_plus can take 0.04 x 1,397 = 56 of them
+PRESET_SMOKE = {"bertrand_real_fraction": ("regime.synthetic_ratio=0.04",)}
 
 
 def test_preset_runs_cover_every_uncovered_pair():
@@ -142,11 +153,12 @@ def test_preset_runs_cover_every_uncovered_pair():
 
 @pytest.mark.parametrize("experiment", PRESET_RUNS)
 def test_every_preset_runs_under_smoke(tmp_path, experiment):
-    config = compose_config(f"experiment={experiment}", *SMOKE)
-    rows = run_chain(tmp_path, f"experiment={experiment}", *SMOKE, "generation=1")
+    extra = PRESET_SMOKE.get(experiment, ())
+    config = compose_config(f"experiment={experiment}", *SMOKE, *extra)
+    rows = run_chain(tmp_path, f"experiment={experiment}", *SMOKE, *extra, "generation=1")
     assert [r["generation"] for r in rows] == [0, 1]
     kind = get_object(config.regime._target_).kind
-    expected_real = {"replace": 0, "accumulate": REAL, "fresh": 32, "augment": 32}[kind]
+    expected_real = {"replace": 0, "accumulate": REAL, "fresh": 32, "augment": 32, "real_plus": REAL}[kind]
     if kind in ("fresh", "augment"):
         expected_real = round(config.regime.real_fraction * 64)
     if config.regime.get("subsample") is None:

@@ -96,7 +96,9 @@ def test_fresh_and_augment_mix_at_the_real_fraction(kind):
         counts = np.bincount(sources(data), minlength=g + 1)
         assert len(data) == SYN  # the training set has the last generation's size
         assert counts[0] == 10 and counts[g] == 30 and counts.sum() == SYN  # round(0.25 * 40) real
-        assert composition == {"num_real": 10, "num_synthetic": 30}
+        # generation 0 trained on the whole pool (first_real null): every real image after it is a reused one
+        reuse = {"num_real_reused": 10} if kind == "fresh" else {}
+        assert composition == {"num_real": 10, "num_synthetic": 30} | reuse
         assert_labels_follow_images(data)
     real_parts = [set(ids(d)[sources(d) == 0]) for d, _ in sets]
     if kind == "augment":  # drawn once: the same real images every generation
@@ -163,3 +165,53 @@ def test_no_curation_keeps_every_sample_and_adds_no_columns():
     candidates = tagged(1, 30)
     kept, stats = regime.curate(candidates, np.full((30, 10), 0.1), 30)
     assert np.array_equal(ids(kept), ids(candidates)) and stats == {}
+
+
+def test_real_plus_keeps_every_real_image_and_adds_lambda_n_samples():
+    """Bertrand et al.'s mix: the whole real pool plus lambda x n of the last samples, none twice."""
+    for ratio in (0.0, 0.05, 0.1):
+        for g, (data, composition) in enumerate(chain_sets(make_regime("real_plus", synthetic_ratio=ratio), 3), 1):
+            wanted = round(ratio * REAL)
+            counts = np.bincount(sources(data), minlength=g + 1)
+            assert counts[0] == REAL and counts[g] == wanted and counts.sum() == REAL + wanted  # last gen's only
+            assert len(set(ids(data))) == len(data)
+            assert composition == {"num_real": REAL, "num_synthetic": wanted}
+            assert_labels_follow_images(data)
+    with pytest.raises(ValueError, match="synthetic_ratio"):  # 0.5 x 300 = 150 > the 40 samples made
+        chain_sets(make_regime("real_plus", synthetic_ratio=0.5), 1)
+
+
+def test_fresh_never_repeats_a_real_image_while_the_pool_lasts():
+    """first_real=100 of 300 leaves 200 fresh images: 10 generations of 20 (real_fraction 0.5 of 40), then reuse."""
+    regime = make_regime("fresh", real_fraction=0.5, first_real=100)
+    real = tagged(0, REAL)
+    first, composition = regime.first_set(real, 0)
+    assert len(first) == 100 and composition == {"num_real": 100, "num_synthetic": 0, "num_real_reused": 0}
+    seen = set(ids(first))
+    sets = chain_sets(regime, 12)
+    for g, (data, composition) in enumerate(sets, start=1):
+        real_ids = set(ids(data)[sources(data) == 0])
+        assert len(real_ids) == 20 == composition["num_real"]
+        if g <= 10:  # the pool lasts: nothing an earlier generation (0 included) trained on
+            assert not real_ids & seen and composition["num_real_reused"] == 0, g
+        else:  # spent: every real image is one an earlier generation trained on, and the row says so
+            assert real_ids <= seen and composition["num_real_reused"] == 20, g
+        seen |= real_ids
+    assert len(seen) == REAL
+    assert regime.fresh_generations(REAL, SYN) == 10
+
+
+def test_fresh_with_the_whole_pool_first_is_the_old_draw():
+    """first_real null: generation 0 has every image, so each later one redraws as kit 0.2 did, bit for bit."""
+    regime = make_regime("fresh", real_fraction=0.5)
+    for g, (data, _) in enumerate(chain_sets(regime, 3, seed=4), start=1):
+        old = np.random.default_rng(np.random.SeedSequence([4, g, 2])).choice(REAL, 20, replace=False)
+        assert sorted(ids(data)[sources(data) == 0]) == sorted(old.tolist())
+
+
+def test_fresh_says_at_start_how_long_the_pool_lasts(caplog):
+    regime = make_regime("fresh", real_fraction=0.5, first_real=100)
+    with caplog.at_level("INFO", logger="imgcollapse.regimes"):
+        regime.setup(tagged(0, REAL), tagged(0, 10), None, conditional=False, num_synthetic=SYN, generation=12)
+    assert "fresh real images last 10 generations after generation 0, not the 12" in caplog.text
+    assert "from generation 11 on" in caplog.text and "num_real_reused" in caplog.text

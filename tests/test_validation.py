@@ -74,7 +74,9 @@ BAD = [
     (("regime=fresh", "regime.real_fraction=-0.1"), "regime.real_fraction", -0.1, "[0, 1]"),
     (("regime=augment", "regime.real_fraction=10"), "regime.real_fraction", 10.0, "[0, 1]"),
     (("regime=accumulate", "regime.subsample=0"), "regime.subsample", 0, "null or an integer > 0"),
-    (("regime.curation=best",), "regime.curation", "best", "['none', 'confidence', 'condition']"),
+    (("regime.curation=best",), "regime.curation", "best", "['none', 'reward', 'confidence', 'condition', 'verify']"),
+    (("regime.verify_threshold=1.0",), "regime.verify_threshold", 1.0, "[0, 1)"),
+    (("regime.verifier_epochs=0",), "regime.verifier_epochs", 0, ">= 1"),
     (("regime.keep_fraction=1.5",), "regime.keep_fraction", 1.5, "(0, 1]"),
     # Sizes that must fit each other
     (("debug=smoke", "num_synthetic=8"), "num_synthetic", 8, "at least model.batch_size=16"),
@@ -157,6 +159,10 @@ BAD_WITH_DATA = [
     (("regime.curation=confidence",), 100, None, "regime.curation", "confidence", "needs labelled data"),
     (("regime.curation=confidence", "metrics.extractors=[inception]"), 1397, 10, "regime.curation", "confidence",
      "'classifier' in metrics.extractors"),
+    (("regime.curation=verify",), 100, None, "regime.curation", "verify", "trained on the real pool's class labels"),
+    (("model=gmm", "regime.curation=verify"), 1397, 10, "regime.verify_threshold", 0.0, "> 0 for an unconditional"),
+    (("regime=fresh", "regime.first_real=5000"), 1397, 10, "regime.first_real", 5000, "at most the real pool's 1397"),
+    (("regime=fresh", "regime.first_real=100"), 1397, 10, "regime.first_real", 100, "at least model.batch_size=128"),
 ]
 
 

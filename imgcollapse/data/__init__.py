@@ -20,10 +20,15 @@ class ImageSet:
     images: torch.Tensor  # uint8 [N, C, H, W]
     labels: torch.Tensor | None = None  # int64 [N], or None for unlabelled data
     class_names: list[str] | None = None
+    # float64 [N, C, H, W] on the [-1, 1] scale, neither clipped nor rounded, where a model keeps its samples exact
+    # (model=gmm model.float_samples=true); `images` is then their clipped 8-bit picture, which the metrics score
+    values: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError(f"ImageSet needs uint8 N×C×H×W images, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.values is not None and tuple(self.values.shape) != tuple(self.images.shape):
+            raise ValueError(f"values of shape {tuple(self.values.shape)} for images of {tuple(self.images.shape)}")
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
 
@@ -43,7 +48,12 @@ class ImageSet:
         """The images (and labels) at `index`, in that order."""
         index = torch.as_tensor(index, dtype=torch.long)
         labels = self.labels[index] if self.labels is not None else None
-        return ImageSet(self.images[index], labels, self.class_names)
+        return ImageSet(self.images[index], labels, self.class_names,
+                        self.values[index] if self.values is not None else None)
+
+    def exact(self) -> torch.Tensor:
+        """float64 pixels on the [-1, 1] scale: the exact `values` where kept, else the 8-bit images'."""
+        return self.values if self.values is not None else to_float(self.images).double()
 
     def fingerprint(self) -> str:
         """Content hash of images and labels: a cache key that changes whenever the data does."""
@@ -61,6 +71,8 @@ class ImageSet:
             arrays["labels"] = self.labels.numpy()
         if self.class_names is not None:
             arrays["class_names"] = np.array(self.class_names)
+        if self.values is not None:
+            arrays["values"] = self.values.numpy()
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
 
@@ -69,7 +81,8 @@ class ImageSet:
         with np.load(path) as z:
             labels = torch.from_numpy(z["labels"]).long() if "labels" in z else None
             names = [str(n) for n in z["class_names"]] if "class_names" in z else None
-            return cls(torch.from_numpy(z["images"]), labels, names)
+            values = torch.from_numpy(z["values"]) if "values" in z else None
+            return cls(torch.from_numpy(z["images"]), labels, names, values)
 
     @classmethod
     def concat(cls, sets: list[ImageSet]) -> ImageSet:
@@ -79,7 +92,8 @@ class ImageSet:
         labels = None
         if all(s.labels is not None for s in sets):
             labels = torch.cat([s.labels for s in sets])  # type: ignore[misc]
-        return cls(torch.cat([s.images for s in sets]), labels, sets[0].class_names)
+        values = torch.cat([s.exact() for s in sets]) if any(s.values is not None for s in sets) else None
+        return cls(torch.cat([s.images for s in sets]), labels, sets[0].class_names, values)
 
 
 @dataclass

@@ -147,21 +147,26 @@ class DDPM:
         weight = snr.clamp(max=gamma) / (snr + 1 if self.config.prediction_type == "v_prediction" else snr)
         return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 
-    def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
-        """Train a freshly initialised UNet on `data` for `train_steps` steps."""
+    def fit(self, data: ImageSet, seed: int, init_from: Path | None = None) -> dict[str, float]:
+        """Train on `data`: a freshly initialised UNet, or (`init_from`: a saved model's directory) fine-tune its
+        weights, for the budget `model.budget` sets (TrainingConfig.fit_budget)."""
         if self.num_classes and data.labels is None:
             raise ValueError("a class-conditional DDPM (model.num_classes set) needs labelled training data")
-        self.unet = self._build(seed)
+        if init_from is None:
+            self.unet = self._build(seed)
+        else:  # the weights on disk, so a resumed chain starts from the same bits as one run straight through
+            self.unet = UNet2DModel.from_pretrained(Path(init_from) / "unet")
         c = self.config
+        budget = c.fit_budget(len(data), finetune=init_from is not None)
         # torch.compile shares the UNet's parameters: what it trains is what `self.unet` samples with
-        network = torch.compile(self.unet) if c.compile else self.unet
+        network = torch.compile(self.unet) if c.compile and budget.steps else self.unet
         result = train(
             network, self._loss, to_float(data.images), data.labels if self.num_classes else None,
-            steps=c.train_steps, batch_size=c.batch_size, lr=c.lr, warmup_steps=c.warmup_steps,
+            steps=budget.steps, batch_size=c.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
             ema_decay=c.ema_decay, grad_clip=c.grad_clip, seed=seed, accelerator=self.accelerator,
             desc="train ddpm",
         )
-        return {"train_loss": result.loss, "train_seconds": result.seconds}
+        return {"train_loss": result.loss, "train_seconds": result.seconds, "train_steps": result.steps}
 
     # Sampling -----------------------------------------------------------------------------------
     def _eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

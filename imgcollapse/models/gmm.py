@@ -20,9 +20,10 @@ from omegaconf import MISSING
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
+from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 from imgcollapse import faults
-from imgcollapse.data import ImageSet, to_float, to_uint8
+from imgcollapse.data import ImageSet, to_uint8
 from imgcollapse.errors import require
 from imgcollapse.models import SamplingConfig, noise, read_model_config, write_model_config
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ARRAYS_FILE = "gmm.npz"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+ESTIMATORS = ("mle", "unbiased")  # covariances divide by the (effective) sample count, or by it minus one per mean
 MAX_FULL_DIM = 1024  # full/tied covariances beyond this many dimensions cost GBs and hours of EM: use PCA
 
 
@@ -51,6 +53,42 @@ def precisions(precisions_cholesky: np.ndarray, covariance_type: str) -> np.ndar
     return precisions_cholesky**2
 
 
+def unbias(mixture: GaussianMixture, num_samples: int, reg_covar: float) -> None:
+    """Turn EM's maximum-likelihood covariances into unbiased ones in place: each component's scatter divided by
+    its effective count minus one (n_k = weight_k x N) instead of n_k (tied: N - K); reg_covar stays added once."""
+    m = mixture
+    counts = m.weights_ * num_samples
+    if m.covariance_type == "tied":
+        factor = num_samples / (num_samples - m.n_components)
+        eye = np.eye(len(m.covariances_))
+        m.covariances_ = (m.covariances_ - reg_covar * eye) * factor + reg_covar * eye
+    else:
+        factor = counts / np.maximum(counts - 1, 1e-12)
+        floor = reg_covar * (np.eye(m.covariances_.shape[-1]) if m.covariance_type == "full" else 1.0)
+        shape = (-1,) + (1,) * (m.covariances_.ndim - 1)
+        m.covariances_ = (m.covariances_ - floor) * factor.reshape(shape) + floor
+    m.precisions_cholesky_ = _compute_precision_cholesky(m.covariances_, m.covariance_type)
+    m.precisions_ = precisions(m.precisions_cholesky_, m.covariance_type)
+
+
+def variance_stats(mixture: GaussianMixture) -> dict[str, float]:
+    """Per-coordinate variance of the fitted components, weighted by their weights: its mean (`model_variance`) and
+    the mean of its log (`model_log_variance`), the quantities the collapse theory predicts (imgcollapse/theory.py)."""
+    m = mixture
+    dim = m.means_.shape[1]
+    cov = m.covariances_
+    if m.covariance_type == "full":
+        diag = np.diagonal(cov, axis1=1, axis2=2)
+    elif m.covariance_type == "tied":
+        diag = np.broadcast_to(np.diag(cov), (m.n_components, dim))
+    elif m.covariance_type == "diag":
+        diag = cov
+    else:
+        diag = np.broadcast_to(cov[:, None], (m.n_components, dim))
+    return {"model_variance": float(m.weights_ @ diag.mean(axis=1)),
+            "model_log_variance": float(m.weights_ @ np.log(diag).mean(axis=1))}
+
+
 @dataclass
 class GMMConfig:
     """`model=gmm`: mixture size and covariance (values and their reasons: conf/model/gmm.yaml)."""
@@ -62,9 +100,17 @@ class GMMConfig:
     reg_covar: float = MISSING
     max_iter: int = MISSING
     n_init: int = MISSING
+    init: str = MISSING  # only "scratch": EM refits from its data (the key exists so the error can say why)
+    estimator: str = MISSING  # ESTIMATORS: how covariances are estimated from the data EM assigns a component
+    float_samples: bool = MISSING  # keep samples in float64, unclipped, unrounded, for the next fit (ImageSet.values)
 
     def check(self) -> None:
         """The model's own keys (sizes that must fit the data are checked in config.validate)."""
+        require(self.estimator in ESTIMATORS, "model.estimator", self.estimator, f"one of {list(ESTIMATORS)}")
+        require(self.init == "scratch", "model.init", self.init,
+                "'scratch' for model=gmm: EM fits the mixture to its training set from a k-means start, so a "
+                "warm start from earlier weights converges to the same fit; fine-tuning (base, previous) needs "
+                "model=ddpm or model=vae")
         require(self.n_components > 0, "model.n_components", self.n_components, "an integer > 0")
         require(self.covariance_type in COVARIANCE_TYPES, "model.covariance_type", self.covariance_type,
                 f"one of {list(COVARIANCE_TYPES)}")
@@ -116,7 +162,7 @@ class GMM:
         if len(data) < c.n_components:
             raise ValueError(f"model.n_components={c.n_components} needs at least that many training images, "
                              f"got {len(data)}")
-        x = to_float(data.images).flatten(1).double().numpy()
+        x = data.exact().flatten(1).numpy()  # the 8-bit images on [-1, 1], or the exact samples where kept
         self.pca = None
         if c.pca_components:
             if c.pca_components > min(x.shape):
@@ -133,7 +179,10 @@ class GMM:
             self.mixture.fit(x)
         if not self.mixture.converged_:
             log.warning("EM did not converge in model.max_iter=%d iterations; raise it", c.max_iter)
-        return {"train_loss": float(-self.mixture.score(x) / x.shape[1]), "converged": float(self.mixture.converged_)}
+        if c.estimator == "unbiased":
+            unbias(self.mixture, len(x), c.reg_covar)
+        return {"train_loss": float(-self.mixture.score(x) / x.shape[1]), "converged": float(self.mixture.converged_),
+                **variance_stats(self.mixture)}
 
     def sample(self, n: int, seed: int, labels: torch.Tensor | None = None) -> ImageSet:
         """Draw `n` images; image i depends only on (seed, i). Labels are ignored (unconditional)."""
@@ -155,7 +204,8 @@ class GMM:
             x = self.pca.inverse_transform(x)
         images = torch.from_numpy(x).float().clamp(-1, 1).view(n, *self.image_shape)
         faults.reached("sample")
-        return ImageSet(to_uint8(images), None)
+        values = torch.from_numpy(x).view(n, *self.image_shape) if self.config.float_samples else None
+        return ImageSet(to_uint8(images), None, None, values)
 
     # Persistence --------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

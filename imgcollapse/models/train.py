@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from imgcollapse.progress import Steps
 
 log = logging.getLogger(__name__)
 
+INITS = ("scratch", "base", "previous")  # where generation g >= 1 starts: new weights, generation 0's, g-1's
+BUDGETS = ("steps", "epochs")  # a fixed number of optimizer steps, or a fixed number of passes over the data
+
 # loss_fn(network, images, labels, generator) -> scalar loss for one batch
 LossFn = Callable[[torch.nn.Module, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
 
@@ -35,6 +39,12 @@ class TrainingConfig:
     warmup_steps: int = MISSING
     ema_decay: float | None = MISSING
     grad_clip: float | None = MISSING
+    init: str = MISSING  # where generation g >= 1 starts (INITS); generation 0 always from scratch
+    finetune_steps: int | None = MISSING  # steps of a generation that starts from earlier weights (None: train_steps)
+    finetune_lr: float | None = MISSING  # its peak learning rate (None: lr)
+    budget: str = MISSING  # BUDGETS: fixed optimizer steps, or passes over the training set
+    epochs: float | None = MISSING  # budget=epochs: passes over the training set per fit
+    finetune_epochs: float | None = MISSING  # budget=epochs: passes of a fine-tune (None: epochs)
 
     def check(self) -> None:
         """Ranges of the shared training keys (ConfigError naming the key)."""
@@ -49,6 +59,37 @@ class TrainingConfig:
                 "null or in (0, 1)")
         require(self.grad_clip is None or self.grad_clip > 0, "model.grad_clip", self.grad_clip,
                 "null (no clipping) or > 0")
+        require(self.init in INITS, "model.init", self.init, f"one of {list(INITS)}")
+        require(self.finetune_steps is None or self.finetune_steps >= 0, "model.finetune_steps", self.finetune_steps,
+                "null (model.train_steps) or an integer >= 0")
+        require(self.finetune_lr is None or self.finetune_lr > 0, "model.finetune_lr", self.finetune_lr,
+                "null (model.lr) or a learning rate > 0")
+        require(self.budget in BUDGETS, "model.budget", self.budget, f"one of {list(BUDGETS)}")
+        require(self.budget != "epochs" or (self.epochs is not None and self.epochs > 0), "model.epochs",
+                self.epochs, "a number of passes > 0 (model.budget=epochs sizes each fit by it)")
+        require(self.finetune_epochs is None or self.finetune_epochs >= 0, "model.finetune_epochs",
+                self.finetune_epochs, "null (model.epochs) or a number of passes >= 0")
+
+    def fit_budget(self, num_images: int, finetune: bool) -> FitBudget:
+        """Optimizer steps, peak learning rate and warm-up of one fit on `num_images` images: a fine-tune (a
+        generation that starts from earlier weights) has its own steps and rate where they are set."""
+        lr = self.finetune_lr if finetune and self.finetune_lr is not None else self.lr
+        if self.budget == "steps":
+            steps = self.finetune_steps if finetune and self.finetune_steps is not None else self.train_steps
+        else:  # passes over the training set: compute grows with it (Gerstgrasser et al.'s accumulate)
+            epochs = self.finetune_epochs if finetune and self.finetune_epochs is not None else self.epochs
+            steps = math.ceil(epochs * num_images / self.batch_size)
+        # a short fine-tune keeps the schedule's shape: warm-up never longer than the fit itself
+        return FitBudget(steps=steps, lr=lr, warmup_steps=min(self.warmup_steps, steps))
+
+
+@dataclass
+class FitBudget:
+    """What one fit spends (TrainingConfig.fit_budget)."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
 
 
 @dataclass
@@ -94,7 +135,11 @@ def train(
     check_every: int = 25,  # how often the NaN guard looks (a host sync on GPU)
     desc: str = "train",
 ) -> TrainResult:
-    """Train `network` in place for `steps` steps; on return it holds the EMA weights if EMA is on."""
+    """Train `network` in place for `steps` steps; on return it holds the EMA weights if EMA is on. Zero steps
+    leave it as it is (a fine-tune of no steps: the starting model itself), with a NaN loss."""
+    if steps == 0:
+        network.eval()
+        return TrainResult(loss=math.nan, seconds=0.0, steps=0)
     # Initialize.
     accelerator = accelerator or default_accelerator()
     device = accelerator.device

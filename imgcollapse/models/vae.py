@@ -138,18 +138,22 @@ class VAE:
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return (recon.flatten(1).sum(1) + self.config.beta * kl).mean() / x[0].numel()
 
-    def fit(self, data: ImageSet, seed: int) -> dict[str, float]:
-        """Train a freshly initialised VAE on `data` for `train_steps` steps."""
+    def fit(self, data: ImageSet, seed: int, init_from: Path | None = None) -> dict[str, float]:
+        """Train on `data`: a freshly initialised VAE, or (`init_from`: a saved model's directory) fine-tune its
+        weights, for the budget `model.budget` sets (TrainingConfig.fit_budget)."""
         self._check_shape(data.shape)
         self.net = self._build(seed)
+        if init_from is not None:  # the weights on disk, so a resumed chain starts from the same bits
+            self.net.load_state_dict(load_file(Path(init_from) / WEIGHTS_FILE))
         c = self.config
+        budget = c.fit_budget(len(data), finetune=init_from is not None)
         result = train(
             self.net, self._loss, data.images.float() / 255.0, None,
-            steps=c.train_steps, batch_size=c.batch_size, lr=c.lr, warmup_steps=c.warmup_steps,
+            steps=budget.steps, batch_size=c.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
             ema_decay=c.ema_decay, grad_clip=c.grad_clip, seed=seed, accelerator=self.accelerator,
             desc="train vae",
         )
-        return {"train_loss": result.loss, "train_seconds": result.seconds}
+        return {"train_loss": result.loss, "train_seconds": result.seconds, "train_steps": result.steps}
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         if tuple(shape) != self.image_shape:
