@@ -99,8 +99,9 @@ def test_a_verified_chain_calls_the_verifier_only_to_curate(tmp_path, monkeypatc
     monkeypatch.setattr(Verifier, "__call__", counted)
     rows = run_chain(tmp_path, *SMOKE, "model.num_classes=10", "regime.curation=verify", "regime.keep_fraction=0.5",
                      "regime.verifier_epochs=3")
-    # its held-out accuracy once when trained, then once per generation on the candidates: never by the scoring
-    assert calls == [400, 128, 128, 128]
+    # its held-out accuracy once when trained, then twice per generation: on the candidates and on the null draws'
+    # candidates (memorization's null is curated as the samples are); never by the scoring
+    assert calls == [400] + [128, 128] * 3
     for row in rows:
         assert row["num_candidates"] == 128 and 0 <= row["verifier_agreement"] <= 1
         assert row["num_verified"] >= 0
