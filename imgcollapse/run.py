@@ -49,12 +49,12 @@ VERSIONED = ("imgcollapse", "torch", "torchvision", "diffusers", "accelerate", "
 
 def versions() -> dict[str, str]:
     """The installed versions of the libraries a generation's numbers depend on, and Python's."""
-    found = {}
-    for name in VERSIONED:
+    found = {"imgcollapse": __version__}  # the code that runs (an editable install's metadata keeps its first version)
+    for name in VERSIONED[1:]:
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
-            found[name] = __version__ if name == "imgcollapse" else "unknown"
+            found[name] = "unknown"
     return {**found, "python": platform.python_version()}
 
 
