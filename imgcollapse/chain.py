@@ -71,6 +71,8 @@ def null_set(generation: int, composition: dict[str, float], heldout: ImageSet, 
     sources += [(nulls[g], share) for g, share in sorted(shares.items())]
     if any(source is None for source, share in sources if share > 0):
         return None
+    # as many as every source can supply in its share: a capped source would tilt the null's proportions
+    size = min([size] + [int(len(source) / share) for source, share in sources if share > 0])
     rng = np.random.default_rng(np.random.SeedSequence([seed, generation, 2]))
     parts = []
     for source, share in sources:

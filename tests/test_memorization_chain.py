@@ -115,4 +115,8 @@ def test_null_set_follows_the_training_sets_sources():
     replace = chain.null_set(2, {"num_real": 0, "num_synthetic": 300}, real, nulls, 40, seed=0)
     assert set(replace.images[:, 0, 0, 0].tolist()) == {2} and len(replace) == 40  # the last generation's draws
     assert chain.null_set(0, {}, real, nulls, 40, seed=0) is real  # generation 0: held-out real images
+    # a source too small for its share shrinks the whole null, so its proportions hold: 50 null draws can be half of
+    # 100, not of 400
+    capped = chain.null_set(2, {"num_real": 300, "num_synthetic": 300}, real, nulls, 400, seed=0)
+    assert capped.images[:, 0, 0, 0].tolist().count(0) == capped.images[:, 0, 0, 0].tolist().count(2) == 50
     assert chain.null_set(2, {"num_real": 0, "num_synthetic": 300}, real, [None, None], 40, seed=0) is None

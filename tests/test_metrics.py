@@ -265,8 +265,8 @@ def test_evaluate_row_has_every_column(digits, metrics):
         assert np.isfinite(ev.row[column]), column
         lo, hi = ev.row[f"{column}_lo"], ev.row[f"{column}_hi"]
         assert lo <= ev.row[column] <= hi, column  # every score inside its own interval
-    for column in SET_COLUMNS:
-        assert ev.row[f"{column}_sd"] >= 0, column
+    for column in SET_COLUMNS:  # 200 samples against 400 held out: the reference is subsampled, 10 times
+        assert ev.row[f"{column}_sd"] > 0, column
     assert ev.row["fid"] == pytest.approx(ev.row["fid_mean"] + ev.row["fid_cov"])
     for name in metrics.class_names:
         assert 0 <= ev.row[f"recall_class_{name}"] <= 1 and 0 <= ev.row[f"coverage_class_{name}"] <= 1

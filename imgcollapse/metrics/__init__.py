@@ -378,7 +378,7 @@ def interval(value: float, replicates: np.ndarray, column: str) -> tuple[float, 
         return float("nan"), float("nan")
     half = 1.96 * float(np.std(finite, ddof=1))
     lo, hi = value - half, value + half
-    if column in BOUNDED:
+    if column in BOUNDED or column.startswith("class_freq_"):
         lo, hi = max(lo, 0.0), min(hi, 1.0)
     elif column in UNSIGNED:
         lo = max(lo, 0.0)
@@ -393,7 +393,8 @@ def _summarise(per_draw: list[dict[str, float]], replicates: list[dict[str, floa
         values = np.array([d[c] for d in per_draw], dtype=np.float64)
         row[c] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
         if sd:
-            row[f"{c}_sd"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else 0.0
+            # one draw (samples and reference both of the equal size) has no spread to report
+            row[f"{c}_sd"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else float("nan")
         boot = np.array([r[c] for r in replicates], dtype=np.float64)
         row.update(zip(interval_columns(c), interval(row[c], boot, c), strict=True))
     return row
@@ -438,7 +439,8 @@ def set_scores(features: np.ndarray, space: Space, metrics: Metrics) -> dict[str
     size = min(metrics.size, len(features))
     rng = _rng(metrics.seed, 1)
     draws = equal_subsets(len(features), size, config.subsets, rng)
-    ref_draws = equal_subsets(len(ref), size, len(draws), rng)
+    ref_draws = equal_subsets(len(ref), size, config.subsets, rng)  # fewer samples than held-out: the reference
+    # is the one subsampled, `subsets` times
     full_ref = len(ref_draws[0]) == len(ref)
     per_draw = [_set_draw(features[i], ref[r], space, config, full_ref, metrics.seed)
                 for i, r in paired(draws, ref_draws)]
@@ -453,20 +455,18 @@ def per_class_scores(features: np.ndarray, predicted: np.ndarray, space: Space, 
     at equal size (the smaller of the two); 0 for a class no sample falls in; means over tail and head classes."""
     config, ref, labels = metrics.config, space.reference.features, metrics.heldout_labels
     rng = _rng(metrics.seed, 2)
-    k = config.nearest_k
     row: dict[str, float] = {}
     draws: dict[int, list[dict[str, float]]] = {}
     boots: dict[int, list[dict[str, float]]] = {}
     for c, name in enumerate(names):
         real, mine = ref[labels == c], features[predicted == c]
         size = min(len(real), len(mine))
-        if len(mine) == 0:
+        if size < 3:  # none, or one or two samples (or real images): no diversity to measure, scored 0 so that
+            # a vanishing class pulls its group's mean down instead of dropping out of it
             draws[c] = [{"recall": 0.0, "coverage": 0.0}]
             boots[c] = [{"recall": 0.0, "coverage": 0.0}] * config.bootstrap
-        elif size <= k + 1:
-            draws[c] = [{"recall": float("nan"), "coverage": float("nan")}]
-            boots[c] = draws[c] * config.bootstrap
         else:
+            k = min(config.nearest_k, size - 2)  # a class of a few samples: as many neighbours as it has
             subs, ref_subs = (equal_subsets(len(mine), size, config.subsets, rng),
                               equal_subsets(len(real), size, config.subsets, rng))
             draws[c] = [prdc(mine[i], real[r], k) for i, r in paired(subs, ref_subs)]

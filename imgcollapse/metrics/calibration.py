@@ -182,7 +182,9 @@ def calibrate(splits: Splits, metrics: Metrics) -> dict[str, Any]:
     their noise at zero change and a verdict per (metric, change)."""
     began = time.perf_counter()
     floor = splits.floor if splits.floor is not None else floor_split(splits.train, len(splits.heldout), 0)
-    floor = floor.subset(np.arange(min(len(floor), metrics.size)))
+    if len(floor) > metrics.size:  # the rows' size: a seeded, class-stratified subset (not the first images)
+        floor = floor_split(floor, metrics.size, 0) if len(floor) >= 2 * metrics.size else \
+            floor.subset(np.sort(np.random.default_rng(0).choice(len(floor), metrics.size, replace=False)))
     train = without(splits.train, floor)  # memorization's training set: it must not hold the floor's images
     labelled = floor.labels is not None and floor.num_classes is not None
     changes = [c for c in CHANGES if labelled or c not in CLASS_CHANGES]
