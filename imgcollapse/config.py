@@ -90,6 +90,7 @@ class ChainConfig:
 
     models: list[str] | None = MISSING  # families in turn (generation g: models[g % len]); None: `model` every time
     population: list[str] | None = MISSING  # families trained side by side every generation, samples pooled
+    share_gen0: str | None = MISSING  # a run dir whose finished generation 0 this chain starts from (studies)
 
 
 @dataclass
@@ -222,7 +223,12 @@ def validate(cfg: DictConfig) -> Config:
     config.metrics.check()
     config.logger.check()
 
-    # Across components.
+    # Across components. `model` in chain.models / chain.population names `model`'s own family (a study's arm can
+    # say "this model, then another" whatever model= the command line chose).
+    for key in ("models", "population"):
+        names = getattr(config.chain, key)
+        if names is not None:
+            setattr(config.chain, key, [model_kind(m) if n == "model" else n for n in names])
     for family in family_configs(config).values():
         _check_sampling_for_model(family, s)
         if isinstance(family, DDPMConfig):

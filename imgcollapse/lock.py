@@ -122,6 +122,24 @@ def holder_is_gone(holder: dict[str, Any], me: dict[str, Any]) -> bool:
     return not isinstance(pid, int) or pid == me["pid"] or not pid_alive(pid)
 
 
+def is_held(run_dir: Path) -> bool:
+    """Whether a live process holds `run_dir`'s lock now (False where there is no lock file, or no flock)."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """`with RunLock(run_dir):` holds the run directory for this process or raises RunDirLocked."""
 

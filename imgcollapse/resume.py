@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ IGNORED = (
     "logger", "report",  # what is logged and drawn
     "metrics.calibrate",  # whether the calibration is written beside the run: no row depends on it
     "accelerator.mixed_precision",  # compared as the resolved precision instead: "auto" depends on the machine
+    "chain.share_gen0",  # where an adopted generation 0 came from: checked against its source once, when adopted
 )
 # Keys added after runs were started without them, with the value that does what their absence did: a run.json
 # without the key resumes under that value (any other value is a difference like any other).
@@ -51,6 +53,14 @@ ADDED = {
 # Resolved settings (environment.json) that change a chain's numbers: moving a chain across them is refused.
 NUMERIC_SETTINGS = ("threads", "mixed_precision", "device", "num_processes")
 ABSENT = "(absent)"
+# Keys generation 0 never reads: where each later generation starts and how long it fine-tunes
+LATER_ONLY = ("model.init", "model.finetune_steps", "model.finetune_lr", "model.finetune_epochs")
+# Regime keys generation 0 reads: its curation (the samples it keeps for generation 1), and fresh's first draw
+CURATION_KEYS = ("regime.curation", "regime.keep_fraction", "regime.verify_threshold", "regime.verifier_seed",
+                 "regime.verifier_epochs")
+POOL_FIRST = ("imgcollapse.regimes.Replace", "imgcollapse.regimes.Accumulate", "imgcollapse.regimes.RealPlus",
+              "imgcollapse.regimes.Augment")  # regimes whose generation 0 trains on the whole real pool
+SHARED_FILE = "shared_gen0.json"  # in an adopting run dir: where its generation 0 came from
 
 
 class ResumeRefused(UserError):
@@ -229,3 +239,91 @@ def check_environment(store: RunStore, now: Mapping[str, Any], *, mode: str,
                             "time": datetime.datetime.now().isoformat(timespec="seconds"), "changed": {}}
         change["versions"] = {k: {"was": old, "now": new} for k, (old, new) in versions.items()}
     return change
+
+
+# Adopting another run's generation 0 (studies) ----------------------------------------------------
+def generation0_signature(resolved: Mapping[str, Any], pool_size: int | None = None) -> dict[str, Any]:
+    """The keys of a resolved config that generation 0's files depend on: two configs with equal signatures (and
+    equal data and numeric settings) make bit-identical generations 0. Conservative: a key left in that gen 0
+    does not read costs a shared generation, never a wrong one. With the real pool's size, a compute budget is
+    replaced by the optimizer steps it gives generation 0 (budget=epochs sized to match budget=steps shares)."""
+    flat = {k: v for k, v in flatten(resolved).items() if not is_ignored(k) and k not in LATER_ONLY}
+    if pool_size is not None and flat.get("model.budget") in ("steps", "epochs") and "model.train_steps" in flat:
+        if flat["model.budget"] == "steps":
+            steps = flat["model.train_steps"]
+        else:  # as TrainingConfig.fit_budget sizes a fit from scratch
+            steps = math.ceil(flat["model.epochs"] * pool_size / flat["model.batch_size"])
+        for key in ("model.budget", "model.epochs", "model.train_steps"):
+            flat.pop(key)
+        flat["model.(generation 0 steps)"] = steps
+    regime = flat.get("regime._target_")
+    if regime in POOL_FIRST:  # the rest of the regime shapes later generations' training sets only
+        flat = {k: v for k, v in flat.items() if not k.startswith("regime.") or k in CURATION_KEYS}
+        flat["regime._target_"] = "(generation 0: the whole real pool)"
+    if flat.get("regime.curation") == "none":  # nothing curated: the curation's settings are never read
+        flat = {k: v for k, v in flat.items() if k not in CURATION_KEYS[1:]}
+    return dict(sorted(flat.items()))
+
+
+SHARE_WAIT_S = 120.0  # how long a source no live process holds may take to start (a study launches it first)
+
+
+def wait_for_generation0(source: Path, poll_s: float = 0.5, grace_s: float = SHARE_WAIT_S) -> None:
+    """Wait while another process trains `source`'s generation 0 (a study launches a group's first chain before
+    the chains that adopt its generation 0, so they may start while it trains). Returns once it is done, the
+    source has failed (FAILED), or no live process has held the source for `grace_s`."""
+    import time
+
+    from imgcollapse.jobs import FAILED
+    from imgcollapse.lock import is_held
+
+    store, waited, unheld_since = RunStore(source), False, time.monotonic()
+    while not store.is_done(0) and not (source / FAILED).exists():
+        if is_held(source):
+            unheld_since = time.monotonic()
+        elif time.monotonic() - unheld_since > grace_s:
+            return
+        if not waited:
+            log.info("waiting for %s to finish generation 0 (this chain adopts it)", source)
+            waited = True
+        time.sleep(poll_s)
+
+
+def adopt_generation0(store: RunStore, source: Path, resolved: Mapping[str, Any], environment: Mapping[str, Any],
+                      fingerprint: Mapping[str, str] | None) -> None:
+    """Copy `source`'s finished generation 0 into this (empty) run, after checking that this run would have made
+    the same files: the same generation-0 signature, data fingerprint and numeric settings. UserError naming
+    every difference otherwise. Only safe while holding the run's lock."""
+    import shutil
+
+    source = Path(source)
+    src = RunStore(source)
+    wait_for_generation0(source)
+    if not src.is_done(0):
+        raise UserError(f"chain.share_gen0={source}: it has no finished generation 0 ({source}/gen_000/DONE); run it "
+                        "first, or set chain.share_gen0=null to train this chain's own")
+    what_to_do = "Rerun the source chain, or set chain.share_gen0=null"
+    started = src.read_json(source / "run.json", what_to_do)
+    before = src.read_json(src.gen_dir(0) / ENVIRONMENT_FILE, what_to_do)
+    pool = started.get("dataset", {}).get("num_train")
+    mine, theirs = generation0_signature(resolved, pool), generation0_signature(started.get("config", {}), pool)
+    differences = {k: (theirs.get(k, ABSENT), mine.get(k, ABSENT)) for k in sorted({*mine, *theirs})
+                   if mine.get(k, ABSENT) != theirs.get(k, ABSENT)}
+    differences.update({f"{k} (resolved)": (before.get(k), environment.get(k)) for k in NUMERIC_SETTINGS
+                        if before.get(k) != environment.get(k)})
+    if fingerprint is not None and dict(started.get("dataset", {}).get("fingerprint") or {}) != dict(fingerprint):
+        differences["dataset content (fingerprint)"] = (started["dataset"].get("fingerprint"), dict(fingerprint))
+    if differences:
+        raise UserError(f"chain.share_gen0={source}: its generation 0 is not the one this chain would train. "
+                        f"Differing: {'; '.join(f'{k}={a!r} there, {b!r} here' for k, (a, b) in differences.items())}."
+                        " Set chain.share_gen0=null to train this chain's own")
+    target = store.gen_dir(0)
+    temporary = target.with_name(f".{target.name}.adopted.tmp")  # what remove_temporaries cleans after a kill
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.copytree(src.gen_dir(0), temporary)  # DONE comes along, so the rename alone makes it count
+    shutil.rmtree(target, ignore_errors=True)  # an unfinished attempt (prepare has reset it already)
+    temporary.rename(target)
+    store.write_json(store.root / SHARED_FILE, {"source": str(source.resolve()), "generation": 0,
+                                                 "time": datetime.datetime.now().isoformat(timespec="seconds")})
+    store.write_tables()
+    log.info("adopted generation 0 of %s (same signature, data and numeric settings): not trained again", source)

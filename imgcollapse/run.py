@@ -170,6 +170,12 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
                          num_synthetic=config.num_synthetic, generation=config.generation)
         except Exception as e:
             failure = e
+    if main and failure is None and config.chain.share_gen0 and store.num_done() == 0:
+        try:  # a study's arm: generation 0 is another chain's, copied once its config, data and settings match
+            resume.adopt_generation0(store, Path(config.chain.share_gen0), resolved, environment,
+                                     splits.fingerprint())
+        except Exception as e:
+            failure = e
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images, run_dir=run_dir,
                       project=config.logger.project, group=sweep_group())
     chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up

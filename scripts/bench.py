@@ -2,6 +2,7 @@
 
     python scripts/bench.py --out bench.json            # everything (about 30 min on 2 CPU cores)
     python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations, metrics (about 6 min)
+    python scripts/bench.py --studies-only --studies gmm,vae,ddpm   # `study=claims` per model: the budgets
 
 Loops are measured in one process with the same model config, batch and threads, in interleaved
 repetitions (median and spread reported). Chains run as `python -m imgcollapse.run` subprocesses.
@@ -11,6 +12,7 @@ Prints a table and writes JSON with top-level `train_ratio`, `sampling_ratio`, `
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -227,6 +229,48 @@ def run_chain(run_dir: Path, *overrides: str) -> dict:
     }
 
 
+# Studies -----------------------------------------------------------------------------------------------------
+def study_times(root: Path) -> dict:
+    """Per arm: the seconds its chains computed (adopted generations 0 not counted), and what sharing saved."""
+    with (root / "study.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    per_arm: dict[str, float] = {}
+    saved = 0.0
+    for r in rows:
+        seconds = float(r["seconds"] or 0)
+        if r["shared_gen0"] == "True":
+            saved += seconds  # the source's generation 0, which this chain would have trained again
+        else:
+            per_arm[r["arm"]] = per_arm.get(r["arm"], 0.0) + seconds
+    computed = sum(per_arm.values())
+    return {"compute_seconds_by_arm": per_arm, "compute_seconds": computed, "shared_gen0_saved_seconds": saved,
+            "shared_gen0_saved_share": saved / (computed + saved) if computed + saved else 0.0}
+
+
+def bench_study(root: Path, *overrides: str) -> dict:
+    """`python -m imgcollapse.study OVERRIDES` as a user runs it, into a fresh dir: wall time, per-arm compute,
+    the time shared generations 0 saved, and the verdicts."""
+    began = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "imgcollapse.study", *overrides, f"study.dir={root}"],
+                            capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    if result.returncode:
+        raise RuntimeError(f"study {overrides} failed:\n{result.stderr[-3000:]}")
+    claims = json.loads((root / "claims.json").read_text())
+    return {"overrides": list(overrides), "wall_seconds": wall, **study_times(root),
+            "verdicts": {name: c["verdict"] for name, c in claims["claims"].items()},
+            "tests": {name: {g["name"]: g["verdict"] for g in c["groups"]} for name, c in claims["claims"].items()}}
+
+
+def table_studies(results: dict) -> str:
+    lines = []
+    for name, st in results["studies"].items():
+        lines.append(f"study=claims model={name}: {st['wall_seconds'] / 60:.1f} min wall, shared generations 0 saved "
+                     f"{st['shared_gen0_saved_seconds']:.0f} s of compute ({st['shared_gen0_saved_share']:.0%})")
+        lines += [f"  {claim}: {verdict}" for claim, verdict in st["verdicts"].items()]
+    return "\n".join(lines)
+
+
 def table(results: dict) -> str:
     lines = [f"{'what':<46} {'value':>14}"]
 
@@ -263,6 +307,11 @@ def table(results: dict) -> str:
         add("torch.compile one-off compile seconds", f"{o['compile_seconds']:.0f}")
     for q in results.get("sampler_quality", []):
         add(f"FID with {q['sampler']}-{q['steps']} ({q['images_per_s']:.0f} images/s)", f"{q['fid']:.1f}")
+    for name, st in results.get("studies", {}).items():
+        add(f"study {name}: wall minutes", f"{st['wall_seconds'] / 60:.1f}")
+        add(f"study {name}: shared generations 0 saved", f"{st['shared_gen0_saved_share']:.0%}")
+        for claim, verdict in st["verdicts"].items():
+            add(f"  {claim}", verdict)
     if "accumulate_replace_ratio" in results:
         add("accumulate / replace s at the last generation", f"{results['accumulate_replace_ratio']:.3f}")
         add("accumulate / replace s/generation (medians)", f"{results['accumulate_replace_ratio_median']:.3f}")
@@ -279,7 +328,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the chains' run directories here (figures, metrics) instead of a temp dir")
+    parser.add_argument("--studies", default="",
+                        help="comma-separated models whose `study=claims` to time, e.g. gmm,vae,ddpm (DDPM: ~1 h)")
+    parser.add_argument("--studies-only", action="store_true", help="time the --studies and nothing else")
     args = parser.parse_args()
+    if args.studies_only:
+        results = {"machine": {"platform": platform.platform(), "cores": os.cpu_count()}, "studies": {}}
+        with tempfile.TemporaryDirectory() as tmp:
+            root = args.keep.resolve() if args.keep else Path(tmp)
+            for model in filter(None, args.studies.split(",")):
+                print(f"study=claims model={model} ...", file=sys.stderr)
+                results["studies"][model] = bench_study(root / f"claims-{model}", "study=claims", f"model={model}")
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+        print(table_studies(results))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -341,6 +403,11 @@ def main() -> None:
                                                     for g in chains["default"]["per_generation"])
         results["generation_seconds"] = generation_seconds
         results["metrics_share"] = results["metrics"]["seconds"] / generation_seconds
+        for model in filter(None, args.studies.split(",")):
+            print(f"study=claims model={model} ...", file=sys.stderr)
+            study_root = args.keep.resolve() if args.keep else Path(tmp)
+            results.setdefault("studies", {})[model] = bench_study(study_root / f"claims-{model}", "study=claims",
+                                                                   f"model={model}")
 
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))

@@ -455,6 +455,7 @@ def per_class_scores(features: np.ndarray, predicted: np.ndarray, space: Space, 
     at equal size (the smaller of the two); 0 for a class no sample falls in; means over tail and head classes."""
     config, ref, labels = metrics.config, space.reference.features, metrics.heldout_labels
     rng = _rng(metrics.seed, 2)
+    boot_rng = _rng(metrics.seed, 5)  # its own stream: the values never depend on how many resamples follow them
     row: dict[str, float] = {}
     draws: dict[int, list[dict[str, float]]] = {}
     boots: dict[int, list[dict[str, float]]] = {}
@@ -470,7 +471,7 @@ def per_class_scores(features: np.ndarray, predicted: np.ndarray, space: Space, 
             subs, ref_subs = (equal_subsets(len(mine), size, config.subsets, rng),
                               equal_subsets(len(real), size, config.subsets, rng))
             draws[c] = [prdc(mine[i], real[r], k) for i, r in paired(subs, ref_subs)]
-            boots[c] = [prdc(mine[rng.integers(0, len(mine), size)], real[ref_subs[0]], k)
+            boots[c] = [prdc(mine[boot_rng.integers(0, len(mine), size)], real[ref_subs[0]], k)
                         for _ in range(config.bootstrap)]
         summary = _summarise(draws[c], boots[c], ("recall", "coverage"), sd=False)
         row.update({key.replace("recall", f"recall_class_{name}", 1).replace("coverage", f"coverage_class_{name}", 1):

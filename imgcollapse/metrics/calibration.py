@@ -45,7 +45,8 @@ from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 1  # bump when changes, strengths or the verdict rule change: invalidates cached calibrations
+CALIBRATION_VERSION = 2  # bump when changes, strengths, the verdict rule or the scores change: invalidates cached
+# calibrations (2: per-class scores no longer depend on the bootstrap count)
 FILE = "calibration.json"
 FIGURE = "calibration.png"
 # change -> (what it stands for, strengths after "none", what a strength means)

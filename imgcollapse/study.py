@@ -1,0 +1,415 @@
+"""`python -m imgcollapse.study study=NAME [overrides]` (or `imgcollapse-study`): arms × seeds of chains, answered.
+
+A study (conf/study/NAME.yaml) names its arms (each a list of overrides on top of the run's config), its seeds and
+generations, and its claims (the tests and the verdict rule: imgcollapse/report/study.py). Every arm × seed is an
+ordinary chain in an ordinary run dir, `<study dir>/<arm>/seed_<s>/`, under one deterministic study dir
+(`outputs/study/NAME[,overrides]`), so rerunning the same command resumes every chain and skips finished ones.
+
+Chains run through Hydra's launcher (`hydra/sweeper=imgcollapse_study`: the planned jobs, not a grid): joblib
+locally (`study.jobs` chains at once, the cores divided among them), submitit/Slurm on a cluster
+(`hydra/launcher=slurm hydra.launcher.partition=...`). Arms whose generation 0 is the same config
+(resume.generation0_signature) train it once per seed: stage 1 trains each group's first arm to generation 0, stage
+2 runs every chain, the others adopting that generation 0 (`chain.share_gen0`, copied bit for bit after checks).
+Then study.csv, claims.json and study.html are written (`python -m imgcollapse.report STUDY_DIR` rebuilds them).
+
+Overrides: `study=NAME`, `study.KEY=VALUE` set the study; `hydra/launcher=...`, `hydra.launcher.KEY=...` choose how
+chains run; anything else applies to every arm (`model=vae`, `dataset=mnist`, `debug=smoke`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from imgcollapse.errors import ConfigError, UserError
+from imgcollapse.jobs import read_failed
+from imgcollapse.store import RunStore, atomic_write_text, to_json
+
+log = logging.getLogger("imgcollapse.study")
+
+STUDY_FILE = "study.json"  # in the study dir: the plan (arms, seeds, chains, shared generations 0) and its runs
+DRAW = ("first_seed", "all", "none")
+LAUNCHERS = ("basic", "joblib", "slurm", "submitit_local", "submitit_slurm")
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass
+class StudyConfig:
+    """`study.*` (conf/study/*.yaml): what runs; `claims` is read by the report (imgcollapse/report/study.py)."""
+
+    name: str = MISSING  # the study's name: its dir, outputs/study/<name>[,<overrides>]
+    description: str = ""  # one paragraph for the report's top
+    seeds: Any = 3  # an int n (seeds 0..n-1) or a list of seeds
+    generation: Any = MISSING  # the last generation of every arm that does not set its own: an int, or one per
+    # model kind ({ddpm: 2, vae: 2, gmm: 5}: cheap models afford longer chains in the same budget)
+    overrides: list[str] = field(default_factory=list)  # applied to every arm, before the arm's own
+    arms: dict[str, Any] = MISSING  # {arm: [overrides]} or {arm: {overrides: [...], generation: G, label: "...",
+    # by_model: {gmm: [overrides used instead when the study's model is a gmm]}}
+    claims: dict[str, Any] = field(default_factory=dict)  # {claim: {statement, source, tests, rule}}
+    rule: dict[str, Any] = field(default_factory=dict)  # the default verdict rule (report/study.py: RULE)
+    launcher: str = "joblib"  # LAUNCHERS: how chains run (the command line's hydra/launcher= wins)
+    jobs: int | None = None  # joblib: chains at once (None: one per core); torch threads = cores // jobs
+    share_gen0: bool = True  # train each shared generation 0 once per seed (false: every chain its own)
+    draw: str = "first_seed"  # chains that draw their own report: first_seed (the study shows its strips) | all |
+    # none (report.draw=false; `python -m imgcollapse.report RUN_DIR` draws one later). ~2-3 s a chain
+    dir: str | None = None  # the study dir (None: outputs/study/<name>[,<overrides>])
+
+
+@dataclass
+class StudyRoot:
+    """conf/study_config.yaml's schema: the chosen study under `study`, typed (unknown keys fail at compose)."""
+
+    study: StudyConfig = field(default_factory=StudyConfig)
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="study_schema", node=StudyRoot)
+
+
+@dataclass
+class Arm:
+    name: str
+    overrides: list[str]
+    generation: int
+    label: str
+
+
+@dataclass
+class Chain:
+    """One arm × seed: its run dir (relative to the study dir), overrides, and the chain whose generation 0 it
+    adopts (None: it trains its own)."""
+
+    arm: str
+    seed: int
+    generation: int
+    overrides: list[str]
+    run_dir: str
+    signature: str
+    shares_with: str | None = None
+
+
+def load_study(overrides: list[str]) -> tuple[StudyConfig, dict[str, Any]]:
+    """The study `study=NAME study.KEY=VALUE ...` composes (conf/study_config.yaml), typed and checked."""
+    from hydra import compose, initialize_config_dir
+
+    from imgcollapse.config import CONF_DIR
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="study_config", overrides=overrides)
+    schema = OmegaConf.structured(StudyConfig)
+    merged: DictConfig = OmegaConf.merge(schema, cfg.study)
+    study: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    raw = OmegaConf.to_container(merged, resolve=True)
+    check_study(study)
+    return study, raw  # type: ignore[return-value]
+
+
+def seed_list(seeds: Any) -> list[int]:
+    """`study.seeds`: n (seeds 0..n-1) or a list of distinct seeds."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise ConfigError("study.seeds", seeds, "a number of seeds >= 1 or a list of seeds")
+        return list(range(seeds))
+    if isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds) \
+            and len(set(seeds)) == len(seeds):
+        return list(seeds)
+    raise ConfigError("study.seeds", seeds, "a number of seeds >= 1 or a list of distinct seeds >= 0")
+
+
+def arms_of(study: StudyConfig, model: str | None = None) -> list[Arm]:
+    """The study's arms, in the config's order; `model` (the study's model kind) picks an arm's `by_model`
+    overrides where it has them (a key one model family lacks, such as model.budget for the GMM)."""
+    default = study.generation
+    if isinstance(default, dict):
+        if model is None:  # checking the study's keys before the model is known: any of its values
+            default = next(iter(default.values()), None)
+        elif model not in default:
+            raise ConfigError("study.generation", dict(default), f"an int, or a mapping with a value for {model}")
+        else:
+            default = default[model]
+    out = []
+    for name, spec in study.arms.items():
+        if not ARM_NAME.fullmatch(name):
+            raise ConfigError(f"study.arms.{name}", name, "an arm name of letters, digits, _ and - (it is a dir)")
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"overrides", "generation", "label", "by_model"}
+            if unknown:
+                raise ConfigError(f"study.arms.{name}", sorted(unknown),
+                                  "keys among overrides, generation, label, by_model")
+            overrides, generation = spec.get("overrides") or [], spec.get("generation", default)
+            if model is not None and model in (spec.get("by_model") or {}):
+                overrides = spec["by_model"][model]
+            label = spec.get("label") or name
+        else:
+            overrides, generation, label = spec or [], default, name
+        if not (isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides)):
+            raise ConfigError(f"study.arms.{name}", overrides, "a list of overrides such as regime=accumulate")
+        if not isinstance(generation, int) or generation < 0:
+            raise ConfigError(f"study.arms.{name}.generation", generation, "a generation >= 0")
+        out.append(Arm(name, list(overrides), generation, label))
+    return out
+
+
+def check_study(study: StudyConfig) -> None:
+    """The study's own keys and its claims' arms (ConfigError naming the key)."""
+    seed_list(study.seeds)
+    if not study.arms:
+        raise ConfigError("study.arms", study.arms, "at least one arm: {name: [overrides]}")
+    arms = {a.name for a in arms_of(study)}
+    if study.launcher not in LAUNCHERS:
+        raise ConfigError("study.launcher", study.launcher, f"one of {list(LAUNCHERS)}")
+    if study.draw not in DRAW:
+        raise ConfigError("study.draw", study.draw, f"one of {list(DRAW)}")
+    if study.jobs is not None and study.jobs < 1:
+        raise ConfigError("study.jobs", study.jobs, "null (one chain per core) or an integer >= 1")
+    from imgcollapse.report.study import check_claims
+
+    check_claims(study.claims, study.rule, arms)
+
+
+def study_dir(study: StudyConfig, common: list[str]) -> Path:
+    """Where the study lives: `study.dir`, else outputs/study/<name>[,<overrides in order>] (the same command
+    always maps to the same dir, so rerunning it resumes)."""
+    if study.dir:
+        return Path(study.dir)
+    suffix = ",".join(o.replace("/", "-") for o in common)
+    return Path("outputs") / "study" / (study.name + (f",{suffix}" if suffix else ""))
+
+
+def signature_key(resolved: dict[str, Any], pool_size: int | None) -> str:
+    """A short hash of the generation-0 signature: chains with equal keys can share generation 0."""
+    from imgcollapse.resume import generation0_signature
+
+    text = json.dumps(generation0_signature(resolved, pool_size), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def study_model(study: StudyConfig, common: list[str]) -> str:
+    """The model kind every arm starts from (ddpm, vae, gmm): the config of the study's and the command line's
+    overrides."""
+    from imgcollapse.config import compose, model_kind, validate
+
+    return model_kind(validate(compose(*study.overrides, *common)).model)
+
+
+def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Chain]:
+    """Every arm × seed as a chain, each arm's overrides composed and checked once (a seed changes no other key);
+    the first chain of each generation-0 signature (per seed) trains it, the others adopt it."""
+    from imgcollapse.config import build, compose, validate
+
+    chains, leaders, pools = [], {}, {}
+    arms = arms_of(study, study_model(study, common))
+    seeds = seed_list(study.seeds)
+    resolved_by_arm = {}
+    for arm in arms:
+        try:
+            cfg = compose(*study.overrides, *arm.overrides, *common, f"seed={seeds[0]}")
+            config = validate(cfg)
+        except UserError as e:
+            raise UserError(f"arm {arm.name}: {e}") from e
+        except Exception as e:  # Hydra's composition errors: an unknown key or group
+            if type(e).__module__.startswith(("hydra", "omegaconf")):
+                from imgcollapse.cli import describe_config_error
+
+                raise UserError(f"arm {arm.name}: {describe_config_error(e)}") from e
+            raise
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        data_key = json.dumps(resolved["dataset"], sort_keys=True, default=str)  # type: ignore[index]
+        if data_key not in pools:  # the pool's size sizes a budget=epochs fit (built once per dataset config)
+            pools[data_key] = len(build(config.dataset).train)
+        resolved_by_arm[arm.name] = (resolved, pools[data_key])
+    for seed in seeds:
+        for arm in arms:
+            overrides = [*study.overrides, *arm.overrides, *common, f"seed={seed}", f"generation={arm.generation}"]
+            if threads is not None:
+                overrides.append(f"threads={threads}")
+            if study.draw == "none" or (study.draw == "first_seed" and seed != seeds[0]):
+                overrides.append("report.draw=false")  # not part of a chain's identity (resume.IGNORED)
+            resolved, pool = resolved_by_arm[arm.name]
+            key = signature_key({**resolved, "seed": seed}, pool)  # type: ignore[arg-type]
+            chain = Chain(arm.name, seed, arm.generation, overrides, f"{arm.name}/seed_{seed}", key)
+            if study.share_gen0 and key in leaders:
+                chain.shares_with = leaders[key].run_dir
+            else:
+                leaders[key] = chain
+            chains.append(chain)
+    return chains
+
+
+def quoted(path: Path) -> str:
+    """A path as a quoted Hydra override value: a study dir's name holds `=` and `,` (model=vae,seed=...)."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _job(chain: Chain, root: Path, generation: int | None = None) -> list[str]:
+    job = [*chain.overrides, f"hydra.sweep.subdir={chain.run_dir}"]
+    if generation is not None:
+        job = [o for o in job if not o.startswith("generation=")] + [f"generation={generation}"]
+    if chain.shares_with is not None:
+        job.append(f"chain.share_gen0={quoted((root / chain.shares_with).resolve())}")
+    return job
+
+
+def _launch_order(chain: Chain) -> tuple:
+    """Chains others adopt from first (an adopting chain may then wait, never deadlock), then the longest first, so
+    that no core idles at the end: more generations, then compute growing with the pool (accumulate, epochs)."""
+    grows = sum(("regime=accumulate" in o and "subsample" not in o) or o == "model.budget=epochs"
+                for o in chain.overrides)
+    return (chain.shares_with is not None, -chain.generation, -grows)
+
+
+def _launch(jobs: list[list[str]], root: Path, launcher: list[str], stage: str) -> int:
+    """Run `jobs` as one Hydra multirun of imgcollapse.run through the study sweeper; the exit status."""
+    if not jobs:
+        return 0
+    jobs_file = root / f".jobs_{''.join(stage.split()[:2]).strip('(')}.json"  # .jobs_chains.json, .jobs_stage1.json
+    atomic_write_text(jobs_file, json.dumps(jobs, indent=1))
+    command = [sys.executable, "-m", "imgcollapse.run", "-m", "hydra/sweeper=imgcollapse_study",
+               f"hydra.sweeper.jobs_file={quoted(jobs_file.resolve())}", f"hydra.sweep.dir={quoted(root.resolve())}",
+               "~hydra.callbacks.sweep_report", *launcher]
+    log.info("%s: %d chain(s)", stage, len(jobs))
+    return subprocess.run(command, check=False).returncode
+
+
+def _threads_and_launcher(study: StudyConfig, launcher_args: list[str], num_chains: int) -> tuple[int | None,
+                                                                                                   list[str]]:
+    """(torch threads every chain runs with, the launcher's overrides). The same thread count in every stage, so
+    an adopted generation 0 was made under the numeric settings of the chain adopting it."""
+    from imgcollapse.launch import available_cores
+
+    chosen = next((a.split("=", 1)[1] for a in launcher_args if a.startswith("hydra/launcher=")), study.launcher)
+    args = [a for a in launcher_args if not a.startswith("hydra/launcher=")]
+    if chosen == "basic":
+        return None, ["hydra/launcher=basic", *args]
+    if chosen == "joblib":
+        cores = available_cores()
+        jobs = study.jobs or max(1, min(cores, num_chains))
+        n_jobs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("hydra.launcher.n_jobs=")), jobs)
+        rest = [a for a in args if not a.startswith("hydra.launcher.n_jobs=")]
+        return max(1, cores // n_jobs), ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}", *rest]
+    return None, [f"hydra/launcher={chosen}", *args]  # a cluster launcher gives each job its own cores
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(study overrides, launcher overrides, overrides for every arm)."""
+    study = [a for a in argv if a.split("=", 1)[0] == "study" or a.startswith("study.")]
+    launcher = [a for a in argv if a.startswith(("hydra/launcher=", "hydra.launcher."))]
+    common = [a for a in argv if a not in study and a not in launcher]
+    if bad := [a for a in common if a.startswith(("hydra.", "hydra/"))]:
+        raise UserError(f"{bad[0]}: a study sets each chain's hydra.* itself; only hydra/launcher=... and "
+                        "hydra.launcher.*=... may be given")
+    return study, launcher, common
+
+
+def run_study(argv: list[str]) -> Path:
+    """Plan, run (resuming) and report the study `argv` describes; returns its dir. Raises UserError."""
+    study_args, launcher_args, common = split_args(argv)
+    study, raw = load_study(study_args)
+    root = study_dir(study, common)
+    threads, launcher = _threads_and_launcher(study, launcher_args,
+                                              len(arms_of(study)) * len(seed_list(study.seeds)))
+    chains = plan(study, common, threads)
+    root.mkdir(parents=True, exist_ok=True)
+    record_path = root / STUDY_FILE
+    previous = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if previous.get("chains") and [c["run_dir"] for c in previous["chains"]] != [c.run_dir for c in chains]:
+        log.warning("%s was planned with other arms or seeds; chains that are in both resume", root)
+    record = {"name": study.name, "study": raw, "common_overrides": common, "launcher": launcher,
+              "threads": threads, "chains": [c.__dict__ for c in chains], "runs": previous.get("runs", [])}
+    atomic_write_text(record_path, to_json(record))
+
+    leaders = {c.run_dir for c in chains if c.shares_with is None} & {c.shares_with for c in chains}
+    todo = [c for c in chains if RunStore(root / c.run_dir).num_done() <= c.generation]
+    shared = sum(c.shares_with is not None for c in chains)
+    log.info("study %s: %d arm(s) × %d seed(s) = %d chains in %s (%d adopt a shared generation 0; %d to run)",
+             study.name, len(arms_of(study)), len(seed_list(study.seeds)), len(chains), root, shared, len(todo))
+    began = time.perf_counter()
+    if launcher[0] in ("hydra/launcher=basic", "hydra/launcher=joblib"):
+        # one launch: chains that others adopt from go first, and an adopting chain that starts while its source
+        # still trains generation 0 waits for it (resume.wait_for_generation0); no core idles between stages
+        ordered = sorted(todo, key=_launch_order)
+        status = _launch([_job(c, root) for c in ordered], root, launcher, "chains")
+    else:  # a cluster may start jobs in any order: the shared generations 0 first, then every chain
+        stage1 = [_job(c, root, generation=0) for c in todo if c.run_dir in leaders
+                  and not RunStore(root / c.run_dir).is_done(0)]
+        status = _launch(stage1, root, launcher, "stage 1 (shared generations 0)")
+        # stage 2 runs even after a failed stage 1: chains that share nothing with a failed one still finish
+        status = max(status, _launch([_job(c, root) for c in todo], root, launcher, "stage 2 (every chain)"))
+    seconds = time.perf_counter() - began
+    record["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds,
+                           "chains_run": len(todo), "exit_status": status})
+    atomic_write_text(record_path, to_json(record))
+
+    from imgcollapse.report.study import build_study_report
+
+    result = build_study_report(root)
+    failed = [(c.run_dir, found) for c in chains if (found := read_failed(root / c.run_dir))]
+    for run_dir, (code, reason) in failed:
+        log.error("chain %s failed (exit %d): %s", run_dir, code, reason)
+    log.info("study %s: %.0f s; %s", study.name, seconds,
+             "; ".join(f"{name}: {c['verdict']}" for name, c in result["claims"].items()) or "no claims")
+    log.info("report: %s", root / "study.html")
+    if failed:
+        raise StudyFailed(f"{len(failed)} chain(s) failed (see above); rerun the same command to resume them",
+                          status or 1)
+    if status:
+        raise StudyFailed(f"the launcher exited with status {status} (see above); rerun the same command to resume",
+                          status)
+    return root
+
+
+class StudyFailed(UserError):
+    """A chain of the study failed; the others' results are on disk and in the report."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: exit 0, 2 for a bad study or override, a failed chain's status, 130 on Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        from imgcollapse.config import CONF_DIR
+
+        print("studies:", ", ".join(sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))))
+        return 0
+    try:
+        run_study(argv)
+    except KeyboardInterrupt:
+        log.error("interrupted: finished generations are kept; rerun the same command to resume every chain")
+        return 130
+    except StudyFailed as e:
+        log.error("%s", e)
+        return e.status
+    except UserError as e:
+        log.error("%s", e)
+        return 2
+    except Exception as e:  # Hydra's composition errors of the study itself
+        if type(e).__module__.startswith(("hydra", "omegaconf")):
+            from imgcollapse.cli import describe_config_error
+
+            log.error("%s", describe_config_error(e))
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Studies: the verdict rule on constructed rows, the paired statistics, the study config's checks, and a real smoke
+study (GMM, 2 arms × 2 seeds × 2 generations) whose shared generations 0 are bit-identical to unshared ones and
+which, killed part-way, resumes to the same claims.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+
+from imgcollapse.errors import ConfigError
+from imgcollapse.report import study as report
+
+# Constructed rows ------------------------------------------------------------------------------------------------
+
+
+def rows_for(arms: dict[str, list[list[float]]], metric: str = "fid") -> list[dict]:
+    """{arm: [per seed: [value at generation 0, 1, ...]]} as study.csv rows."""
+    return [{"arm": arm, "seed": s, "generation": g, metric: v}
+            for arm, seeds in arms.items() for s, curve in enumerate(seeds) for g, v in enumerate(curve)]
+
+
+def record_for(arms: list[str], claims: dict, generation: int = 2, rule: dict | None = None) -> dict:
+    return {"name": "t", "study": {"claims": claims, "rule": rule or {}},
+            "chains": [{"arm": a, "seed": s, "generation": generation, "run_dir": f"{a}/seed_{s}"}
+                       for a in arms for s in range(3)]}
+
+
+BETTER = {"c": {"statement": "a beats b", "tests": [{"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "better"}]}}
+
+
+def test_a_clear_difference_is_supported(tmp_path: Path) -> None:
+    rows = rows_for({"a": [[5, 6, 7], [5, 6.5, 7.5], [5, 5.5, 6.8]], "b": [[5, 20, 40], [5, 22, 38], [5, 19, 41]]})
+    claim = report.judge(rows, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
+    test = claim["tests"][0]
+    assert claim["verdict"] == "supported"
+    assert test["last"]["n"] == 3
+    assert test["per_seed"] == pytest.approx([33, 30.5, 34.2])  # b − a at the last generation: lower FID is better
+    assert test["last"]["lo"] > 0 and test["curve"]["lo"] > 0
+    assert test["separates_at"] == 1
+
+
+def test_identical_arms_are_inconclusive_and_the_reverse_contradicted(tmp_path: Path) -> None:
+    same = [[5, 20, 40], [5, 22, 38], [5, 19, 41]]
+    claim = report.judge(rows_for({"a": same, "b": same}), record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
+    assert claim["verdict"] == "inconclusive"
+    assert claim["tests"][0]["last"]["mean"] == 0 and claim["tests"][0]["separates_at"] is None
+    worse = rows_for({"b": [[5, 6, 7], [5, 6.5, 7.5], [5, 5.5, 6.8]], "a": same})
+    assert report.judge(worse, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]["verdict"] == "contradicted"
+
+
+def test_a_noisy_difference_is_inconclusive(tmp_path: Path) -> None:
+    rows = rows_for({"a": [[5, 6, 30], [5, 6, 10], [5, 6, 50]], "b": [[5, 6, 31], [5, 6, 40], [5, 6, 12]]})
+    claim = report.judge(rows, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
+    assert claim["verdict"] == "inconclusive"
+    assert claim["tests"][0]["last"]["lo"] < 0 < claim["tests"][0]["last"]["hi"]
+
+
+def test_the_rule_is_the_configs(tmp_path: Path) -> None:
+    """The same numbers under a stricter rule written in the study's config: inconclusive."""
+    rows = rows_for({"a": [[5, 6, 7], [5, 6.5, 7.5], [5, 5.5, 6.8]], "b": [[5, 20, 40], [5, 22, 38], [5, 19, 41]]})
+    strict = {"supported": "lo > 50", "contradicted": "hi < 0"}
+    claim = report.judge(rows, record_for(["a", "b"], BETTER, rule=strict), tmp_path)["claims"]["c"]
+    assert claim["verdict"] == "inconclusive"
+    margin = {"c": {"statement": "a stays within 50% of its generation 0", "tests": [
+        {"arm": "a", "metric": "fid", "vs_generation": 0, "relative": True, "expect": "better", "margin": 0.5,
+         "rule": {"supported": "lo > -margin", "contradicted": "hi < -margin"}}]}}
+    bounded = report.judge(rows, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]
+    assert bounded["tests"][0]["per_seed"] == pytest.approx([-0.4, -0.5, -0.36])  # FID +40%, +50%, +36%
+    assert bounded["verdict"] == "inconclusive"  # the interval [-0.60, -0.24] straddles the margin
+    small = rows_for({"a": [[5, 6, 5.5], [5, 6, 5.6], [5, 6, 5.4]], "b": [[5, 6, 9]] * 3})
+    assert report.judge(small, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]["verdict"] == "supported"
+    large = rows_for({"a": [[5, 6, 9.5], [5, 6, 9.6], [5, 6, 9.4]], "b": [[5, 6, 9]] * 3})
+    assert report.judge(large, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]["verdict"] == "contradicted"
+
+
+def test_change_since_generation_0_compares_two_metrics(tmp_path: Path) -> None:
+    """Rare content forgotten first: the tail's recall falls more than the head's, in the same arm."""
+    rows = [{"arm": "t", "seed": s, "generation": g, "recall_tail": 0.9 - 0.3 * g - 0.01 * s,
+             "recall_head": 0.9 - 0.05 * g} for s in range(3) for g in range(3)]
+    claims = {"c": {"statement": "tail first", "tests": [{"arm": "t", "metric": "recall_tail",
+                                                           "vs_metric": "recall_head", "change": True,
+                                                           "expect": "lower"}]}}
+    claim = report.judge(rows, record_for(["t"], claims), tmp_path)["claims"]["c"]
+    assert claim["tests"][0]["per_seed"] == pytest.approx([0.5, 0.5, 0.5])
+    assert claim["verdict"] == "supported"
+
+
+def test_a_metric_the_calibration_calls_blind_does_not_vote(tmp_path: Path) -> None:
+    (tmp_path / "a" / "seed_0").mkdir(parents=True)
+    calibration = {"changes": {"blur": {"kind": "distortion"}, "contract": {"kind": "contraction"}},
+                   "sees": {"fid": ["blur", "contract"], "recall": ["contract"]}}
+    (tmp_path / "a" / "seed_0" / "calibration.json").write_text(json.dumps(calibration))
+    rows = rows_for({"a": [[5, 20], [5, 21], [5, 19]]}, "fid")
+    rows += rows_for({"a": [[0.9, 0.95], [0.9, 0.96], [0.9, 0.97]]}, "recall")
+    claims = {"c": {"statement": "distortion", "tests": [{"arm": "a", "metrics": ["fid", "recall"], "vs_generation": 0,
+                                                          "expect": "worse", "trusted_for": "distortion"}]}}
+    claim = report.judge(rows, record_for(["a"], claims, generation=1), tmp_path)["claims"]["c"]
+    fid, recall = claim["tests"]
+    assert fid["votes"] and fid["verdict"] == "supported"
+    assert not recall["votes"] and recall["verdict"] == "contradicted"  # shown, but it cannot see blur here
+    assert claim["verdict"] == "supported"
+
+
+def test_t_interval_matches_the_textbook() -> None:
+    st = report.t_interval([1.0, 2.0, 3.0])
+    assert st["mean"] == 2 and st["sd"] == 1
+    assert st["hi"] - st["mean"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert report.t_interval([2.0])["lo"] is None  # one seed: no interval
+    assert report.t_interval([0.0, 0.0])["p"] == 1.0
+
+
+@pytest.mark.parametrize(("rule", "bad"), [("lo > 0 or __import__('os')", "comparisons of"), ("x > 0", "'x'"),
+                                           ("lo >", "a comparison")])
+def test_a_bad_rule_is_refused_naming_the_key(rule: str, bad: str) -> None:
+    claims = {"c": {"statement": "s", "tests": [{"arm": "a", "metric": "fid", "expect": "better",
+                                                  "rule": {"supported": rule}}]}}
+    with pytest.raises(ConfigError, match=r"study\.claims\.c\.tests\[0\]\.rule\.supported") as e:
+        report.check_claims(claims, {}, {"a"})
+    assert bad in str(e.value)
+
+
+def test_a_claim_naming_an_unknown_arm_is_refused() -> None:
+    claims = {"c": {"statement": "s", "tests": [{"arm": "a", "vs_arm": "nope", "metric": "fid", "expect": "better"}]}}
+    with pytest.raises(ConfigError, match=r"vs_arm.*one of the study's arms \['a'\]"):
+        report.check_claims(claims, {}, {"a"})
+
+
+def test_every_shipped_study_plans() -> None:
+    """Every study in conf/study/ loads, and every arm of it composes into a valid chain config."""
+    from imgcollapse.config import CONF_DIR
+    from imgcollapse.study import load_study, plan
+
+    names = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
+    assert {"claims", "smoke", "gerstgrasser", "kazdan", "bertrand", "feng", "mad", "shumailov"} <= set(names)
+    for name in names:
+        study, _ = load_study([f"study={name}"])
+        chains = plan(study, [], threads=1)
+        assert len(chains) == len(study.arms) * 3 or name == "smoke", name
+    claims, _ = load_study(["study=claims"])
+    by_arm = {c.arm: c for c in plan(claims, ["model=gmm"], threads=1) if c.seed == 0}
+    # the GMM has no compute budget: its growing-compute arm is plain accumulate, and shares generation 0
+    assert "regime=accumulate" in by_arm["accumulate_growing"].overrides
+    assert by_arm["accumulate_growing"].shares_with == "self/seed_0"
+    assert by_arm["real10"].shares_with == by_arm["accumulate_fixed"].shares_with == "self/seed_0"
+    assert by_arm["verify"].shares_with is None and by_arm["longtail"].shares_with is None
+
+
+def test_the_generation0_signature_ignores_what_generation_0_never_reads() -> None:
+    from omegaconf import OmegaConf
+
+    from imgcollapse.config import compose
+    from imgcollapse.resume import generation0_signature
+
+    def sig(*overrides: str, pool: int | None = 1397) -> dict:
+        return generation0_signature(OmegaConf.to_container(compose(*overrides), resolve=True), pool)
+
+    base = sig("regime=replace")
+    assert sig("regime=accumulate", "regime.subsample=1397") == base
+    assert sig("regime=augment", "regime.real_fraction=0.1", "generation=7", "model.init=previous") == base
+    assert sig("regime=accumulate", "model.budget=epochs", "model.epochs=54.97") == base  # 600 steps either way
+    assert sig("regime=accumulate", "model.budget=epochs", "model.epochs=54.97", pool=None) != sig(pool=None)
+    assert sig("regime=replace", "regime.curation=reward", "regime.keep_fraction=0.5") != base
+    assert sig("regime=fresh", "regime.first_real=700") != base
+    assert sig("seed=1") != base
+
+
+# A real study ----------------------------------------------------------------------------------------------------
+STUDY = ("study=smoke", "study.launcher=basic", "study.draw=none", "threads=1")  # one chain at a time, in-process
+
+
+def study(root: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m imgcollapse.study` in a new interpreter, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "imgcollapse.study", *STUDY, f"study.dir={root}", *extra],
+                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=600)
+
+
+def generation_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file a chain's generations hold that its numbers live in (metrics without the timings)."""
+    out = {}
+    for path in sorted(run_dir.glob("gen_*/*")):
+        if path.name == "metrics.json":
+            row = json.loads(path.read_text())
+            out[str(path.relative_to(run_dir))] = json.dumps({k: v for k, v in row.items() if "seconds" not in k},
+                                                             sort_keys=True).encode()
+        elif path.suffix == ".npz":
+            out[str(path.relative_to(run_dir))] = path.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke study, run once for the whole session even under pytest-xdist (the workers share its dir)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker of this session
+    root = base / "shared_study"
+    with FileLock(str(base / "shared_study.lock")):
+        if not (root / "claims.json").exists():
+            result = study(root)
+            assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_a_smoke_study_runs_every_chain_and_answers(shared_study: Path) -> None:
+    claims = json.loads((shared_study / "claims.json").read_text())
+    assert set(claims["claims"]) == {"accumulation_helps", "degrades"}
+    assert all(c["verdict"] in ("supported", "contradicted", "inconclusive") for c in claims["claims"].values())
+    assert claims["seeds"] == [0, 1] and not claims["missing"]
+    test = claims["claims"]["accumulation_helps"]["tests"][0]
+    assert test["last"]["n"] == 2 and test["generation"] == 2
+    lines = (shared_study / "study.csv").read_text().splitlines()
+    assert len(lines) == 1 + 2 * 2 * 3  # 2 arms × 2 seeds × generations 0..2
+    html = (shared_study / "study.html").read_text()
+    assert "Claim: accumulation_helps" in html and "× 2 seed(s)" in html and "data:image/png;base64" in html
+    for seed in (0, 1):  # accumulate adopted replace's generation 0, which trained it
+        shared = json.loads((shared_study / "accumulate" / f"seed_{seed}" / "shared_gen0.json").read_text())
+        assert shared["source"] == str((shared_study / "replace" / f"seed_{seed}").resolve())
+        assert not (shared_study / "replace" / f"seed_{seed}" / "shared_gen0.json").exists()
+
+
+def test_shared_generations_0_are_bit_identical_to_unshared_ones(shared_study: Path, tmp_path: Path) -> None:
+    unshared = tmp_path / "unshared"
+    result = study(unshared, "study.share_gen0=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(unshared.glob("*/*/shared_gen0.json"))
+    for chain in ("replace/seed_0", "accumulate/seed_0", "replace/seed_1", "accumulate/seed_1"):
+        a, b = generation_files(shared_study / chain), generation_files(unshared / chain)
+        assert len(a) >= 9 and a.keys() == b.keys(), chain
+        assert [k for k in a if a[k] != b[k]] == [], chain
+    assert json.loads((unshared / "claims.json").read_text())["claims"] == \
+        json.loads((shared_study / "claims.json").read_text())["claims"]
+
+
+def test_a_study_killed_midway_resumes_to_the_same_claims(shared_study: Path, tmp_path: Path) -> None:
+    root = tmp_path / "killed"
+    # SIGKILL the chain process (the basic launcher runs every chain in it) before generation 1's DONE marker:
+    # the first chain has generation 0 only, and no other chain has started
+    killed = study(root, env={"IMGCOLLAPSE_FAULT": "before_done:2"})
+    assert killed.returncode != 0
+    partial = json.loads((root / "claims.json").read_text())
+    assert partial["missing"], "the report names the chains that did not finish"
+    resumed = study(root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "to run" in resumed.stderr
+    assert json.loads((root / "claims.json").read_text())["claims"] == \
+        json.loads((shared_study / "claims.json").read_text())["claims"]
+    again = study(root)  # finished: nothing runs again
+    assert again.returncode == 0 and "0 to run" in again.stderr
+    runs = json.loads((root / "study.json").read_text())["runs"]
+    assert [r["chains_run"] for r in runs] == [4, 4, 0]
+
+
+def test_a_bad_study_override_exits_2_naming_it(tmp_path: Path) -> None:
+    result = study(tmp_path / "bad", "study.seeds=0")
+    assert result.returncode == 2
+    assert "study.seeds" in result.stderr
+    result = study(tmp_path / "bad", "hydra.run.dir=x")
+    assert result.returncode == 2 and "hydra/launcher" in result.stderr
+
+
+def test_point_values_do_not_depend_on_the_bootstrap_count(tmp_path: Path) -> None:
+    """A study turns the per-row bootstrap off (metrics.bootstrap=0): every value must be what it is with it."""
+    rows = {}
+    for b in (0, 10):
+        result = run_cli("debug=smoke", "model=gmm", "threads=1", "generation=0", f"metrics.bootstrap={b}",
+                         "report.draw=false", f"hydra.run.dir={tmp_path / str(b)}")
+        assert result.returncode == 0, result.stderr[-2000:]
+        rows[b] = json.loads((tmp_path / str(b) / "gen_000" / "metrics.json").read_text())
+    values = {k: v for k, v in rows[10].items() if not k.endswith(("_lo", "_hi")) and "seconds" not in k}
+    assert any(k.startswith("recall_class_") for k in values)
+    differ = [k for k, v in values.items() if not (rows[0].get(k) == v or (isinstance(v, float) and np.isnan(v)
+                                                                             and np.isnan(rows[0].get(k))))]
+    assert differ == []
