@@ -9,9 +9,11 @@ loop; the steps only the main process takes (sample, score, write) are marked in
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,6 +128,12 @@ def starting_point(model: Model, generation: int, store: RunStore) -> tuple[str,
     raise ValueError(f"model.init={init!r} is not one of ['scratch', 'base', 'previous']")
 
 
+def adopted_fit_stats(gen_dir: Path) -> dict[str, Any]:
+    """What a fit reports of itself (loss, steps, `model_*`), as the generation whose model is adopted recorded it."""
+    row = json.loads((Path(gen_dir) / "metrics.json").read_text())
+    return {k: v for k, v in row.items() if k in ("train_loss", "train_steps") or k.startswith("model_")}
+
+
 MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
 
 
@@ -161,6 +169,8 @@ def run(
     processes: PartialState | None = None,  # every process of `accelerate launch` runs this loop; None: one
     family_for: Callable[[int], tuple[str, Callable[[], Model]]] | None = None,  # chain.models: (family name,
     # its make_model) for generation g; None: `make_model` every generation
+    adopted_fit: Path | None = None,  # a gen_000 dir whose model generation 0 loads instead of fitting (a study's
+    # arm that differs from its source only in curation: resume.adopt_generation0)
 ) -> list[dict[str, Any]]:
     """Train generations up to `generation`, after the last finished one (resume.prepare has cleaned the run dir
     of anything after it); returns all rows. Every process trains its share of each batch; the main process
@@ -193,7 +203,11 @@ def run(
         init, init_from = starting_point(model, g, store)
         start_at = {} if init_from is None else {"init_from": store.gen_dir(init_from) / "model"}
         try:
-            fit_stats = model.fit(train_set, seed=seeds["fit"], **start_at)
+            if g == 0 and adopted_fit is not None:  # the same fit another chain made: its weights and its numbers
+                model = type(model).load(adopted_fit / "model", accelerator=getattr(model, "accelerator", None))
+                fit_stats = adopted_fit_stats(adopted_fit)
+            else:
+                fit_stats = model.fit(train_set, seed=seeds["fit"], **start_at)
         except TrainingDiverged as e:  # nothing of this generation is on disk yet; earlier ones stay as they are
             e.generation = g
             raise

@@ -52,7 +52,8 @@ from imgcollapse.tracking import LoggerConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package: a wheel finds it
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
-HIDDEN_GROUPS = ("hydra", "schema", "debug_model")  # not chosen by users: Hydra's own, typed schemas, debug sizes
+# not chosen by users of a chain: Hydra's own, typed schemas, debug sizes, studies (imgcollapse-study study=NAME)
+HIDDEN_GROUPS = ("hydra", "schema", "debug_model", "study")
 
 
 @dataclass

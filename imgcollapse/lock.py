@@ -123,21 +123,19 @@ def holder_is_gone(holder: dict[str, Any], me: dict[str, Any]) -> bool:
 
 
 def is_held(run_dir: Path) -> bool:
-    """Whether a live process holds `run_dir`'s lock now (False where there is no lock file, or no flock)."""
-    path = Path(run_dir) / LOCK_FILE
+    """Whether a live process holds `run_dir`'s lock now, from the lock file's content alone: probing the flock
+    could make the holder's own first attempt at it fail."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        return e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        holder = _read(fd)
     finally:
         os.close(fd)
+    if holder is None or holder.get("released"):
+        return False
+    return not holder_is_gone(holder, {**this_process(), "pid": -1})  # -1: never this process's own pid
 
 
 class RunLock:

@@ -265,6 +265,18 @@ def generation0_signature(resolved: Mapping[str, Any], pool_size: int | None = N
     return dict(sorted(flat.items()))
 
 
+def fit0_signature(resolved: Mapping[str, Any], pool_size: int | None = None) -> dict[str, Any]:
+    """The keys generation 0's *fit* depends on: its signature without the curation, which only selects among the
+    fitted model's samples, and with an alternation that starts with `model`'s own family taken as `model` alone.
+    Chains that differ only there can share generation 0's model and make the rest of generation 0 themselves."""
+    flat = {k: v for k, v in generation0_signature(resolved, pool_size).items() if k not in CURATION_KEYS}
+    models = flat.get("chain.models")
+    if isinstance(models, list) and models and models[0] == "model":  # `model` trains generation 0 either way
+        flat = {k: v for k, v in flat.items() if not k.startswith("families.")}
+        flat["chain.models"] = None  # as a chain without an alternation has it
+    return flat
+
+
 SHARE_WAIT_S = 120.0  # how long a source no live process holds may take to start (a study launches it first)
 
 
@@ -290,10 +302,12 @@ def wait_for_generation0(source: Path, poll_s: float = 0.5, grace_s: float = SHA
 
 
 def adopt_generation0(store: RunStore, source: Path, resolved: Mapping[str, Any], environment: Mapping[str, Any],
-                      fingerprint: Mapping[str, str] | None) -> None:
-    """Copy `source`'s finished generation 0 into this (empty) run, after checking that this run would have made
-    the same files: the same generation-0 signature, data fingerprint and numeric settings. UserError naming
-    every difference otherwise. Only safe while holding the run's lock."""
+                      fingerprint: Mapping[str, str] | None) -> Path | None:
+    """Adopt `source`'s finished generation 0 into this (empty) run, after checking that this run would have made
+    the same thing: the same data fingerprint and numeric settings, and the same generation-0 signature (its files
+    are copied bit for bit; returns None) or the same fit signature (returns the source's gen_000 dir: this run loads
+    its model and samples, curates and scores generation 0 itself). UserError naming every difference otherwise.
+    Only safe while holding the run's lock."""
     import shutil
 
     source = Path(source)
@@ -306,24 +320,37 @@ def adopt_generation0(store: RunStore, source: Path, resolved: Mapping[str, Any]
     started = src.read_json(source / "run.json", what_to_do)
     before = src.read_json(src.gen_dir(0) / ENVIRONMENT_FILE, what_to_do)
     pool = started.get("dataset", {}).get("num_train")
-    mine, theirs = generation0_signature(resolved, pool), generation0_signature(started.get("config", {}), pool)
-    differences = {k: (theirs.get(k, ABSENT), mine.get(k, ABSENT)) for k in sorted({*mine, *theirs})
-                   if mine.get(k, ABSENT) != theirs.get(k, ABSENT)}
-    differences.update({f"{k} (resolved)": (before.get(k), environment.get(k)) for k in NUMERIC_SETTINGS
-                        if before.get(k) != environment.get(k)})
+
+    def compare(signature: Any) -> dict[str, tuple[Any, Any]]:
+        mine, theirs = signature(resolved, pool), signature(started.get("config", {}), pool)
+        return {k: (theirs.get(k, ABSENT), mine.get(k, ABSENT)) for k in sorted({*mine, *theirs})
+                if mine.get(k, ABSENT) != theirs.get(k, ABSENT)}
+
+    files, fit = compare(generation0_signature), compare(fit0_signature)
+    differences = {f"{k} (resolved)": (before.get(k), environment.get(k)) for k in NUMERIC_SETTINGS
+                   if before.get(k) != environment.get(k)}
     if fingerprint is not None and dict(started.get("dataset", {}).get("fingerprint") or {}) != dict(fingerprint):
         differences["dataset content (fingerprint)"] = (started["dataset"].get("fingerprint"), dict(fingerprint))
-    if differences:
+    if differences or fit:
+        differences.update(fit)
         raise UserError(f"chain.share_gen0={source}: its generation 0 is not the one this chain would train. "
                         f"Differing: {'; '.join(f'{k}={a!r} there, {b!r} here' for k, (a, b) in differences.items())}."
                         " Set chain.share_gen0=null to train this chain's own")
+    if files:  # only the selection differs: the same model, sampled, curated and scored here
+        store.write_json(store.root / SHARED_FILE, {"source": str(source.resolve()), "generation": 0,
+                                                     "shared": "model", "differing": sorted(files),
+                                                     "time": datetime.datetime.now().isoformat(timespec="seconds")})
+        log.info("generation 0 starts from the model %s trained (it differs only in %s): not trained again", source,
+                 ", ".join(sorted(files)))
+        return src.gen_dir(0)
     target = store.gen_dir(0)
     temporary = target.with_name(f".{target.name}.adopted.tmp")  # what remove_temporaries cleans after a kill
     shutil.rmtree(temporary, ignore_errors=True)
     shutil.copytree(src.gen_dir(0), temporary)  # DONE comes along, so the rename alone makes it count
     shutil.rmtree(target, ignore_errors=True)  # an unfinished attempt (prepare has reset it already)
     temporary.rename(target)
-    store.write_json(store.root / SHARED_FILE, {"source": str(source.resolve()), "generation": 0,
+    store.write_json(store.root / SHARED_FILE, {"source": str(source.resolve()), "generation": 0, "shared": "files",
                                                  "time": datetime.datetime.now().isoformat(timespec="seconds")})
     store.write_tables()
     log.info("adopted generation 0 of %s (same signature, data and numeric settings): not trained again", source)
+    return None

@@ -170,12 +170,16 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
                          num_synthetic=config.num_synthetic, generation=config.generation)
         except Exception as e:
             failure = e
+    adopted_fit = None  # a study's arm: generation 0 (or its model) is another chain's, once config, data and
+    # numeric settings match
     if main and failure is None and config.chain.share_gen0 and store.num_done() == 0:
-        try:  # a study's arm: generation 0 is another chain's, copied once its config, data and settings match
-            resume.adopt_generation0(store, Path(config.chain.share_gen0), resolved, environment,
-                                     splits.fingerprint())
+        try:
+            adopted_fit = resume.adopt_generation0(store, Path(config.chain.share_gen0), resolved, environment,
+                                                   splits.fingerprint())
         except Exception as e:
             failure = e
+    if processes is not None:  # every process loads the adopted model, as every process would have fitted it
+        adopted_fit = broadcast_object_list([adopted_fit])[0]
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images, run_dir=run_dir,
                       project=config.logger.project, group=sweep_group())
     chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
@@ -195,6 +199,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             after_generation=reporter,
             processes=processes,
             family_for=family_for,
+            adopted_fit=adopted_fit,
         )
     finally:
         # Done, or stopped: the report once more, from whatever is on disk (main), and the tracker closed;

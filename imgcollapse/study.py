@@ -33,7 +33,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from imgcollapse.errors import ConfigError, UserError
-from imgcollapse.jobs import read_failed
+from imgcollapse.jobs import FAILED, read_failed
 from imgcollapse.store import RunStore, atomic_write_text, to_json
 
 log = logging.getLogger("imgcollapse.study")
@@ -60,6 +60,7 @@ class StudyConfig:
     rule: dict[str, Any] = field(default_factory=dict)  # the default verdict rule (report/study.py: RULE)
     launcher: str = "joblib"  # LAUNCHERS: how chains run (the command line's hydra/launcher= wins)
     jobs: int | None = None  # joblib: chains at once (None: one per core); torch threads = cores // jobs
+    threads: int | None = None  # torch threads of every chain (None: cores // jobs locally; a cluster job's cores)
     share_gen0: bool = True  # train each shared generation 0 once per seed (false: every chain its own)
     draw: str = "first_seed"  # chains that draw their own report: first_seed (the study shows its strips) | all |
     # none (report.draw=false; `python -m imgcollapse.report RUN_DIR` draws one later). ~2-3 s a chain
@@ -99,6 +100,7 @@ class Chain:
     run_dir: str
     signature: str
     shares_with: str | None = None
+    depth: int = 0  # chains between this one and the chain that trains its generation 0 (0: it trains its own)
 
 
 def load_study(overrides: list[str]) -> tuple[StudyConfig, dict[str, Any]]:
@@ -169,7 +171,18 @@ def check_study(study: StudyConfig) -> None:
     seed_list(study.seeds)
     if not study.arms:
         raise ConfigError("study.arms", study.arms, "at least one arm: {name: [overrides]}")
-    arms = {a.name for a in arms_of(study)}
+    arms = {a.name: a.generation for a in arms_of(study)}
+    from imgcollapse.config import SCHEMAS
+
+    for name, spec in study.arms.items():
+        kinds = set((spec.get("by_model") or {}) if isinstance(spec, dict) else {})
+        if unknown := kinds - set(SCHEMAS["model"]):
+            raise ConfigError(f"study.arms.{name}.by_model", sorted(unknown),
+                              f"model kinds among {sorted(SCHEMAS['model'])}")
+    if isinstance(study.generation, dict) and (unknown := set(study.generation) - set(SCHEMAS["model"])):
+        raise ConfigError("study.generation", sorted(unknown), f"model kinds among {sorted(SCHEMAS['model'])}")
+    if study.threads is not None and study.threads < 1:
+        raise ConfigError("study.threads", study.threads, "null or an integer >= 1")
     if study.launcher not in LAUNCHERS:
         raise ConfigError("study.launcher", study.launcher, f"one of {list(LAUNCHERS)}")
     if study.draw not in DRAW:
@@ -186,16 +199,20 @@ def study_dir(study: StudyConfig, common: list[str]) -> Path:
     always maps to the same dir, so rerunning it resumes)."""
     if study.dir:
         return Path(study.dir)
-    suffix = ",".join(o.replace("/", "-") for o in common)
-    return Path("outputs") / "study" / (study.name + (f",{suffix}" if suffix else ""))
+    name = ",".join([study.name, *(o.replace("/", "-") for o in common)])
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)[:120]
+    if safe != name:  # characters a path or Hydra would read otherwise (${...}, quotes, spaces), or too long
+        safe += "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return Path("outputs") / "study" / safe
 
 
-def signature_key(resolved: dict[str, Any], pool_size: int | None) -> str:
-    """A short hash of the generation-0 signature: chains with equal keys can share generation 0."""
-    from imgcollapse.resume import generation0_signature
+def signature_key(resolved: dict[str, Any], pool_size: int | None, fit: bool = False) -> str:
+    """A short hash of the generation-0 signature (`fit`: of its fit's): chains with equal keys can share generation
+    0 (its model)."""
+    from imgcollapse.resume import fit0_signature, generation0_signature
 
-    text = json.dumps(generation0_signature(resolved, pool_size), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    signature = (fit0_signature if fit else generation0_signature)(resolved, pool_size)
+    return hashlib.sha256(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def study_model(study: StudyConfig, common: list[str]) -> str:
@@ -211,7 +228,7 @@ def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Cha
     the first chain of each generation-0 signature (per seed) trains it, the others adopt it."""
     from imgcollapse.config import build, compose, validate
 
-    chains, leaders, pools = [], {}, {}
+    chains, leaders, fitters, pools = [], {}, {}, {}
     arms = arms_of(study, study_model(study, common))
     seeds = seed_list(study.seeds)
     resolved_by_arm = {}
@@ -241,18 +258,21 @@ def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Cha
                 overrides.append("report.draw=false")  # not part of a chain's identity (resume.IGNORED)
             resolved, pool = resolved_by_arm[arm.name]
             key = signature_key({**resolved, "seed": seed}, pool)  # type: ignore[arg-type]
+            fit_key = signature_key({**resolved, "seed": seed}, pool, fit=True)  # type: ignore[arg-type]
             chain = Chain(arm.name, seed, arm.generation, overrides, f"{arm.name}/seed_{seed}", key)
-            if study.share_gen0 and key in leaders:
-                chain.shares_with = leaders[key].run_dir
-            else:
-                leaders[key] = chain
+            source = (leaders.get(key) or fitters.get(fit_key)) if study.share_gen0 else None
+            if source is not None:  # the same files (copied), or the same model (curated and scored here)
+                chain.shares_with, chain.depth = source.run_dir, source.depth + 1
+            leaders.setdefault(key, chain)
+            if source is None:
+                fitters.setdefault(fit_key, chain)
             chains.append(chain)
     return chains
 
 
 def quoted(path: Path) -> str:
     """A path as a quoted Hydra override value: a study dir's name holds `=` and `,` (model=vae,seed=...)."""
-    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + str(path).replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def _job(chain: Chain, root: Path, generation: int | None = None) -> list[str]:
@@ -265,11 +285,12 @@ def _job(chain: Chain, root: Path, generation: int | None = None) -> list[str]:
 
 
 def _launch_order(chain: Chain) -> tuple:
-    """Chains others adopt from first (an adopting chain may then wait, never deadlock), then the longest first, so
+    """Chains others adopt from before the chains that adopt (an adopting chain may wait for its source, which has
+    then started: no deadlock), then the longest first, so
     that no core idles at the end: more generations, then compute growing with the pool (accumulate, epochs)."""
     grows = sum(("regime=accumulate" in o and "subsample" not in o) or o == "model.budget=epochs"
                 for o in chain.overrides)
-    return (chain.shares_with is not None, -chain.generation, -grows)
+    return (chain.depth, -chain.generation, -grows)
 
 
 def _launch(jobs: list[list[str]], root: Path, launcher: list[str], stage: str) -> int:
@@ -287,21 +308,25 @@ def _launch(jobs: list[list[str]], root: Path, launcher: list[str], stage: str) 
 
 def _threads_and_launcher(study: StudyConfig, launcher_args: list[str], num_chains: int) -> tuple[int | None,
                                                                                                    list[str]]:
-    """(torch threads every chain runs with, the launcher's overrides). The same thread count in every stage, so
-    an adopted generation 0 was made under the numeric settings of the chain adopting it."""
+    """(torch threads every chain runs with, the launcher's overrides). One thread count for every chain, so an
+    adopted generation 0 was made under the numeric settings of the chain adopting it."""
     from imgcollapse.launch import available_cores
 
     chosen = next((a.split("=", 1)[1] for a in launcher_args if a.startswith("hydra/launcher=")), study.launcher)
     args = [a for a in launcher_args if not a.startswith("hydra/launcher=")]
-    if chosen == "basic":
-        return None, ["hydra/launcher=basic", *args]
+    if chosen == "basic":  # one chain at a time: every core
+        return study.threads or available_cores(), ["hydra/launcher=basic", *args]
     if chosen == "joblib":
         cores = available_cores()
-        jobs = study.jobs or max(1, min(cores, num_chains))
-        n_jobs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("hydra.launcher.n_jobs=")), jobs)
+        given = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.n_jobs=")), None)
+        if given is not None and not (given.isdigit() and int(given) > 0):
+            raise UserError(f"hydra.launcher.n_jobs={given}: the chains to run at once, an integer >= 1 (or "
+                            "study.jobs=N)")
+        n_jobs = int(given) if given is not None else study.jobs or max(1, min(cores, num_chains))
         rest = [a for a in args if not a.startswith("hydra.launcher.n_jobs=")]
-        return max(1, cores // n_jobs), ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}", *rest]
-    return None, [f"hydra/launcher={chosen}", *args]  # a cluster launcher gives each job its own cores
+        return study.threads or max(1, cores // n_jobs), ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}",
+                                                          *rest]
+    return study.threads, [f"hydra/launcher={chosen}", *args]  # a cluster job gets its own cores
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -309,46 +334,59 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     study = [a for a in argv if a.split("=", 1)[0] == "study" or a.startswith("study.")]
     launcher = [a for a in argv if a.startswith(("hydra/launcher=", "hydra.launcher."))]
     common = [a for a in argv if a not in study and a not in launcher]
-    if bad := [a for a in common if a.startswith(("hydra.", "hydra/"))]:
-        raise UserError(f"{bad[0]}: a study sets each chain's hydra.* itself; only hydra/launcher=... and "
-                        "hydra.launcher.*=... may be given")
+    if bad := [a for a in common if a.startswith(("hydra.", "hydra/")) and not a.startswith("hydra.searchpath=")]:
+        raise UserError(f"{bad[0]}: a study sets each chain's hydra.* itself; only hydra/launcher=..., "
+                        "hydra.launcher.*=... and hydra.searchpath=... may be given")
+    owned = {"seed": "study.seeds=N (or a list)", "generation": "study.generation=G", "threads": "study.threads=N"}
+    if bad := [a for a in common if a.split("=", 1)[0].lstrip("+~") in owned]:
+        key = bad[0].split("=", 1)[0].lstrip("+~")
+        raise UserError(f"{bad[0]}: a study sets every chain's {key} itself; use {owned[key]}")
     return study, launcher, common
 
 
 def run_study(argv: list[str]) -> Path:
     """Plan, run (resuming) and report the study `argv` describes; returns its dir. Raises UserError."""
     study_args, launcher_args, common = split_args(argv)
-    study, raw = load_study(study_args)
+    study, raw = load_study(study_args + [a for a in common if a.startswith("hydra.searchpath=")])
     root = study_dir(study, common)
     threads, launcher = _threads_and_launcher(study, launcher_args,
                                               len(arms_of(study)) * len(seed_list(study.seeds)))
-    chains = plan(study, common, threads)
-    root.mkdir(parents=True, exist_ok=True)
     record_path = root / STUDY_FILE
     previous = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if previous.get("threads") is not None and threads != previous["threads"]:
+        # a chain resumes only under the thread count it started with (resume.check_environment)
+        log.warning("%s started its chains with %s torch thread(s) each; they keep them (not %s)", root,
+                    previous["threads"], threads)
+        threads = previous["threads"]
+    chains = plan(study, common, threads)
+    root.mkdir(parents=True, exist_ok=True)
     if previous.get("chains") and [c["run_dir"] for c in previous["chains"]] != [c.run_dir for c in chains]:
         log.warning("%s was planned with other arms or seeds; chains that are in both resume", root)
     record = {"name": study.name, "study": raw, "common_overrides": common, "launcher": launcher,
               "threads": threads, "chains": [c.__dict__ for c in chains], "runs": previous.get("runs", [])}
     atomic_write_text(record_path, to_json(record))
 
-    leaders = {c.run_dir for c in chains if c.shares_with is None} & {c.shares_with for c in chains}
+    sources = {c.shares_with for c in chains}
     todo = [c for c in chains if RunStore(root / c.run_dir).num_done() <= c.generation]
     shared = sum(c.shares_with is not None for c in chains)
     log.info("study %s: %d arm(s) × %d seed(s) = %d chains in %s (%d adopt a shared generation 0; %d to run)",
              study.name, len(arms_of(study)), len(seed_list(study.seeds)), len(chains), root, shared, len(todo))
+    for chain in todo:  # an earlier attempt's FAILED would stop the chains that wait for this one's generation 0
+        (root / chain.run_dir / FAILED).unlink(missing_ok=True)
     began = time.perf_counter()
     if launcher[0] in ("hydra/launcher=basic", "hydra/launcher=joblib"):
         # one launch: chains that others adopt from go first, and an adopting chain that starts while its source
         # still trains generation 0 waits for it (resume.wait_for_generation0); no core idles between stages
         ordered = sorted(todo, key=_launch_order)
         status = _launch([_job(c, root) for c in ordered], root, launcher, "chains")
-    else:  # a cluster may start jobs in any order: the shared generations 0 first, then every chain
-        stage1 = [_job(c, root, generation=0) for c in todo if c.run_dir in leaders
-                  and not RunStore(root / c.run_dir).is_done(0)]
-        status = _launch(stage1, root, launcher, "stage 1 (shared generations 0)")
-        # stage 2 runs even after a failed stage 1: chains that share nothing with a failed one still finish
-        status = max(status, _launch([_job(c, root) for c in todo], root, launcher, "stage 2 (every chain)"))
+    else:  # a cluster may start jobs in any order: the shared generations 0 first (by depth), then every chain
+        status = 0
+        for depth in range(max((c.depth for c in chains), default=0)):
+            first = [_job(c, root, generation=0) for c in todo if c.run_dir in sources and c.depth == depth
+                     and not RunStore(root / c.run_dir).is_done(0)]
+            status = max(status, _launch(first, root, launcher, f"stage {depth + 1} (shared generations 0)"))
+        # the last stage runs even after a failed one: chains that share nothing with a failed one still finish
+        status = max(status, _launch([_job(c, root) for c in todo], root, launcher, "stage last (every chain)"))
     seconds = time.perf_counter() - began
     record["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds,
                            "chains_run": len(todo), "exit_status": status})
@@ -366,9 +404,9 @@ def run_study(argv: list[str]) -> Path:
     if failed:
         raise StudyFailed(f"{len(failed)} chain(s) failed (see above); rerun the same command to resume them",
                           status or 1)
-    if status:
-        raise StudyFailed(f"the launcher exited with status {status} (see above); rerun the same command to resume",
-                          status)
+    if status or result["missing"]:
+        raise StudyFailed(f"the launcher exited with status {status}; {len(result['missing'])} chain(s) unfinished "
+                          "(see above); rerun the same command to resume", status or 1)
     return root
 
 

@@ -23,7 +23,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source, wheels = root / "source", root / "wheels"  # a copy: setuptools writes build/ and *.egg-info into it
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name if source.exists() else _mkdir(source) / name)
-    shutil.copytree(REPO / "imgcollapse", source / "imgcollapse", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("imgcollapse", "hydra_plugins"):  # hydra_plugins: the study sweeper
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheels), str(source)], check=True, capture_output=True, text=True, timeout=300, env=_env())
     (wheel,) = wheels.glob("imgcollapse-*.whl")
@@ -57,6 +58,18 @@ def test_wheel_ships_configs_license_and_commands(installed: Path) -> None:
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "imgcollapse = imgcollapse.run:main" in entry_points
     assert "imgcollapse-report = imgcollapse.report.__main__:main" in entry_points
+    assert "imgcollapse-study = imgcollapse.study:main" in entry_points
+    assert "hydra_plugins/imgcollapse_study/study_sweeper.py" in names and "imgcollapse/conf/study/claims.yaml" in names
+
+
+def test_installed_study_command_finds_its_sweeper(installed: Path, tmp_path: Path) -> None:
+    """Hydra finds the study sweeper in the installed wheel (a plugin must live in the hydra_plugins namespace)."""
+    result = subprocess.run([installed / "bin" / "imgcollapse-study", "study=smoke", "study.launcher=basic",
+                             "study.seeds=1", "study.draw=none", "study.generation=1", "study.threads=1"], cwd=tmp_path,
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    claims = tmp_path / "outputs" / "study" / "smoke" / "claims.json"
+    assert claims.exists() and "accumulation_helps" in claims.read_text()
 
 
 def test_installed_command_runs_a_chain_outside_the_repo(installed: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Studies: the verdict rule on constructed rows, the paired statistics, the study config's checks, and a real smoke
-study (GMM, 2 arms × 2 seeds × 2 generations) whose shared generations 0 are bit-identical to unshared ones and
+study (GMM, 3 arms × 2 seeds × 2 generations) whose shared generations 0 are bit-identical to unshared ones and
 which, killed part-way, resumes to the same claims.json."""
 
 from __future__ import annotations
@@ -120,17 +120,47 @@ def test_t_interval_matches_the_textbook() -> None:
 @pytest.mark.parametrize(("rule", "bad"), [("lo > 0 or __import__('os')", "comparisons of"), ("x > 0", "'x'"),
                                            ("lo >", "a comparison")])
 def test_a_bad_rule_is_refused_naming_the_key(rule: str, bad: str) -> None:
-    claims = {"c": {"statement": "s", "tests": [{"arm": "a", "metric": "fid", "expect": "better",
+    claims = {"c": {"statement": "s", "tests": [{"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "better",
                                                   "rule": {"supported": rule}}]}}
     with pytest.raises(ConfigError, match=r"study\.claims\.c\.tests\[0\]\.rule\.supported") as e:
-        report.check_claims(claims, {}, {"a"})
+        report.check_claims(claims, {}, {"a": 2, "b": 2})
     assert bad in str(e.value)
 
 
-def test_a_claim_naming_an_unknown_arm_is_refused() -> None:
-    claims = {"c": {"statement": "s", "tests": [{"arm": "a", "vs_arm": "nope", "metric": "fid", "expect": "better"}]}}
-    with pytest.raises(ConfigError, match=r"vs_arm.*one of the study's arms \['a'\]"):
-        report.check_claims(claims, {}, {"a"})
+@pytest.mark.parametrize(("test", "match"), [
+    ({"arm": "a", "vs_arm": "nope", "metric": "fid", "expect": "better"}, r"vs_arm.*one of the study's arms"),
+    ({"arm": "a", "vs_arm": "short", "metric": "fid", "expect": "better"}, r"generation.*arm short has \(0..2\)"),
+    ({"arm": "a", "metric": "fid", "expect": "worse"}, r"always 0"),
+    ({"arm": "a", "vs_arm": "b", "metric": "my_score", "expect": "worse"}, r"higher or lower"),
+    ({"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse", "trusted_for": "blurr"}, r"trusted_for.*blur"),
+    ({"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse", "rule": {"supported": "lo > margin"}},
+     r"margin.*a number"),
+    ({"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse", "rule": {"suported": "lo > 0"}},
+     r"rule\.suported"),
+    ({"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse", "rule": {"supported": "lo"}},
+     r"a rule is a comparison"),
+])
+def test_a_bad_test_is_refused_when_the_study_loads(test: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        report.check_claims({"c": {"statement": "s", "tests": [test]}}, {}, {"a": 5, "b": 5, "short": 2})
+
+
+def test_best_at_1_metrics_count_the_distance_from_1(tmp_path: Path) -> None:
+    """density 1.3 is as far from real as 0.7: an arm that drifts above 1 is worse, not better."""
+    rows = rows_for({"a": [[1.0, 1.3], [1.0, 1.35], [1.0, 1.25]], "b": [[1.0, 1.0], [1.0, 1.02], [1.0, 0.98]]},
+                    "density")
+    claims = {"c": {"statement": "a drifts", "tests": [{"arm": "a", "vs_arm": "b", "metric": "density",
+                                                         "expect": "worse"}]}}
+    claim = report.judge(rows, record_for(["a", "b"], claims, generation=1), tmp_path)["claims"]["c"]
+    assert claim["tests"][0]["per_seed"] == pytest.approx([0.3, 0.33, 0.23])
+    assert claim["verdict"] == "supported"
+
+
+def test_a_missing_value_never_makes_a_rule_true() -> None:
+    tree = report.parse_rule("not lo > 0", "k")
+    assert report.evaluate_rule(tree, {"lo": None}) is False  # unknown, not True
+    assert report.evaluate_rule(tree, {"lo": -1.0}) is True
+    assert report.evaluate_rule(report.parse_rule("lo > 0 or hi < 0", "k"), {"lo": None, "hi": -1.0}) is True
 
 
 def test_every_shipped_study_plans() -> None:
@@ -150,7 +180,10 @@ def test_every_shipped_study_plans() -> None:
     assert "regime=accumulate" in by_arm["accumulate_growing"].overrides
     assert by_arm["accumulate_growing"].shares_with == "self/seed_0"
     assert by_arm["real10"].shares_with == by_arm["accumulate_fixed"].shares_with == "self/seed_0"
-    assert by_arm["verify"].shares_with is None and by_arm["longtail"].shares_with is None
+    # curated arms and the alternation train the same model at generation 0: they adopt it and sample their own
+    assert by_arm["verify"].shares_with == by_arm["reward"].shares_with == by_arm["other_family"].shares_with \
+        == "self/seed_0"
+    assert by_arm["longtail"].shares_with is None  # other data
 
 
 def test_the_generation0_signature_ignores_what_generation_0_never_reads() -> None:
@@ -173,7 +206,7 @@ def test_the_generation0_signature_ignores_what_generation_0_never_reads() -> No
 
 
 # A real study ----------------------------------------------------------------------------------------------------
-STUDY = ("study=smoke", "study.launcher=basic", "study.draw=none", "threads=1")  # one chain at a time, in-process
+STUDY = ("study=smoke", "study.launcher=basic", "study.draw=none", "study.threads=1")  # one chain at a time, in-process
 
 
 def study(root: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -216,14 +249,20 @@ def test_a_smoke_study_runs_every_chain_and_answers(shared_study: Path) -> None:
     assert all(c["verdict"] in ("supported", "contradicted", "inconclusive") for c in claims["claims"].values())
     assert claims["seeds"] == [0, 1] and not claims["missing"]
     test = claims["claims"]["accumulation_helps"]["tests"][0]
-    assert test["last"]["n"] == 2 and test["generation"] == 2
+    assert test["last"]["n"] == 2 and test["generation"] == 1
     lines = (shared_study / "study.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 2 * 3  # 2 arms × 2 seeds × generations 0..2
+    assert len(lines) == 1 + 3 * 2 * 2  # 3 arms × 2 seeds × generations 0 and 1
     html = (shared_study / "study.html").read_text()
     assert "Claim: accumulation_helps" in html and "× 2 seed(s)" in html and "data:image/png;base64" in html
-    for seed in (0, 1):  # accumulate adopted replace's generation 0, which trained it
+    for seed in (0, 1):  # accumulate adopted replace's generation 0, curated its model: replace trained it
+        source = str((shared_study / "replace" / f"seed_{seed}").resolve())
         shared = json.loads((shared_study / "accumulate" / f"seed_{seed}" / "shared_gen0.json").read_text())
-        assert shared["source"] == str((shared_study / "replace" / f"seed_{seed}").resolve())
+        assert shared["source"] == source and shared["shared"] == "files"
+        shared = json.loads((shared_study / "curated" / f"seed_{seed}" / "shared_gen0.json").read_text())
+        assert shared["source"] == source and shared["shared"] == "model"
+        assert "regime.curation" in shared["differing"]  # and the curation's own settings, nothing else
+        curation = ("regime.curation", "regime.keep_fraction", "regime.verif")
+        assert all(k.startswith(curation) for k in shared["differing"])
         assert not (shared_study / "replace" / f"seed_{seed}" / "shared_gen0.json").exists()
 
 
@@ -232,9 +271,10 @@ def test_shared_generations_0_are_bit_identical_to_unshared_ones(shared_study: P
     result = study(unshared, "study.share_gen0=false")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not list(unshared.glob("*/*/shared_gen0.json"))
-    for chain in ("replace/seed_0", "accumulate/seed_0", "replace/seed_1", "accumulate/seed_1"):
+    for chain in ("replace/seed_0", "accumulate/seed_0", "curated/seed_0", "replace/seed_1", "accumulate/seed_1",
+                  "curated/seed_1"):
         a, b = generation_files(shared_study / chain), generation_files(unshared / chain)
-        assert len(a) >= 9 and a.keys() == b.keys(), chain
+        assert len(a) >= 6 and a.keys() == b.keys(), chain
         assert [k for k in a if a[k] != b[k]] == [], chain
     assert json.loads((unshared / "claims.json").read_text())["claims"] == \
         json.loads((shared_study / "claims.json").read_text())["claims"]
@@ -242,8 +282,8 @@ def test_shared_generations_0_are_bit_identical_to_unshared_ones(shared_study: P
 
 def test_a_study_killed_midway_resumes_to_the_same_claims(shared_study: Path, tmp_path: Path) -> None:
     root = tmp_path / "killed"
-    # SIGKILL the chain process (the basic launcher runs every chain in it) before generation 1's DONE marker:
-    # the first chain has generation 0 only, and no other chain has started
+    # SIGKILL the chain process (the basic launcher runs every chain in it) before the second DONE marker (the
+    # first chain's generation 1): it has generation 0 only, and no other chain has started
     killed = study(root, env={"IMGCOLLAPSE_FAULT": "before_done:2"})
     assert killed.returncode != 0
     partial = json.loads((root / "claims.json").read_text())
@@ -256,7 +296,7 @@ def test_a_study_killed_midway_resumes_to_the_same_claims(shared_study: Path, tm
     again = study(root)  # finished: nothing runs again
     assert again.returncode == 0 and "0 to run" in again.stderr
     runs = json.loads((root / "study.json").read_text())["runs"]
-    assert [r["chains_run"] for r in runs] == [4, 4, 0]
+    assert [r["chains_run"] for r in runs] == [6, 6, 0]
 
 
 def test_a_bad_study_override_exits_2_naming_it(tmp_path: Path) -> None:
@@ -265,6 +305,8 @@ def test_a_bad_study_override_exits_2_naming_it(tmp_path: Path) -> None:
     assert "study.seeds" in result.stderr
     result = study(tmp_path / "bad", "hydra.run.dir=x")
     assert result.returncode == 2 and "hydra/launcher" in result.stderr
+    result = study(tmp_path / "bad", "seed=3")
+    assert result.returncode == 2 and "study.seeds" in result.stderr
 
 
 def test_point_values_do_not_depend_on_the_bootstrap_count(tmp_path: Path) -> None:
@@ -280,3 +322,18 @@ def test_point_values_do_not_depend_on_the_bootstrap_count(tmp_path: Path) -> No
     differ = [k for k, v in values.items() if not (rows[0].get(k) == v or (isinstance(v, float) and np.isnan(v)
                                                                              and np.isnan(rows[0].get(k))))]
     assert differ == []
+
+
+def test_the_report_command_rebuilds_a_study_from_disk(shared_study: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from imgcollapse.report.__main__ import main as report_main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shared_study, copy)
+    expected = json.loads((copy / "claims.json").read_text())["claims"]
+    for name in ("claims.json", "study.html", "study.csv"):
+        (copy / name).unlink()
+    assert report_main([str(copy)]) == 0
+    assert json.loads((copy / "claims.json").read_text())["claims"] == expected
+    assert (copy / "study.html").exists() and len((copy / "study.csv").read_text().splitlines()) == 13

@@ -1,8 +1,9 @@
-"""`python -m imgcollapse.report DIR [DIR ...]`: rebuild a run's report or a sweep's aggregate from disk.
+"""`python -m imgcollapse.report DIR [DIR ...]`: rebuild a run's report, a sweep's or a study's from disk.
 
 A run directory (run.json, gen_XXX/) gets its strip, GIF, curves, class plot and report.html; a multirun
 directory (job subdirectories with .hydra/overrides.yaml) gets sweep.csv, sweep.png, sweep.html and every
-job's own report. Nothing is retrained; a chain that is running or was interrupted is reported as far as
+job's own report; a study directory (study.json) gets study.csv, claims.json, its figures and
+study.html. Nothing is retrained; a chain that is running or was interrupted is reported as far as
 it got, with a list of what is missing. Exit status 2 if a DIR is neither.
 """
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcollapse.report.run_report import build_run_report, is_run_dir
+from imgcollapse.report.study import build_study_report, is_study_dir
 from imgcollapse.report.sweep import build_sweep_report, is_sweep_dir
 
 log = logging.getLogger("imgcollapse.report")
@@ -40,21 +42,31 @@ def report_sweep(root: Path, runs: bool) -> None:
         log.warning("%s: %s", root, line)
 
 
+def report_study(root: Path) -> None:
+    result = build_study_report(root)
+    log.info("%s: %s; wrote study.csv, claims.json, study.html", root,
+             "; ".join(f"{name}: {c['verdict']}" for name, c in result["claims"].items()) or "no claims")
+    for line in result["missing"]:
+        log.warning("%s: %s", root, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgcollapse.report", description=__doc__.split("\n")[0])
-    parser.add_argument("dirs", nargs="+", type=Path, help="run directories and/or multirun directories")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run, multirun and/or study directories")
     parser.add_argument("--no-runs", action="store_true", help="for a sweep, leave the jobs' own reports as they are")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     status = 0
     for root in args.dirs:
-        if root.is_dir() and is_run_dir(root):
+        if root.is_dir() and is_study_dir(root):
+            report_study(root)
+        elif root.is_dir() and is_run_dir(root):
             report_run(root)
         elif root.is_dir() and is_sweep_dir(root):
             report_sweep(root, runs=not args.no_runs)
         else:
-            log.error("%s is neither a run directory (run.json, gen_XXX/) nor a multirun directory "
-                      "(job subdirectories with .hydra/overrides.yaml)", root)
+            log.error("%s is not a run directory (run.json, gen_XXX/), a multirun directory (job subdirectories "
+                      "with .hydra/overrides.yaml) or a study directory (study.json)", root)
             status = 2
     return status
 

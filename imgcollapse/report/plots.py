@@ -218,10 +218,12 @@ def classes_figure(class_names: Sequence[str], real: Sequence[float] | None, gen
     return fig
 
 
-def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, ...]]]) -> Figure:
+def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, ...]]],
+                 colors: Mapping[str, str] | None = None) -> Figure:
     """One panel per metric: a line per group (mean across seeds) with its 95% interval as a band, n in the legend.
 
-    `bands[metric][group] = (generations, mean, half-width of the interval, n seeds)`.
+    `bands[metric][group] = (generations, mean, half-width of the interval, n seeds)`; `colors[group]`: the same
+    group in the same colour across figures (default: by order).
     """
     metrics = list(bands)
     if not metrics:
@@ -232,7 +234,7 @@ def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, ...]]]) -> F
         for index, (ax, metric) in enumerate(zip(_panel_axes(fig, len(metrics)), metrics, strict=True)):
             ax.set_title(metric_title(metric))
             for k, (group, (g, mean, half, *rest)) in enumerate(bands[metric].items()):
-                color = f"C{k % 10}"
+                color = (colors or {}).get(group, f"C{k % 10}")
                 n = rest[0] if rest else None
                 label = group if n is None else f"{group} (n={_seeds(n)})"
                 ax.plot(g, mean, marker="o", ms=2.5, lw=1.2, color=color, label=label)

@@ -51,34 +51,52 @@ _NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast
           ast.Mult, ast.Div)
 
 
+_LOGICAL = (ast.Compare, ast.BoolOp, ast.UnaryOp)  # what a rule's root and and/or/not's operands must be
+
+
 def parse_rule(text: str, key: str) -> ast.Expression:
-    """A verdict rule as a checked expression tree (ConfigError naming `key` for anything else)."""
+    """A verdict rule as a checked expression tree: comparisons of RULE_NAMES and numbers (with + - * /), joined by
+    and/or/not (ConfigError naming `key` for anything else)."""
     try:
         tree = ast.parse(str(text), mode="eval")
     except SyntaxError as e:
         raise ConfigError(key, text, f"a comparison such as 'lo > 0' ({e.msg})") from e
+    what = f"comparisons of {', '.join(RULE_NAMES)} and numbers, joined by and/or/not"
     for node in ast.walk(tree):
         if not isinstance(node, _NODES):
-            raise ConfigError(key, text, f"comparisons of {', '.join(RULE_NAMES)} and numbers, joined by and/or/not")
+            raise ConfigError(key, text, what)
         if isinstance(node, ast.Name) and node.id not in RULE_NAMES:
             raise ConfigError(key, text, f"names among {', '.join(RULE_NAMES)} (not {node.id!r})")
+        if isinstance(node, ast.Constant) and (isinstance(node.value, bool)
+                                               or not isinstance(node.value, (int, float))):
+            raise ConfigError(key, text, f"{what} (not the constant {node.value!r})")
+        logical = node.values if isinstance(node, ast.BoolOp) else \
+            [node.operand] if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) else []
+        if any(not isinstance(v, _LOGICAL) for v in logical):
+            raise ConfigError(key, text, f"{what} (and/or/not join comparisons, not bare values)")
+    if not isinstance(tree.body, _LOGICAL) or (isinstance(tree.body, ast.UnaryOp)
+                                               and not isinstance(tree.body.op, ast.Not)):
+        raise ConfigError(key, text, f"{what} (a rule is a comparison, such as 'lo > 0')")
     return tree
 
 
 def evaluate_rule(tree: ast.Expression, values: Mapping[str, float | None]) -> bool:
-    """The rule on one test's numbers; a comparison with a missing number is False."""
+    """The rule on one test's numbers, in three-valued logic: a comparison with a missing number is unknown, and
+    so is `not` of it; the rule holds only when it is true."""
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.BoolOp):
             parts = [ev(v) for v in node.values]
-            return all(parts) if isinstance(node.op, ast.And) else any(parts)
+            if isinstance(node.op, ast.And):
+                return False if False in parts else None if None in parts else True
+            return True if True in parts else None if None in parts else False
         if isinstance(node, ast.UnaryOp):
             inner = ev(node.operand)
-            if isinstance(node.op, ast.Not):
-                return not inner
-            return None if inner is None else -inner
+            if inner is None:
+                return None
+            return (not inner) if isinstance(node.op, ast.Not) else -inner
         if isinstance(node, ast.BinOp):
             a, b = ev(node.left), ev(node.right)
             if a is None or b is None:
@@ -91,7 +109,7 @@ def evaluate_rule(tree: ast.Expression, values: Mapping[str, float | None]) -> b
             for op, right_node in zip(node.ops, node.comparators, strict=True):
                 right = ev(right_node)
                 if left is None or right is None:
-                    return False
+                    return None
                 ok = {ast.Lt: left < right, ast.LtE: left <= right, ast.Gt: left > right, ast.GtE: left >= right,
                       ast.Eq: left == right, ast.NotEq: left != right}[type(op)]
                 if not ok:
@@ -105,7 +123,11 @@ def evaluate_rule(tree: ast.Expression, values: Mapping[str, float | None]) -> b
             return node.value
         raise ValueError(f"unexpected node {type(node).__name__}")  # parse_rule admits none
 
-    return bool(ev(tree))
+    return ev(tree) is True
+
+
+def uses_margin(text: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "margin" for n in ast.walk(ast.parse(str(text), mode="eval")))
 
 
 def rule_of(study_rule: Mapping[str, Any] | None, claim: Mapping[str, Any], test: Mapping[str, Any]) -> dict:
@@ -113,42 +135,83 @@ def rule_of(study_rule: Mapping[str, Any] | None, claim: Mapping[str, Any], test
     return {**RULE, **(study_rule or {}), **(claim.get("rule") or {}), **(test.get("rule") or {})}
 
 
-def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms: set[str]) -> None:
-    """Every claim's keys, tests, arms and rule (ConfigError naming the key)."""
-    for key, value in (study_rule or {}).items():
-        if key not in RULE:
-            raise ConfigError(f"study.rule.{key}", value, f"keys among {list(RULE)}")
+def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms: Mapping[str, int]) -> None:
+    """Every claim's keys, tests, arms (`arms`: {name: last generation}), metrics' directions, `trusted_for` and
+    rules (ConfigError naming the key), so that a study fails when it loads, not after its chains ran."""
+    from imgcollapse.metrics.calibration import CHANGES
+
+    changes = set(CHANGES) | {kind for kind, *_ in CHANGES.values()}
+    names = sorted(arms)
+    _check_rule_keys(study_rule, "study.rule")
     for name, claim in (claims or {}).items():
         where = f"study.claims.{name}"
         if not isinstance(claim, Mapping) or not claim.get("tests"):
             raise ConfigError(where, claim, "a mapping with a statement and a list of tests")
         if unknown := set(claim) - CLAIM_KEYS:
             raise ConfigError(where, sorted(unknown), f"keys among {sorted(CLAIM_KEYS)}")
+        _check_rule_keys(claim.get("rule"), f"{where}.rule")
         for i, test in enumerate(claim["tests"]):
             at = f"{where}.tests[{i}]"
             if unknown := set(test) - TEST_KEYS:
                 raise ConfigError(at, sorted(unknown), f"keys among {sorted(TEST_KEYS)}")
+            _check_rule_keys(test.get("rule"), f"{at}.rule")
+            if "arm" not in test:
+                raise ConfigError(f"{at}.arm", None, f"one of the study's arms {names}")
             for arm_key in ("arm", "vs_arm"):
                 if arm_key in test and test[arm_key] not in arms:
-                    raise ConfigError(f"{at}.{arm_key}", test[arm_key], f"one of the study's arms {sorted(arms)}")
-            if "arm" not in test:
-                raise ConfigError(f"{at}.arm", None, f"one of the study's arms {sorted(arms)}")
-            if not (test.get("metric") or test.get("metrics")):
-                raise ConfigError(f"{at}.metrics", None, "a metric column (metric: fid) or a list (metrics: [...])")
+                    raise ConfigError(f"{at}.{arm_key}", test[arm_key], f"one of the study's arms {names}")
+            metrics = test.get("metrics") or test.get("metric")
+            metrics = [metrics] if isinstance(metrics, str) else metrics
+            if not metrics or not all(isinstance(m, str) for m in metrics):
+                raise ConfigError(f"{at}.metrics", metrics, "a metric column (metric: fid) or a list (metrics: [...])")
             if test.get("expect") not in EXPECT:
                 raise ConfigError(f"{at}.expect", test.get("expect"), f"one of {list(EXPECT)}: what the claim says "
                                   "of arm against vs_arm")
+            if test["expect"] in ("worse", "better"):
+                for m in [*metrics, *([test["vs_metric"]] if test.get("vs_metric") else [])]:
+                    if direction(m) is None:
+                        raise ConfigError(f"{at}.expect", test["expect"], f"higher or lower: which way is worse is "
+                                          f"not known for {m!r} (report/metric_info.py knows the kit's columns)")
             for g_key in ("generation", "vs_generation"):
                 g = test.get(g_key, "last")
                 if g != "last" and not (isinstance(g, int) and g >= 0):
                     raise ConfigError(f"{at}.{g_key}", g, "'last' or a generation >= 0")
+            vs_arm = test.get("vs_arm", test["arm"])
+            g_a = arms[test["arm"]] if test.get("generation", "last") == "last" else test["generation"]
+            g_b = test.get("vs_generation", g_a)
+            g_b = arms[vs_arm] if g_b == "last" else g_b
+            for arm, g, key in ((test["arm"], g_a, "generation"), (vs_arm, g_b, "vs_generation")):
+                if g > arms[arm]:
+                    raise ConfigError(f"{at}.{key}", g, f"a generation arm {arm} has (0..{arms[arm]}); give "
+                                      "vs_generation where the arms' lengths differ")
+            if vs_arm == test["arm"] and "vs_generation" not in test and not test.get("vs_metric"):
+                raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
+                                  "(vs_generation) or another metric (vs_metric); this one is always 0")
+            trusted = test.get("trusted_for")
+            trusted = [trusted] if isinstance(trusted, str) else trusted or []
+            if unknown := set(trusted) - changes:
+                raise ConfigError(f"{at}.trusted_for", sorted(unknown), f"changes or kinds the calibration makes: "
+                                  f"{sorted(changes)}")
             rule = rule_of(study_rule, claim, test)
             for verdict in (SUPPORTED, CONTRADICTED):
                 parse_rule(rule[verdict], f"{at}.rule.{verdict}")
+                if uses_margin(rule[verdict]) and not isinstance(test.get("margin"), (int, float)):
+                    raise ConfigError(f"{at}.margin", test.get("margin"), f"a number: the rule {rule[verdict]!r} "
+                                      "uses it")
             if rule["combine"] not in ("all", "any"):
-                raise ConfigError(f"{where}.rule.combine", rule["combine"], "all or any")
+                raise ConfigError(f"{at}.rule.combine", rule["combine"], "all or any")
         if claim.get("combine", "any") not in ("all", "any"):
             raise ConfigError(f"{where}.combine", claim.get("combine"), "all (every test) or any (some, none against)")
+
+
+def _check_rule_keys(rule: Any, key: str) -> None:
+    if rule is None:
+        return
+    if not isinstance(rule, Mapping):
+        raise ConfigError(key, rule, f"a mapping with keys among {list(RULE)}")
+    for k, value in rule.items():
+        if k not in RULE:
+            raise ConfigError(f"{key}.{k}", value, f"keys among {list(RULE)}")
 
 
 # Reading the study --------------------------------------------------------------------------------------------
@@ -165,7 +228,8 @@ def read_rows(root: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
         run = Path(root) / chain["run_dir"]
         if not (run / "gen_000").is_dir():
             continue
-        shared = (run / "shared_gen0.json").exists()
+        shared_file = run / "shared_gen0.json"  # only a copied generation 0 (not an adopted model) is not its own
+        shared = shared_file.exists() and json.loads(shared_file.read_text()).get("shared", "files") == "files"
         for row in RunStore(run).rows():
             rows.append({"arm": chain["arm"], "seed": chain["seed"],
                          "shared_gen0": bool(shared and row.get("generation") == 0), **row})
@@ -201,20 +265,26 @@ def t_interval(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "p": p, "sd": sd}
 
 
-def worse_sign(metric: str) -> int:
-    """+1 where larger is worse, −1 where smaller is (the calibration's table; metric_info for the rest)."""
+def direction(metric: str) -> int | str | None:
+    """+1 where larger is worse, -1 where smaller is, "one" where 1 is best (worse = farther from 1), None where the
+    kit does not know: the calibration's table, then metric_info, for the column without its feature-space suffix,
+    per-class (`recall_class_3`) and per-family (`fid_vae`) columns as their metric."""
     from imgcollapse.metrics.calibration import WORSE
     from imgcollapse.report.metric_info import METRICS
 
     base = metric
     for suffix in ("_inception", "_pixel"):
         base = base.removesuffix(suffix)
-    if base in WORSE:
-        return WORSE[base]
-    info = METRICS.get(base)
-    if info is not None and info.better == "↑":
-        return -1
-    return 1
+    candidates = [base, base.split("_class_")[0], base.rsplit("_", 1)[0]]
+    for name in candidates:
+        info = METRICS.get(name)
+        if info is not None and info.better == "→1":
+            return "one"
+        if name in WORSE:
+            return WORSE[name]
+        if info is not None and info.better in ("↑", "↓"):
+            return -1 if info.better == "↑" else 1
+    return None
 
 
 def _series(rows: Sequence[Mapping[str, Any]], arm: str, metric: str) -> dict[int, dict[int, float]]:
@@ -236,6 +306,8 @@ def _trust(calibration: Mapping[str, Any] | None, metric: str, trusted_for: Any)
         return None, "no calibration.json: not checked"
     changes = {name: entry.get("kind") for name, entry in calibration.get("changes", {}).items()}
     relevant = {name for name, kind in changes.items() if name in wanted or kind in wanted}
+    if not relevant:  # e.g. class changes, on data without labels
+        return None, f"the calibration made no {'/'.join(sorted(wanted))} change here: not checked"
     seen = set(calibration.get("sees", {}).get(metric, [])) & relevant
     if seen:
         return True, f"sees {', '.join(sorted(seen))}"
@@ -243,18 +315,27 @@ def _trust(calibration: Mapping[str, Any] | None, metric: str, trusted_for: Any)
 
 
 def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str, generations: Mapping[str, int],
-             calibration: Mapping[str, Any] | None, rule: Mapping[str, Any]) -> dict[str, Any]:
-    """One test on one metric: the paired differences across seeds, their intervals and the verdict."""
+             calibration: Mapping[str, Any] | None, rule: Mapping[str, Any], planned: int = 0) -> dict[str, Any]:
+    """One test on one metric: the paired differences across seeds, their intervals and the verdict (`planned`:
+    the seeds the study planned; fewer with numbers marks the test incomplete)."""
     arm, vs_arm = test["arm"], test.get("vs_arm", test["arm"])
     vs_metric = test.get("vs_metric") or metric
     expect = test["expect"]
-    sign = {"higher": 1, "lower": -1}.get(expect) or worse_sign(metric) * (1 if expect == "worse" else -1)
+    by_direction = expect in ("worse", "better")
+    sign = 1 if expect in ("worse", "higher") else -1
+
+    def oriented(column: str) -> Any:
+        """value -> what d compares: for worse/better, larger is worse (distance from 1 where 1 is best)."""
+        way = direction(column) if by_direction else 1
+        return (lambda v: abs(v - 1)) if way == "one" else (lambda v: v * way)
+
     last = generations.get(arm, 0)
     g_a = last if test.get("generation", "last") == "last" else int(test["generation"])
     g_b_fixed = test.get("vs_generation")
     if g_b_fixed == "last":
         g_b_fixed = generations.get(vs_arm, 0)
     a, b = _series(rows, arm, metric), _series(rows, vs_arm, vs_metric)
+    fa, fb = oriented(metric), oriented(vs_metric)
     change = bool(test.get("change"))
     relative = bool(test.get("relative"))
 
@@ -262,47 +343,61 @@ def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
         va, vb = a.get(seed, {}).get(ga), b.get(seed, {}).get(gb)
         if va is None or vb is None:
             return None
+        scale = abs(vb)
+        va, vb = fa(va), fb(vb)
         if change:
             a0, b0 = a[seed].get(0), b[seed].get(0)
             if a0 is None or b0 is None:
                 return None
-            va, vb = va - a0, vb - b0
+            va, vb = va - fa(a0), vb - fb(b0)
         d = va - vb
         if relative:
-            if not vb:
+            if not scale:
                 return None
-            d /= abs(vb)
+            d /= scale
         return sign * d
 
+    def vs_g(g: int) -> int:
+        return g_b_fixed if g_b_fixed is not None else g
+
     seeds = sorted(set(a) & set(b))
-    at_last = [diff(s, g_a, g_b_fixed if g_b_fixed is not None else g_a) for s in seeds]
+    at_last = [diff(s, g_a, vs_g(g_a)) for s in seeds]
     curve_values = []
-    by_generation = {}
-    for s in seeds:
-        per = [diff(s, g, g_b_fixed if g_b_fixed is not None else g) for g in range(1, g_a + 1)]
-        per = [d for d in per if d is not None]
-        curve_values.append(float(np.mean(per)) if per else None)
-    for g in range(0 if g_b_fixed is None else 1, g_a + 1):
-        by_generation[g] = t_interval([diff(s, g, g_b_fixed if g_b_fixed is not None else g) for s in seeds])
+    for s in seeds:  # a seed's curve needs every generation: a chain that stopped early would bias it
+        per = [diff(s, g, vs_g(g)) for g in range(1, g_a + 1)]
+        curve_values.append(float(np.mean(per)) if per and None not in per else None)
+    by_generation = {g: t_interval([diff(s, g, vs_g(g)) for s in seeds])
+                     for g in range(0 if g_b_fixed is None else 1, g_a + 1)}
     last_stats = t_interval([d for d in at_last if d is not None])
     curve = t_interval([d for d in curve_values if d is not None])
     separates = next((g for g, st in by_generation.items() if st["lo"] is not None and (st["lo"] > 0 or st["hi"] < 0)),
                      None)
-    trusted, why = _trust(calibration, metric, test.get("trusted_for"))
+    trust = {m: _trust(calibration, m, test.get("trusted_for")) for m in dict.fromkeys([metric, vs_metric])}
+    flags = [t for t, _ in trust.values()]
+    trusted = False if False in flags else True if True in flags else None  # both columns must see the change
+    why = "; ".join((f"{m}: {w}" if len(trust) > 1 else w) for m, (_, w) in trust.items() if w)
+    if not last_stats["n"]:
+        trusted, why = False, f"no rows with {metric}" + (f" and {vs_metric}" if vs_metric != metric else "") + \
+            f" in arms {arm}/{vs_arm}"
+        log.warning("test %r: %s: it cannot vote", test.get("name") or metric, why)
     values = {**{k: last_stats[k] for k in ("mean", "lo", "hi", "p", "n")},
               **{f"curve_{k}": curve[k] for k in ("mean", "lo", "hi", "p")}, "margin": test.get("margin")}
+    holds = {v: evaluate_rule(parse_rule(rule[v], "rule"), values) for v in (SUPPORTED, CONTRADICTED)}
     verdict = INCONCLUSIVE
-    if last_stats["n"] and evaluate_rule(parse_rule(rule[SUPPORTED], "rule"), values):
+    if holds[SUPPORTED] and holds[CONTRADICTED]:
+        why = f"{why}; both rules hold: inconclusive".strip("; ")
+    elif holds[SUPPORTED]:
         verdict = SUPPORTED
-    elif last_stats["n"] and evaluate_rule(parse_rule(rule[CONTRADICTED], "rule"), values):
+    elif holds[CONTRADICTED]:
         verdict = CONTRADICTED
     what = f"{metric}" + (f" − {vs_metric}" if vs_metric != metric else "")
     return {
         "name": test.get("name", ""), "metric": metric, "vs_metric": vs_metric, "arm": arm, "vs_arm": vs_arm,
-        "generation": g_a, "vs_generation": g_b_fixed if g_b_fixed is not None else g_a, "expect": expect,
+        "generation": g_a, "vs_generation": vs_g(g_a), "expect": expect,
         "change": change, "relative": relative, "difference": what, "orientation": sign,
         "seeds": seeds, "per_seed": at_last, "last": last_stats, "curve": curve, "per_seed_curve": curve_values,
         "separates_at": separates, "trusted": trusted, "trust_note": why, "votes": trusted is not False,
+        "incomplete": bool(planned) and last_stats["n"] < planned,
         "rule": {k: rule[k] for k in (SUPPORTED, CONTRADICTED)}, "margin": test.get("margin"), "verdict": verdict,
     }
 
@@ -313,8 +408,8 @@ def combine(tests: Sequence[Mapping[str, Any]], how: str) -> str:
     votes = [t["verdict"] for t in tests if t["votes"]]
     if not votes:
         return INCONCLUSIVE
-    if how == "all":
-        return votes[0] if len(set(votes)) == 1 else INCONCLUSIVE
+    if how == "all":  # every one must agree: one that cannot vote leaves the answer open
+        return votes[0] if len(set(votes)) == 1 and len(votes) == len(tests) else INCONCLUSIVE
     if SUPPORTED in votes and CONTRADICTED not in votes:
         return SUPPORTED
     if CONTRADICTED in votes and SUPPORTED not in votes:
@@ -337,7 +432,7 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
             calibration = _calibration(Path(root) / first_seed[test["arm"]])
             rule = rule_of(study.get("rule"), claim, test)
             metrics = test.get("metrics") or [test["metric"]]
-            rows_of_test = [run_test(rows, test, metric, generations, calibration, rule)
+            rows_of_test = [run_test(rows, test, metric, generations, calibration, rule, len(out["seeds"]))
                             for metric in ([metrics] if isinstance(metrics, str) else metrics)]
             for row in rows_of_test:
                 row["test"] = index
@@ -345,10 +440,12 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
             voting = [r for r in rows_of_test if r["votes"]]
             groups.append({"name": test.get("name") or f"test {index + 1}", "combine": rule["combine"],
                            "votes": bool(voting), "verdict": combine(voting, rule["combine"]),
-                           "metrics": [r["metric"] for r in rows_of_test]})
+                           "metrics": [r["metric"] for r in rows_of_test],
+                           "incomplete": any(r["incomplete"] for r in rows_of_test)})
         how = claim.get("combine", "any")
         out["claims"][name] = {"statement": claim.get("statement", name), "source": claim.get("source", ""),
                                "note": claim.get("note", ""), "combine": how, "verdict": combine(groups, how),
+                               "incomplete": any(g["incomplete"] for g in groups),
                                "groups": groups, "tests": tests}
     return out
 
@@ -409,7 +506,8 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
     arms = list(dict.fromkeys(a for t in claim["tests"] for a in (t["arm"], t["vs_arm"])))
     parts = [f"<p><b>{page.esc(claim['statement'])}</b>" + (f" ({page.esc(claim['source'])})" if claim["source"]
                                                           else "") + "</p>",
-             f"<p>verdict: <b class=verdict-{claim['verdict']}>{claim['verdict']}</b> "
+             f"<p>verdict: <b class=verdict-{claim['verdict']}>{claim['verdict']}</b>"
+             f"{' (incomplete: fewer seeds than planned)' if claim.get('incomplete') else ''} "
              f"(its tests combined: {page.esc(claim['combine'])})</p>"]
     if claim.get("note"):
         parts.append(f"<p>{page.esc(claim['note'])}</p>")
@@ -426,7 +524,8 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
             "n": t["last"]["n"], "d at the generation [95% CI]": _interval_text(t["last"]),
             "p": _fmt(t["last"]["p"], 2), "d over the curve [95% CI]": _interval_text(t["curve"]),
             "separates at gen": "" if t["separates_at"] is None else t["separates_at"],
-            "calibration": t["trust_note"] or "—", "verdict": t["verdict"] + ("" if t["votes"] else " (no vote)"),
+            "calibration": t["trust_note"] or "—", "verdict": t["verdict"] + ("" if t["votes"] else " (no vote)")
+            + (" (incomplete)" if t.get("incomplete") else ""),
         })
     parts.append(page.table(list(test_rows[0]) if test_rows else [], test_rows))
     rules = sorted({f"supported if {t['rule'][SUPPORTED]}; contradicted if {t['rule'][CONTRADICTED]}"
@@ -467,6 +566,7 @@ def build_study_report(root: Path) -> dict[str, Any]:
 
     sections = [("Claims", _claims_table(result))]
     arm_names = list(dict.fromkeys(c["arm"] for c in record["chains"]))
+    colors = {arm: f"C{k % 10}" for k, arm in enumerate(arm_names)}  # an arm has one colour in every figure
     for name, claim in result["claims"].items():
         arms = list(dict.fromkeys(a for t in claim["tests"] for a in (t["arm"], t["vs_arm"])))
         metrics = _claim_metrics(claim)
@@ -474,11 +574,11 @@ def build_study_report(root: Path) -> dict[str, Any]:
         figure = None
         if bands:
             figure = root / f"claim_{name}.png"
-            save_figure(sweep_figure(bands), figure)
+            save_figure(sweep_figure(bands, colors), figure)
         sections.append((f"Claim: {name}", _claim_section(root, name, claim, rows, record, figure)))
     headline = {m: b for m in HEADLINE if (b := arm_bands(rows, arm_names, m))}
     if headline:
-        save_figure(sweep_figure(headline), root / "study.png")
+        save_figure(sweep_figure(headline, colors), root / "study.png")
         sections.append(("Every arm (mean and 95% interval across seeds)", page.embedded_image(root / "study.png",
                                                                                            "every arm")))
     sections.append(("Arms", _arms_table(root, record, rows)))
@@ -516,7 +616,9 @@ def _claims_table(result: Mapping[str, Any]) -> str:
     rows = []
     for name, claim in result["claims"].items():
         tests = "; ".join(f"{g['name']}: {g['verdict']}" for g in claim.get("groups", []))
-        rows.append({"claim": name, "statement": claim["statement"], "verdict": claim["verdict"],
+        rows.append({"claim": name, "statement": claim["statement"],
+                     "verdict": claim["verdict"] + (" (incomplete: fewer seeds than planned)"
+                                                    if claim.get("incomplete") else ""),
                      "n seeds": max((t["last"]["n"] for t in claim["tests"]), default=0), "its tests": tests})
     return page.table(["claim", "statement", "verdict", "n seeds", "its tests"], rows)
 
