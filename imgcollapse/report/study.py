@@ -632,9 +632,21 @@ def _arms_table(root: Path, record: Mapping[str, Any], rows: Sequence[Mapping[st
                          if not o.startswith(("seed=", "generation=", "threads=", "report.draw="))]
         out.append({"chain": c["run_dir"], "overrides": " ".join(arm_overrides), "generations":
                     sum(1 for r in rows if r["arm"] == c["arm"] and r["seed"] == c["seed"]),
-                    "generation 0": f"shared with {c['shares_with']}" if c.get("shares_with") else "own",
+                    "generation 0": _generation0_source(run, root),
                     "report": link})
     return page.table(["chain", "overrides", "generations", "generation 0", "report"], out, raw=("report",))
+
+
+def _generation0_source(run: Path, root: Path) -> str:
+    """Where a chain's generation 0 came from, as its shared_gen0.json says (not as planned: an earlier plan may
+    have trained it)."""
+    path = run / "shared_gen0.json"
+    if not path.exists():
+        return "own" if (run / "gen_000" / "DONE").exists() else ""
+    shared = json.loads(path.read_text())
+    source = Path(shared.get("source", ""))
+    where = source.relative_to(root.resolve()) if source.is_relative_to(root.resolve()) else source
+    return f"{'model' if shared.get('shared') == 'model' else 'files'} of {where}"
 
 
 def claims_markdown(result: Mapping[str, Any]) -> str:
