@@ -90,9 +90,11 @@ class Steps:
             parts.append(f"loss {loss:.4g}")
         eta = f"ETA generation {duration(left)}"
         if _chain is not None:
-            # a generation takes what the finished ones took on average, else what this one is projected to
-            per_generation = (sum(_chain.seconds) / len(_chain.seconds) if _chain.seconds
-                              else elapsed / max(fraction, 1e-9))
+            # a generation takes what the finished ones after generation 0 took on average, else what this one is
+            # projected to: generation 0 (a fit from scratch, or one adopted from another chain) is no guide to
+            # fine-tunes or to fits on a pool that grows
+            later = [s for i, s in enumerate(_chain.seconds) if _chain.first + i > 0]
+            per_generation = sum(later) / len(later) if later else elapsed / max(fraction, 1e-9)
             eta += f", chain {duration(left + per_generation * max(0, _chain.last - _chain.current))}"
         parts.append(eta)
         return "  ".join(parts)

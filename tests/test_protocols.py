@@ -213,6 +213,31 @@ def test_a_population_of_two_runs_scores_each_member_and_resumes(tmp_path):
         assert row["family"] == "population"
         assert row["fid_gmm"] != row["fid_vae"] and min(row["fid_gmm"], row["fid_vae"]) > 0
         assert row["model_train_loss_gmm"] is not None and row["model_train_loss_vae"] is not None
+    assert "each dashed line one member on its own samples (gmm, vae" in (tmp_path / "resumed" / "report.html"
+                                                                         ).read_text()
+
+
+def _panels(fig):
+    return {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+
+
+def test_curves_draw_population_members_in_their_metrics_panel_and_families_by_marker():
+    from imgcollapse.report.plots import curves_figure
+
+    rows = [{"generation": g, "family": "population", "fid": 10.0 + g, "fid_gmm": 9.0 + g, "fid_vae": 12.0 + 2 * g,
+             "recall": 0.9 - 0.1 * g, "recall_gmm": 0.8, "recall_vae": 0.7} for g in range(3)]
+    panels = _panels(curves_figure(rows, members=["gmm", "vae"]))
+    assert len(panels) == 2  # fid and recall; the members' columns draw no panels of their own
+    fid = next(ax for title, ax in panels.items() if title.startswith("fid"))
+    lines = {line.get_label(): line for line in fid.get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {"pool", "gmm", "vae"}
+    assert list(lines["vae"].get_ydata()) == [12.0, 14.0, 16.0]
+    assert len(_panels(curves_figure(rows))) == 6  # without members every column is its own panel
+
+    turns = [{"generation": g, "family": ("gmm", "vae")[g % 2], "fid": float(g)} for g in range(4)]
+    (ax,) = _panels(curves_figure(turns)).values()
+    marks = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines() if line.get_linestyle() == "None"}
+    assert marks == {"gmm": [0.0, 2.0], "vae": [1.0, 3.0]}
 
 
 def test_population_samples_are_the_members_blocks(tmp_path):

@@ -55,6 +55,11 @@ def test_progress_lines_with_etas(monkeypatch: pytest.MonkeyPatch) -> None:
     line = steps.line(800, 0.4, 12.0, loss=0.0312)
     # 12 s for 40%: 18 s left in this generation, then generations 4 and 5 at 100 s each: 218 s
     assert line == "gen 3/5  train ddpm 40% (800/2000 steps, 12 s)  loss 0.0312  ETA generation 18 s, chain 4 min"
+    # generation 0 in 5 s (adopted from another chain) says nothing of the fits to come: this one's projection does
+    progress.begin_chain(first=0, last=10)
+    progress.generation_done(5.0)
+    line = steps.line(800, 0.4, 12.0)
+    assert line.endswith("ETA generation 18 s, chain 5 min")  # 18 s + 9 generations x 30 s
 
 
 def test_training_logs_every_tenth_without_a_terminal(tmp_path: Path) -> None:

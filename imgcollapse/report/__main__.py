@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcollapse.report.run_report import build_run_report, is_run_dir
-from imgcollapse.report.study import build_study_report, is_study_dir
+from imgcollapse.report.study import build_study_report, claims_markdown, is_study_dir
 from imgcollapse.report.sweep import build_sweep_report, is_sweep_dir
 
 log = logging.getLogger("imgcollapse.report")
@@ -42,8 +42,10 @@ def report_sweep(root: Path, runs: bool) -> None:
         log.warning("%s: %s", root, line)
 
 
-def report_study(root: Path) -> None:
+def report_study(root: Path, markdown: bool = False) -> None:
     result = build_study_report(root)
+    if markdown:
+        print(claims_markdown(result))
     log.info("%s: %s; wrote study.csv, claims.json, study.html", root,
              "; ".join(f"{name}: {c['verdict']}" for name, c in result["claims"].items()) or "no claims")
     for line in result["missing"]:
@@ -54,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgcollapse.report", description=__doc__.split("\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run, multirun and/or study directories")
     parser.add_argument("--no-runs", action="store_true", help="for a sweep, leave the jobs' own reports as they are")
+    parser.add_argument("--markdown", action="store_true",
+                        help="for a study, also print its claims as a Markdown table (the README's) on stdout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     status = 0
     for root in args.dirs:
         if root.is_dir() and is_study_dir(root):
-            report_study(root)
+            report_study(root, markdown=args.markdown)
         elif root.is_dir() and is_run_dir(root):
             report_run(root)
         elif root.is_dir() and is_sweep_dir(root):

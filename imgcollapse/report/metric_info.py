@@ -37,8 +37,8 @@ METRICS = {
     "recall_tail": Info("↑", (0, 1)), "coverage_tail": Info("↑", (0, 1)),
     "recall_head": Info("↑", (0, 1)), "coverage_head": Info("↑", (0, 1)),
 }
-HOUSEKEEPING_PREFIXES = ("num_", "share_gen_")  # training-set sizes and sources
-HOUSEKEEPING = ("train_loss",)
+HOUSEKEEPING_PREFIXES = ("num_", "share_gen_", "model_train_loss_")  # training-set sizes and sources, members' losses
+HOUSEKEEPING = ("train_loss", "train_steps")
 
 
 def split(column: str) -> tuple[str, str]:
@@ -54,7 +54,7 @@ def info(column: str) -> Info | None:
 
 
 def is_housekeeping(column: str) -> bool:
-    """Timings, training-set sizes and sources, the training loss: how the chain ran, not what it made."""
+    """Timings, training-set sizes and sources, the training loss and steps: how the chain ran, not what it made."""
     return column.startswith(HOUSEKEEPING_PREFIXES) or column.endswith("seconds") or column in HOUSEKEEPING
 
 

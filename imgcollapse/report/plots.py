@@ -134,29 +134,50 @@ def _natural_range(ax: Any, *columns: str) -> None:
         ax.set_ylim(lo_hi[0] - pad, lo_hi[1] + pad)
 
 
+FAMILY_MARKERS = ("o", "s", "^", "D", "v", "P")  # chain.models: which family trained a generation
+
+
 def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None,
-                  columns: Sequence[str] | None = None) -> Figure:
+                  columns: Sequence[str] | None = None, members: Sequence[str] = ()) -> Figure:
     """Every numeric metric (or those in `columns`) against generation, one small panel each, its 95% interval as
     a band, generation 0 as a dashed line; titles say which way is better and the feature space, bounded metrics
     span their range.
 
     `references` maps a column to a real-data value drawn dotted (the real floor: two real sets of the rows' size).
+    `members` (chain.population) draws each member's own score (`fid_vae`) dashed in its metric's panel, beside the
+    pool's; rows whose `family` differs (chain.models) get one marker per family.
     """
     numeric = numeric_columns(rows)
-    panels = curve_panels([c for c in numeric if columns is None or c in columns])
+    member_lines = {c: [(m, f"{c}_{m}") for m in members if f"{c}_{m}" in numeric] for c in numeric}
+    owned = {column for lines in member_lines.values() for _, column in lines}
+    panels = curve_panels([c for c in numeric if (columns is None or c in columns) and c not in owned])
     if not panels:
         raise ValueError("no numeric metric columns to draw")
     references = references or {}
+    families = [row.get("family") for row in rows]
+    distinct = list(dict.fromkeys(f for f in families if isinstance(f, str) and f))
+    by_family = len(distinct) > 1
+    legend_for_members = legend_for_families = True  # once, in the first panel that needs it
     with matplotlib.rc_context(STYLE):
         w, h = panel_grid_pixels(len(panels))
         fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
         for ax, panel in zip(_panel_axes(fig, len(panels)), panels, strict=True):
             ax.set_title(metric_title(panel.title) if panel.columns == [panel.title] else panel.title)
+            extra = member_lines.get(panel.columns[0], []) if len(panel.columns) == 1 else []
+            legend = 1 < len(panel.columns) <= 6 or any(c in references for c in panel.columns)
             for i, column in enumerate(panel.columns):
                 g, v = _series(rows, column)
                 color = f"C{i % 10}"
-                label = column if len(panel.columns) > 1 else None
-                ax.plot(g, v, marker="o", ms=2.5, lw=1.2, color=color, label=label)
+                label = column if len(panel.columns) > 1 else ("pool" if extra and legend_for_members else None)
+                ax.plot(g, v, marker="" if by_family else "o", ms=2.5, lw=1.2, color=color, label=label)
+                if by_family and len(panel.columns) == 1:
+                    for k, family in enumerate(distinct):
+                        mine = [r for r, f in zip(rows, families, strict=True) if f == family]
+                        fg, fv = _series(mine, column)
+                        ax.plot(fg, fv, ls="none", marker=FAMILY_MARKERS[k % len(FAMILY_MARKERS)], ms=4,
+                                color=f"C{(k + 1) % 10}", label=family if legend_for_families else None)
+                    legend |= legend_for_families
+                    legend_for_families = False
                 lo_g, lo = _series(rows, column + "_lo")
                 hi_g, hi = _series(rows, column + "_hi")
                 if len(lo) and np.array_equal(lo_g, hi_g):  # the 95% interval of each generation's value
@@ -165,7 +186,14 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
                     ax.axhline(v[0], ls="--", lw=0.8, color=color, alpha=0.6)  # the first (generation-0) value
                 if column in references and math.isfinite(references[column]):
                     ax.axhline(references[column], ls=":", lw=1.0, color="green", label="real data")
-            if 1 < len(panel.columns) <= 6 or any(c in references for c in panel.columns):
+            for k, (member, column) in enumerate(extra):  # each member on its own samples
+                g, v = _series(rows, column)
+                ax.plot(g, v, ls="--", marker="o", ms=2, lw=1.0, color=f"C{(k + 1) % 10}",
+                        label=member if legend_for_members else None)
+            if extra:
+                legend |= legend_for_members
+                legend_for_members = False
+            if legend:
                 ax.legend(loc="best", frameon=False)
             _natural_range(ax, *panel.columns)
             if len(panel.columns) == 1 and metric_space(panel.columns[0]):

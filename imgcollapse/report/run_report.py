@@ -200,6 +200,25 @@ def real_floor(record: RunRecord) -> dict[str, Any]:
     return metric_info.real_values(record.meta)
 
 
+def population_members(record: RunRecord) -> list[str]:
+    """The member names of a population chain (chain.population), whose own scores are `<metric>_<member>`."""
+    return [str(m) for m in ((record.config.get("chain") or {}).get("population") or [])]
+
+
+def curves_caption(record: RunRecord) -> str:
+    """CURVES_CAPTION, plus how the panels show a population's members or the families that take turns."""
+    caption = CURVES_CAPTION
+    members = population_members(record)
+    if members:
+        caption += (" Population: the solid line scores the pooled samples, each dashed line one member on its own "
+                    f"samples ({', '.join(members)}; legend in the first such panel).")
+    families = list(dict.fromkeys(r["family"] for r in record.rows if isinstance(r.get("family"), str)))
+    if len(families) > 1:
+        caption += (" Families in turn: each point's marker says which family trained that generation "
+                    f"({', '.join(families)}; legend in the first panel).")
+    return caption
+
+
 def _curves(record: RunRecord, housekeeping: bool = False) -> Path | None:
     """curves.png: the metrics, each with its real-data line where run.json has one; housekeeping.png (with
     `housekeeping`): timings, training-set sizes and sources, the training loss."""
@@ -210,7 +229,8 @@ def _curves(record: RunRecord, housekeeping: bool = False) -> Path | None:
     if not columns:
         return None
     try:
-        save_figure(curves_figure(record.rows, metric_info.real_values(record.meta), columns=columns), out)
+        save_figure(curves_figure(record.rows, metric_info.real_values(record.meta), columns=columns,
+                                  members=population_members(record)), out)
     except ValueError:  # no numeric column yet
         return None
     return out
@@ -354,7 +374,7 @@ def _html(record: RunRecord, figures: dict[str, Path | None], class_note: str,
         ("Collapse strip", figure("collapse_strip.png", "Rows are generations; each column starts every "
                                   "generation from the same noise, so a column shows one sample drifting.")),
         ("Real images beside generation 0", real_beside),
-        ("Metrics by generation", figure("curves.png", CURVES_CAPTION)),
+        ("Metrics by generation", figure("curves.png", curves_caption(record))),
         ("Classes", figure("classes.png", class_note)),
         ("Samples across generations", figure("collapse.gif", "The sample grid of each generation, animated.")),
         ("Metric table", table_note + metric_table(record, (calibration or {}).get("sees")) if record.rows else ""),

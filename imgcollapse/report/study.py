@@ -649,19 +649,36 @@ def _generation0_source(run: Path, root: Path) -> str:
     return f"{'model' if shared.get('shared') == 'model' else 'files'} of {where}"
 
 
+def _markdown_interval(st: Mapping[str, Any]) -> str:
+    """`3.3 [1.6, 5.0]`: the mean and its interval to the decimals the interval's width supports, with true minus
+    signs."""
+    mean, lo, hi = (_number(st.get(k)) for k in ("mean", "lo", "hi"))
+    if mean is None:
+        return "no seeds"
+    if lo is None or hi is None:
+        return f"{_fmt(mean)} (n={st.get('n')}: no interval)"
+    half = (hi - lo) / 2
+    decimals = max(0, 1 - math.floor(math.log10(half))) if half > 0 else 3
+    return " ".join([f"{mean:.{decimals}f}", f"[{lo:.{decimals}f}, {hi:.{decimals}f}]"]).replace("-", "−")
+
+
 def claims_markdown(result: Mapping[str, Any]) -> str:
-    """The README's claims table: a line per test of each claim, with each metric's paired difference."""
-    lines = ["| claim | verdict | test: arm vs arm | d at the last generation [95% CI] (d > 0: as claimed) | n |",
+    """The claims as a Markdown table (the README's): a line per test of each claim, each metric's paired difference
+    at the test's generation with its 95% interval, and n; `python -m imgcollapse.report STUDY_DIR --markdown`."""
+    lines = ["| claim | verdict | test: verdict (arm vs arm) | d [95% CI] (d > 0: as claimed) | n |",
              "| --- | --- | --- | --- | --- |"]
     for claim in result["claims"].values():
+        verdict = claim["verdict"] if claim["verdict"] == "inconclusive" else f"**{claim['verdict']}**"
+        source = f" ({claim['source']})" if claim.get("source") else ""
         for i, group in enumerate(claim.get("groups", [])):
             metrics = [t for t in claim["tests"] if t.get("test") == i]
             first = metrics[0] if metrics else None
-            arms = "" if first is None else f"{first['arm']} vs {first['vs_arm']}" + (
-                f" gen {first['vs_generation']}" if first["vs_generation"] != first["generation"] else "")
-            numbers = "; ".join(f"{t['difference']} {_interval_text(t['last'])}" + ("" if t["votes"] else " (blind)")
-                                for t in metrics)
-            lines.append(f"| {claim['statement'] if i == 0 else ''} | {claim['verdict'] if i == 0 else ''} | "
+            arms = "" if first is None else (f"{first['arm']} gen {first['generation']} vs {first['vs_arm']} gen "
+                                              f"{first['vs_generation']}")
+            numbers = "; ".join(f"{t['difference']}" + (" change" if t["change"] else "")
+                                + (" relative" if t["relative"] else "") + f" {_markdown_interval(t['last'])}"
+                                + ("" if t["votes"] else " (blind)") for t in metrics)
+            lines.append(f"| {claim['statement'] + source if i == 0 else ''} | {verdict if i == 0 else ''} | "
                          f"{group['name']}: {group['verdict']} ({arms}) | {numbers} | "
                          f"{first['last']['n'] if first else 0} |")
     return "\n".join(lines)
