@@ -28,6 +28,7 @@ from imgcollapse.metrics import Evaluation
 from imgcollapse.models import CONDITIONS, Model
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
+from imgcollapse.report.metric_info import MEMBER_COLUMNS
 from imgcollapse.report.summary import summary_line
 from imgcollapse.store import ENVIRONMENT_FILE, NULL_FILE, RunStore, atomic_write, atomic_write_dir
 
@@ -133,8 +134,6 @@ def adopted_fit_stats(gen_dir: Path) -> dict[str, Any]:
     row = json.loads((Path(gen_dir) / "metrics.json").read_text())
     return {k: v for k, v in row.items() if k in ("train_loss", "train_steps") or k.startswith("model_")}
 
-
-MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
 
 
 def score_members(score: Callable[[ImageSet, ImageSet], Any], samples: ImageSet, train_set: ImageSet

@@ -329,6 +329,15 @@ def family_configs(config: Config) -> dict[str, Any]:
                 f"`+model@families.{name}={name}` on the command line or `- /model@families.{name}: {name}` in a "
                 "preset's defaults")
         families[name] = found[name]
+    if key == "chain.population":  # members' scores are columns `fid_<name>`: a name must not make a metric's
+        from imgcollapse.report.metric_info import MEMBER_COLUMNS, METRICS, SPACES
+
+        for name in families:
+            taken = [f"{c}_{name}" for c in MEMBER_COLUMNS if f"{c}_{name}" in METRICS]
+            require(not taken and f"_{name}" not in SPACES and name not in ("lo", "hi", "sd"), key, names,
+                    f"member names whose columns (fid_<name>, ...) are not the metrics' own ({name!r} would make "
+                    f"{', '.join(taken) or f'fid_{name}'}, a metric's column): rename it, e.g. "
+                    f"+model@families.{name}_model=...")
     if len(families) > 1 or key == "chain.population":
         for name, family in families.items():
             require(getattr(family, "init", "scratch") == "scratch", f"model.init ({name})",

@@ -90,11 +90,12 @@ class Steps:
             parts.append(f"loss {loss:.4g}")
         eta = f"ETA generation {duration(left)}"
         if _chain is not None:
-            # a generation takes what the finished ones after generation 0 took on average, else what this one is
-            # projected to: generation 0 (a fit from scratch, or one adopted from another chain) is no guide to
-            # fine-tunes or to fits on a pool that grows
+            # a generation takes what the finished ones after generation 0 took on average; until one has, the
+            # larger of generation 0's time and this one's projection (a generation 0 adopted from another chain
+            # took seconds; one trained from scratch before fine-tunes overestimates only until the first is done)
             later = [s for i, s in enumerate(_chain.seconds) if _chain.first + i > 0]
-            per_generation = sum(later) / len(later) if later else elapsed / max(fraction, 1e-9)
+            projected = elapsed / max(fraction, 1e-9)
+            per_generation = sum(later) / len(later) if later else max([projected, *_chain.seconds])
             eta += f", chain {duration(left + per_generation * max(0, _chain.last - _chain.current))}"
         parts.append(eta)
         return "  ".join(parts)

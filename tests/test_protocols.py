@@ -213,8 +213,10 @@ def test_a_population_of_two_runs_scores_each_member_and_resumes(tmp_path):
         assert row["family"] == "population"
         assert row["fid_gmm"] != row["fid_vae"] and min(row["fid_gmm"], row["fid_vae"]) > 0
         assert row["model_train_loss_gmm"] is not None and row["model_train_loss_vae"] is not None
-    assert "each dashed line one member on its own samples (gmm, vae" in (tmp_path / "resumed" / "report.html"
-                                                                         ).read_text()
+    from imgcollapse.report.run_report import curves_caption, read_run
+
+    assert "each dash-dotted line one member on its own samples (gmm, vae;" in curves_caption(
+        read_run(tmp_path / "resumed"))  # the report names the members it draws
 
 
 def _panels(fig):
@@ -233,6 +235,11 @@ def test_curves_draw_population_members_in_their_metrics_panel_and_families_by_m
     assert set(lines) == {"pool", "gmm", "vae"}
     assert list(lines["vae"].get_ydata()) == [12.0, 14.0, 16.0]
     assert len(_panels(curves_figure(rows))) == 6  # without members every column is its own panel
+    # only the columns members are scored on are theirs: recall_tail stays a metric (a member `mean` or `tail` is
+    # refused by the config: test_a_member_name_that_would_overwrite_a_metric_is_refused)
+    tails = [{**row, "fid_mean": 3.0, "recall_tail": 0.4, "recall_tail_lo": 0.3, "recall_tail_hi": 0.5} for row in rows]
+    titles = list(_panels(curves_figure(tails, members=["gmm", "vae"])))
+    assert len(titles) == 4 and any(t.startswith("recall_tail") for t in titles)
 
     turns = [{"generation": g, "family": ("gmm", "vae")[g % 2], "fid": float(g)} for g in range(4)]
     (ax,) = _panels(curves_figure(turns)).values()
@@ -252,6 +259,12 @@ def test_population_samples_are_the_members_blocks(tmp_path):
     assert blocks(7, 2) == [(0, 4), (4, 7)] and pooled.members == [("gmm", 0, 4), ("vae", 4, 7)]
     assert torch.equal(pooled.images[:4], members[0][1].sample(4, seed=member_seed(5, 0)).images)
     assert torch.equal(pooled.images[4:], members[1][1].sample(3, seed=member_seed(5, 1)).images)
+
+
+def test_a_member_name_that_would_overwrite_a_metric_is_refused():
+    with pytest.raises(ConfigError) as e:  # its fid would land in fid_mean, a metric of the pool
+        validate(compose_config("model=gmm", "chain.population=[gmm,mean]", "+model@families.mean=vae"))
+    assert e.value.key == "chain.population" and "fid_mean" in str(e.value)
 
 
 def test_population_and_turns_do_not_mix():

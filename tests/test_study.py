@@ -312,6 +312,11 @@ def test_a_bad_study_override_exits_2_naming_it(override: str, names: str, tmp_p
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_study_command_exits_2_on_a_bad_override(tmp_path: Path) -> None:
+    result = study(tmp_path / "bad", "seed=3")  # as a user runs it: the exit status and the line on stderr
+    assert result.returncode == 2 and "study.seeds" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_point_values_do_not_depend_on_the_bootstrap_count(tmp_path: Path) -> None:
     """A study turns the per-row bootstrap off (metrics.bootstrap=0): every value must be what it is with it."""
     rows = {}

@@ -58,8 +58,9 @@ def test_progress_lines_with_etas(monkeypatch: pytest.MonkeyPatch) -> None:
     # generation 0 in 5 s (adopted from another chain) says nothing of the fits to come: this one's projection does
     progress.begin_chain(first=0, last=10)
     progress.generation_done(5.0)
-    line = steps.line(800, 0.4, 12.0)
-    assert line.endswith("ETA generation 18 s, chain 5 min")  # 18 s + 9 generations x 30 s
+    assert steps.line(800, 0.4, 12.0).endswith("ETA generation 18 s, chain 5 min")  # 18 s + 9 x 30 s
+    progress.generation_done(60.0)  # generation 1 took 60 s: from now on the generations after 0 set the pace
+    assert steps.line(800, 0.4, 12.0).endswith("ETA generation 18 s, chain 8 min")  # 18 s + 8 x 60 s
 
 
 def test_training_logs_every_tenth_without_a_terminal(tmp_path: Path) -> None:

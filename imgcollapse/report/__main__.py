@@ -42,10 +42,10 @@ def report_sweep(root: Path, runs: bool) -> None:
         log.warning("%s: %s", root, line)
 
 
-def report_study(root: Path, markdown: bool = False) -> None:
+def report_study(root: Path, markdown: bool = False, heading: bool = False) -> None:
     result = build_study_report(root)
     if markdown:
-        print(claims_markdown(result))
+        print(f"### {root}\n" if heading else "", claims_markdown(result), sep="")
     log.info("%s: %s; wrote study.csv, claims.json, study.html", root,
              "; ".join(f"{name}: {c['verdict']}" for name, c in result["claims"].items()) or "no claims")
     for line in result["missing"]:
@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     status = 0
     for root in args.dirs:
-        if root.is_dir() and is_study_dir(root):
-            report_study(root, markdown=args.markdown)
+        study = root.is_dir() and is_study_dir(root)
+        if args.markdown and root.is_dir() and not study:
+            log.warning("%s: --markdown prints a study's claims; this is not a study directory (study.json)", root)
+        if study:
+            report_study(root, markdown=args.markdown, heading=len(args.dirs) > 1)
         elif root.is_dir() and is_run_dir(root):
             report_run(root)
         elif root.is_dir() and is_sweep_dir(root):

@@ -38,7 +38,9 @@ METRICS = {
     "recall_head": Info("↑", (0, 1)), "coverage_head": Info("↑", (0, 1)),
 }
 HOUSEKEEPING_PREFIXES = ("num_", "share_gen_", "model_train_loss_")  # training-set sizes and sources, members' losses
-HOUSEKEEPING = ("train_loss", "train_steps")
+HOUSEKEEPING = ("train_loss",)
+# what a population's members are each scored on (`fid_<member>`): the run report draws them in these panels
+MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
 
 
 def split(column: str) -> tuple[str, str]:
@@ -54,7 +56,7 @@ def info(column: str) -> Info | None:
 
 
 def is_housekeeping(column: str) -> bool:
-    """Timings, training-set sizes and sources, the training loss and steps: how the chain ran, not what it made."""
+    """Timings, training-set sizes and sources, the training losses: how the chain ran, not what it made."""
     return column.startswith(HOUSEKEEPING_PREFIXES) or column.endswith("seconds") or column in HOUSEKEEPING
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgcollapse.report.metric_info import MEMBER_COLUMNS
 from imgcollapse.report.metric_info import bounds as metric_bounds
 from imgcollapse.report.metric_info import space as metric_space
 from imgcollapse.report.metric_info import title as metric_title
@@ -135,6 +136,7 @@ def _natural_range(ax: Any, *columns: str) -> None:
 
 
 FAMILY_MARKERS = ("o", "s", "^", "D", "v", "P")  # chain.models: which family trained a generation
+EXTRA_COLORS = ("C1", "C4", "C3", "C5", "C6", "C8", "C9")  # members and families: not the pool's C0, not green (real)
 
 
 def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None,
@@ -144,11 +146,12 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
     span their range.
 
     `references` maps a column to a real-data value drawn dotted (the real floor: two real sets of the rows' size).
-    `members` (chain.population) draws each member's own score (`fid_vae`) dashed in its metric's panel, beside the
-    pool's; rows whose `family` differs (chain.models) get one marker per family.
+    `members` (chain.population) draws each member's own score (`fid_vae`, for the MEMBER_COLUMNS) dash-dotted in its
+    metric's panel, beside the pool's; rows whose `family` differs (chain.models) get one marker per family.
     """
     numeric = numeric_columns(rows)
-    member_lines = {c: [(m, f"{c}_{m}") for m in members if f"{c}_{m}" in numeric] for c in numeric}
+    member_lines = {c: [(m, f"{c}_{m}") for m in members if f"{c}_{m}" in numeric]
+                    for c in numeric if c in MEMBER_COLUMNS}  # (a member named `mean` must not take `fid_mean`)
     owned = {column for lines in member_lines.values() for _, column in lines}
     panels = curve_panels([c for c in numeric if (columns is None or c in columns) and c not in owned])
     if not panels:
@@ -169,13 +172,15 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
                 g, v = _series(rows, column)
                 color = f"C{i % 10}"
                 label = column if len(panel.columns) > 1 else ("pool" if extra and legend_for_members else None)
-                ax.plot(g, v, marker="" if by_family else "o", ms=2.5, lw=1.2, color=color, label=label)
-                if by_family and len(panel.columns) == 1:
+                single = len(panel.columns) == 1
+                ax.plot(g, v, marker="" if by_family and single else "o", ms=2.5, lw=1.2, color=color, label=label)
+                if by_family and single:
                     for k, family in enumerate(distinct):
                         mine = [r for r, f in zip(rows, families, strict=True) if f == family]
                         fg, fv = _series(mine, column)
                         ax.plot(fg, fv, ls="none", marker=FAMILY_MARKERS[k % len(FAMILY_MARKERS)], ms=4,
-                                color=f"C{(k + 1) % 10}", label=family if legend_for_families else None)
+                                color=EXTRA_COLORS[k % len(EXTRA_COLORS)],
+                                label=family if legend_for_families else None)
                     legend |= legend_for_families
                     legend_for_families = False
                 lo_g, lo = _series(rows, column + "_lo")
@@ -188,7 +193,7 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
                     ax.axhline(references[column], ls=":", lw=1.0, color="green", label="real data")
             for k, (member, column) in enumerate(extra):  # each member on its own samples
                 g, v = _series(rows, column)
-                ax.plot(g, v, ls="--", marker="o", ms=2, lw=1.0, color=f"C{(k + 1) % 10}",
+                ax.plot(g, v, ls="-.", marker="o", ms=2, lw=1.0, color=EXTRA_COLORS[k % len(EXTRA_COLORS)],
                         label=member if legend_for_members else None)
             if extra:
                 legend |= legend_for_members

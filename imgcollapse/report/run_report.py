@@ -210,8 +210,8 @@ def curves_caption(record: RunRecord) -> str:
     caption = CURVES_CAPTION
     members = population_members(record)
     if members:
-        caption += (" Population: the solid line scores the pooled samples, each dashed line one member on its own "
-                    f"samples ({', '.join(members)}; legend in the first such panel).")
+        caption += (" Population: the solid line scores the pooled samples, each dash-dotted line one member on its "
+                    f"own samples ({', '.join(members)}; legend in the first such panel).")
     families = list(dict.fromkeys(r["family"] for r in record.rows if isinstance(r.get("family"), str)))
     if len(families) > 1:
         caption += (" Families in turn: each point's marker says which family trained that generation "
