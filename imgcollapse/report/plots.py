@@ -139,6 +139,13 @@ FAMILY_MARKERS = ("o", "s", "^", "D", "v", "P")  # chain.models: which family tr
 EXTRA_COLORS = ("C1", "C4", "C3", "C5", "C6", "C8", "C9")  # members and families: not the pool's C0, not green (real)
 
 
+def families_in_turn(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The families of a chain whose generations alternate them (chain.models), in order of first use; [] when
+    every row is one family's (or a population's)."""
+    distinct = list(dict.fromkeys(f for row in rows if isinstance(f := row.get("family"), str) and f))
+    return distinct if len(distinct) > 1 else []
+
+
 def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, float] | None = None,
                   columns: Sequence[str] | None = None, members: Sequence[str] = ()) -> Figure:
     """Every numeric metric (or those in `columns`) against generation, one small panel each, its 95% interval as
@@ -151,15 +158,15 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], references: Mapping[str, fl
     """
     numeric = numeric_columns(rows)
     member_lines = {c: [(m, f"{c}_{m}") for m in members if f"{c}_{m}" in numeric]
-                    for c in numeric if c in MEMBER_COLUMNS}  # (a member named `mean` must not take `fid_mean`)
+                    for c in numeric if c in MEMBER_COLUMNS}  # (config refuses a member name that makes a metric's)
     owned = {column for lines in member_lines.values() for _, column in lines}
     panels = curve_panels([c for c in numeric if (columns is None or c in columns) and c not in owned])
     if not panels:
         raise ValueError("no numeric metric columns to draw")
     references = references or {}
     families = [row.get("family") for row in rows]
-    distinct = list(dict.fromkeys(f for f in families if isinstance(f, str) and f))
-    by_family = len(distinct) > 1
+    distinct = families_in_turn(rows)
+    by_family = bool(distinct)
     legend_for_members = legend_for_families = True  # once, in the first panel that needs it
     with matplotlib.rc_context(STYLE):
         w, h = panel_grid_pixels(len(panels))

@@ -30,6 +30,7 @@ from imgcollapse.report.plots import (
     calibration_figure,
     classes_figure,
     curves_figure,
+    families_in_turn,
     is_companion,
     numeric_columns,
     save_figure,
@@ -212,8 +213,8 @@ def curves_caption(record: RunRecord) -> str:
     if members:
         caption += (" Population: the solid line scores the pooled samples, each dash-dotted line one member on its "
                     f"own samples ({', '.join(members)}; legend in the first such panel).")
-    families = list(dict.fromkeys(r["family"] for r in record.rows if isinstance(r.get("family"), str)))
-    if len(families) > 1:
+    families = families_in_turn(record.rows)
+    if families:
         caption += (" Families in turn: each point's marker says which family trained that generation "
                     f"({', '.join(families)}; legend in the first panel).")
     return caption
