@@ -51,14 +51,40 @@ def run_calibration(overrides: list[str], out: Path | None = None) -> tuple[Path
     return out, result
 
 
+def refresh(run_dir: Path) -> dict:
+    """A chain's calibration.json computed again by this code from the chain's own overrides (after a calibration
+    version change; the calibration reads real images only, so the chain's results are not involved)."""
+    import yaml
+
+    overrides_file = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise UserError(f"{run_dir}: no .hydra/overrides.yaml: not a run directory of imgcollapse.run")
+    overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith(("hydra", "~hydra"))]
+    config = validate(compose(*overrides))
+    splits = build(config.dataset)
+    cache = Path(config.cache_dir).expanduser()
+    metrics = setup_metrics(splits, cache, config.metrics, seed=config.seed, device="cpu",
+                            num_scored=config.metrics.num_samples or config.num_synthetic)
+    result = load_or_calibrate(splits, metrics, cache)
+    write_json(Path(run_dir) / FILE, result)
+    log.info("%s: calibration.json refreshed (version %s, key %s)", run_dir, result["version"], result["key"])
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgcollapse-calibrate",
                                      description="Which metric sees which change on your data.")
     parser.add_argument("--out", type=Path, default=None, help="where calibration.json and .png go")
+    parser.add_argument("--refresh", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                        help="compute these chains' calibration.json again with this code, from their own overrides")
     parser.add_argument("overrides", nargs="*", help="config overrides, as for python -m imgcollapse.run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
+        if args.refresh:
+            for run_dir in args.refresh:
+                refresh(run_dir)
+            return 0
         out, result = run_calibration(args.overrides, args.out)
     except UserError as e:
         log.error("%s", e)

@@ -1,7 +1,7 @@
 """`python -m imgcollapse.study study=NAME [overrides]` (or `imgcollapse-study`): arms × seeds of chains, answered.
 
 A study (conf/study/NAME.yaml) names its arms (each a list of overrides on top of the run's config), its seeds and
-generations, and its claims (the tests and the verdict rule: imgcollapse/report/study.py). Every arm × seed is an
+generations, and its claims (the tests and the verdict rule: imgcollapse/verdicts/). Every arm × seed is an
 ordinary chain in an ordinary run dir, `<study dir>/<arm>/seed_<s>/`, under one deterministic study dir
 (`outputs/study/NAME[,overrides]`), so rerunning the same command resumes every chain and skips finished ones.
 
@@ -41,12 +41,13 @@ log = logging.getLogger("imgcollapse.study")
 STUDY_FILE = "study.json"  # in the study dir: the plan (arms, seeds, chains, shared generations 0) and its runs
 DRAW = ("first_seed", "all", "none")
 LAUNCHERS = ("basic", "joblib", "slurm", "submitit_local", "submitit_slurm")
+ALIASES = {"study=null": "study=null_aa"}  # Hydra reads a bare `null` as None: the A/A study's file is null_aa.yaml
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass
 class StudyConfig:
-    """`study.*` (conf/study/*.yaml): what runs; `claims` is read by the report (imgcollapse/report/study.py)."""
+    """`study.*` (conf/study/*.yaml): what runs; `claims` and `rule` are read by imgcollapse/verdicts/."""
 
     name: str = MISSING  # the study's name: its dir, outputs/study/<name>[,<overrides>]
     description: str = ""  # one paragraph for the report's top
@@ -57,7 +58,7 @@ class StudyConfig:
     arms: dict[str, Any] = MISSING  # {arm: [overrides]} or {arm: {overrides: [...], generation: G, label: "...",
     # by_model: {gmm: [overrides used instead when the study's model is a gmm]}}
     claims: dict[str, Any] = field(default_factory=dict)  # {claim: {statement, source, tests, rule}}
-    rule: dict[str, Any] = field(default_factory=dict)  # the default verdict rule (report/study.py: RULE)
+    rule: dict[str, Any] = field(default_factory=dict)  # the default verdict rule (verdicts/rules.py: RULE)
     launcher: str = "joblib"  # LAUNCHERS: how chains run (the command line's hydra/launcher= wins)
     jobs: int | None = None  # joblib: chains at once (None: one per core); torch threads = cores // jobs
     threads: int | None = None  # torch threads of every chain (None: cores // jobs locally; a cluster job's cores)
@@ -65,6 +66,7 @@ class StudyConfig:
     draw: str = "first_seed"  # chains that draw their own report: first_seed (the study shows its strips) | all |
     # none (report.draw=false; `python -m imgcollapse.report RUN_DIR` draws one later). ~2-3 s a chain
     dir: str | None = None  # the study dir (None: outputs/study/<name>[,<overrides>])
+    null_study: bool = False  # no claim is true by design (A/A): the report states the false-decision rate
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Arm:
     overrides: list[str]
     generation: int
     label: str
+    seed_offset: int = 0  # the chain of seed s runs with seed s + offset (pairing still by s): an A/A arm's own streams
 
 
 @dataclass
@@ -148,21 +151,24 @@ def arms_of(study: StudyConfig, model: str | None = None) -> list[Arm]:
         if not ARM_NAME.fullmatch(name):
             raise ConfigError(f"study.arms.{name}", name, "an arm name of letters, digits, _ and - (it is a dir)")
         if isinstance(spec, dict):
-            unknown = set(spec) - {"overrides", "generation", "label", "by_model"}
+            unknown = set(spec) - {"overrides", "generation", "label", "by_model", "seed_offset"}
             if unknown:
                 raise ConfigError(f"study.arms.{name}", sorted(unknown),
-                                  "keys among overrides, generation, label, by_model")
+                                  "keys among overrides, generation, label, by_model, seed_offset")
             overrides, generation = spec.get("overrides") or [], spec.get("generation", default)
             if model is not None and model in (spec.get("by_model") or {}):
                 overrides = spec["by_model"][model]
             label = spec.get("label") or name
+            offset = spec.get("seed_offset", 0)
+            if not (isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0):
+                raise ConfigError(f"study.arms.{name}.seed_offset", offset, "an integer >= 0 added to every seed")
         else:
-            overrides, generation, label = spec or [], default, name
+            overrides, generation, label, offset = spec or [], default, name, 0
         if not (isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides)):
             raise ConfigError(f"study.arms.{name}", overrides, "a list of overrides such as regime=accumulate")
         if not isinstance(generation, int) or generation < 0:
             raise ConfigError(f"study.arms.{name}.generation", generation, "a generation >= 0")
-        out.append(Arm(name, list(overrides), generation, label))
+        out.append(Arm(name, list(overrides), generation, label, offset))
     return out
 
 
@@ -189,7 +195,7 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError("study.draw", study.draw, f"one of {list(DRAW)}")
     if study.jobs is not None and study.jobs < 1:
         raise ConfigError("study.jobs", study.jobs, "null (one chain per core) or an integer >= 1")
-    from imgcollapse.report.study import check_claims
+    from imgcollapse.verdicts.rules import check_claims
 
     check_claims(study.claims, study.rule, arms)
 
@@ -251,14 +257,15 @@ def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Cha
         resolved_by_arm[arm.name] = (resolved, pools[data_key])
     for seed in seeds:
         for arm in arms:
-            overrides = [*study.overrides, *arm.overrides, *common, f"seed={seed}", f"generation={arm.generation}"]
+            own_seed = seed + arm.seed_offset
+            overrides = [*study.overrides, *arm.overrides, *common, f"seed={own_seed}", f"generation={arm.generation}"]
             if threads is not None:
                 overrides.append(f"threads={threads}")
             if study.draw == "none" or (study.draw == "first_seed" and seed != seeds[0]):
                 overrides.append("report.draw=false")  # not part of a chain's identity (resume.IGNORED)
             resolved, pool = resolved_by_arm[arm.name]
-            key = signature_key({**resolved, "seed": seed}, pool)  # type: ignore[arg-type]
-            fit_key = signature_key({**resolved, "seed": seed}, pool, fit=True)  # type: ignore[arg-type]
+            key = signature_key({**resolved, "seed": own_seed}, pool)  # type: ignore[arg-type]
+            fit_key = signature_key({**resolved, "seed": own_seed}, pool, fit=True)  # type: ignore[arg-type]
             chain = Chain(arm.name, seed, arm.generation, overrides, f"{arm.name}/seed_{seed}", key)
             source = (leaders.get(key) or fitters.get(fit_key)) if study.share_gen0 else None
             if source is not None:  # the same files (copied), or the same model (curated and scored here)
@@ -331,6 +338,7 @@ def _threads_and_launcher(study: StudyConfig, launcher_args: list[str], num_chai
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(study overrides, launcher overrides, overrides for every arm)."""
+    argv = [ALIASES.get(a, a) for a in argv]
     study = [a for a in argv if a.split("=", 1)[0] == "study" or a.startswith("study.")]
     launcher = [a for a in argv if a.startswith(("hydra/launcher=", "hydra.launcher."))]
     common = [a for a in argv if a not in study and a not in launcher]
@@ -362,8 +370,16 @@ def run_study(argv: list[str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if previous.get("chains") and [c["run_dir"] for c in previous["chains"]] != [c.run_dir for c in chains]:
         log.warning("%s was planned with other arms or seeds; chains that are in both resume", root)
+    any_data = any(RunStore(root / c.run_dir).num_done() > 0 for c in chains)
+    from imgcollapse.verdicts.plan import plan_hash, register_plan
+
+    plan_record = register_plan(previous, plan_hash(raw, common), any_data)
+    if plan_record["changes"] and plan_record["changes"][-1]["after_data"]:
+        log.warning("%s: the plan (arms, seeds, horizon, claims or rules) changed after chains ran: its verdicts will "
+                    "read 're-analysed after the data'", root)
     record = {"name": study.name, "study": raw, "common_overrides": common, "launcher": launcher,
-              "threads": threads, "chains": [c.__dict__ for c in chains], "runs": previous.get("runs", [])}
+              "threads": threads, "plan": plan_record, "chains": [c.__dict__ for c in chains],
+              "runs": previous.get("runs", [])}
     atomic_write_text(record_path, to_json(record))
 
     sources = {c.shares_with for c in chains}

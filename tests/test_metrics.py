@@ -37,6 +37,7 @@ from imgcollapse.metrics.scores import (
     prdc,
     sqrt_psd,
     tail_classes,
+    within_class_mean_term,
 )
 
 CONFIG = conf("metrics", extractors=["classifier"], classifier_epochs=10, bootstrap=20)  # else as in conf/metrics
@@ -263,8 +264,14 @@ def test_evaluate_row_has_every_column(digits, metrics):
     ev = evaluate(samples, digits.train, metrics, null=digits.heldout)
     for column in SPACE_COLUMNS + CLASS_COLUMNS + PIXEL_COLUMNS:
         assert np.isfinite(ev.row[column]), column
-        lo, hi = ev.row[f"{column}_lo"], ev.row[f"{column}_hi"]
-        assert lo <= ev.row[column] <= hi, column  # every score inside its own interval
+        assert np.isfinite(ev.row[f"{column}_lo"]) and np.isfinite(ev.row[f"{column}_hi"]), column
+    # known answer: confidence is a mean of per-sample top probabilities, so its bootstrap interval must be the
+    # value ± 1.96 × sd/√n of those probabilities (50 resamples estimate a standard error to ~10%)
+    top = ev.probs.max(1)
+    expected = top.std(ddof=1) / np.sqrt(len(top))
+    half = (ev.row["confidence_hi"] - ev.row["confidence_lo"]) / 2
+    assert half / 1.96 == pytest.approx(expected, rel=0.3)
+    assert ev.row["confidence"] - ev.row["confidence_lo"] == pytest.approx(half)  # symmetric where not clipped
     for column in SET_COLUMNS:  # 200 samples against 400 held out: the reference is subsampled, 10 times
         assert ev.row[f"{column}_sd"] > 0, column
     assert ev.row["fid"] == pytest.approx(ev.row["fid_mean"] + ev.row["fid_cov"])
@@ -276,6 +283,28 @@ def test_evaluate_row_has_every_column(digits, metrics):
     assert ev.row["confidence"] > 0.5  # lightly noised digits stay recognisable
     assert ev.row["fid"] > metrics.baseline["fid"]
     assert evaluate(samples, digits.train, metrics, null=digits.heldout).row == ev.row  # seeded: reruns match
+
+
+def test_the_within_class_mean_term_ignores_class_mix_and_sees_a_shift():
+    """Known answers: a faithful generator with other class shares scores ~0 (bias-corrected, whatever each class's
+    size); one whose class means moved scores the weighted squared shift."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 3, (4, 8))
+    ref_labels = np.repeat(np.arange(4), 250)
+    ref = means[ref_labels] + rng.normal(size=(1000, 8))
+    weights = np.full(4, 0.25)
+    faithful = []
+    for _ in range(20):
+        labels = rng.choice(4, 600, p=[0.7, 0.2, 0.07, 0.03])  # a heavy class-mix change, classes of 18 to 420
+        faithful.append(within_class_mean_term(means[labels] + rng.normal(size=(600, 8)), labels, ref, ref_labels,
+                                               weights))
+    assert abs(np.mean(faithful)) < 3 * np.std(faithful) / np.sqrt(20) + 0.01
+    labels = np.repeat(np.arange(4), 150)
+    shift = np.zeros(8)
+    shift[0] = 2.0
+    moved = within_class_mean_term(means[labels] + shift + rng.normal(size=(600, 8)), labels, ref, ref_labels,
+                                   weights)
+    assert moved == pytest.approx(4.0, abs=0.3)  # ‖shift‖² in every class
 
 
 def test_intervals_shrink_as_the_sample_count_grows(digits, metrics):

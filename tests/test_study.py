@@ -4,6 +4,8 @@ which, killed part-way, resumes to the same claims.json."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -16,7 +18,8 @@ import pytest
 from conftest import REPO, run_cli
 
 from imgcollapse.errors import ConfigError
-from imgcollapse.report import study as report
+from imgcollapse.verdicts.judge import judge, t_interval
+from imgcollapse.verdicts.rules import check_claims, evaluate_rule, parse_rule
 
 # Constructed rows ------------------------------------------------------------------------------------------------
 
@@ -38,27 +41,28 @@ BETTER = {"c": {"statement": "a beats b", "tests": [{"arm": "a", "vs_arm": "b", 
 
 def test_a_clear_difference_is_supported(tmp_path: Path) -> None:
     rows = rows_for({"a": [[5, 6, 7], [5, 6.5, 7.5], [5, 5.5, 6.8]], "b": [[5, 20, 40], [5, 22, 38], [5, 19, 41]]})
-    claim = report.judge(rows, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
+    claim = judge(rows, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
     test = claim["tests"][0]
     assert claim["verdict"] == "supported"
     assert test["last"]["n"] == 3
     assert test["per_seed"] == pytest.approx([33, 30.5, 34.2])  # b − a at the last generation: lower FID is better
     assert test["last"]["lo"] > 0 and test["curve"]["lo"] > 0
-    assert test["separates_at"] == 1
+    assert test["separates_at"] == {"generation": 1, "direction": "as claimed"}  # descriptive, with its direction
+    assert claim["level"] == 0.05 and "3 of 3 seeds" in claim["reason"]
 
 
 def test_identical_arms_are_inconclusive_and_the_reverse_contradicted(tmp_path: Path) -> None:
     same = [[5, 20, 40], [5, 22, 38], [5, 19, 41]]
-    claim = report.judge(rows_for({"a": same, "b": same}), record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
+    claim = judge(rows_for({"a": same, "b": same}), record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
     assert claim["verdict"] == "inconclusive"
     assert claim["tests"][0]["last"]["mean"] == 0 and claim["tests"][0]["separates_at"] is None
     worse = rows_for({"b": [[5, 6, 7], [5, 6.5, 7.5], [5, 5.5, 6.8]], "a": same})
-    assert report.judge(worse, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]["verdict"] == "contradicted"
+    assert judge(worse, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]["verdict"] == "contradicted"
 
 
 def test_a_noisy_difference_is_inconclusive(tmp_path: Path) -> None:
     rows = rows_for({"a": [[5, 6, 30], [5, 6, 10], [5, 6, 50]], "b": [[5, 6, 31], [5, 6, 40], [5, 6, 12]]})
-    claim = report.judge(rows, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
+    claim = judge(rows, record_for(["a", "b"], BETTER), tmp_path)["claims"]["c"]
     assert claim["verdict"] == "inconclusive"
     assert claim["tests"][0]["last"]["lo"] < 0 < claim["tests"][0]["last"]["hi"]
 
@@ -67,54 +71,71 @@ def test_the_rule_is_the_configs(tmp_path: Path) -> None:
     """The same numbers under a stricter rule written in the study's config: inconclusive."""
     rows = rows_for({"a": [[5, 6, 7], [5, 6.5, 7.5], [5, 5.5, 6.8]], "b": [[5, 20, 40], [5, 22, 38], [5, 19, 41]]})
     strict = {"supported": "lo > 50", "contradicted": "hi < 0"}
-    claim = report.judge(rows, record_for(["a", "b"], BETTER, rule=strict), tmp_path)["claims"]["c"]
+    claim = judge(rows, record_for(["a", "b"], BETTER, rule=strict), tmp_path)["claims"]["c"]
     assert claim["verdict"] == "inconclusive"
     margin = {"c": {"statement": "a stays within 50% of its generation 0", "tests": [
         {"arm": "a", "metric": "fid", "vs_generation": 0, "relative": True, "expect": "better", "margin": 0.5,
          "rule": {"supported": "lo > -margin", "contradicted": "hi < -margin"}}]}}
-    bounded = report.judge(rows, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]
+    bounded = judge(rows, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]
     assert bounded["tests"][0]["per_seed"] == pytest.approx([-0.4, -0.5, -0.36])  # FID +40%, +50%, +36%
     assert bounded["verdict"] == "inconclusive"  # the interval [-0.60, -0.24] straddles the margin
     small = rows_for({"a": [[5, 6, 5.5], [5, 6, 5.6], [5, 6, 5.4]], "b": [[5, 6, 9]] * 3})
-    assert report.judge(small, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]["verdict"] == "supported"
+    assert judge(small, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]["verdict"] == "supported"
     large = rows_for({"a": [[5, 6, 9.5], [5, 6, 9.6], [5, 6, 9.4]], "b": [[5, 6, 9]] * 3})
-    assert report.judge(large, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]["verdict"] == "contradicted"
+    assert judge(large, record_for(["a", "b"], margin), tmp_path)["claims"]["c"]["verdict"] == "contradicted"
 
 
 def test_change_since_generation_0_compares_two_metrics(tmp_path: Path) -> None:
     """Rare content forgotten first: the tail's recall falls more than the head's, in the same arm."""
-    rows = [{"arm": "t", "seed": s, "generation": g, "recall_tail": 0.9 - 0.3 * g - 0.01 * s,
+    rows = [{"arm": "t", "seed": s, "generation": g, "recall_tail": 0.9 - (0.3 + 0.01 * s) * g,
              "recall_head": 0.9 - 0.05 * g} for s in range(3) for g in range(3)]
     claims = {"c": {"statement": "tail first", "tests": [{"arm": "t", "metric": "recall_tail",
                                                            "vs_metric": "recall_head", "change": True,
                                                            "expect": "lower"}]}}
-    claim = report.judge(rows, record_for(["t"], claims), tmp_path)["claims"]["c"]
-    assert claim["tests"][0]["per_seed"] == pytest.approx([0.5, 0.5, 0.5])
+    claim = judge(rows, record_for(["t"], claims), tmp_path)["claims"]["c"]
+    assert claim["tests"][0]["per_seed"] == pytest.approx([0.5, 0.52, 0.54])
     assert claim["verdict"] == "supported"
 
 
-def test_a_metric_the_calibration_calls_blind_does_not_vote(tmp_path: Path) -> None:
+def _calibration_entry(kind: str, curves: dict[str, list[float]]) -> dict:
+    from imgcollapse.metrics.calibration import verdict
+
+    return {"kind": kind, "metrics": {c: {"values": v, "noise_sd": 0.01, "verdict": verdict(v, 0.01, c)}
+                                      for c, v in curves.items()}}
+
+
+def test_a_metric_the_calibration_calls_blind_or_unspecific_does_not_vote(tmp_path: Path) -> None:
     (tmp_path / "a" / "seed_0").mkdir(parents=True)
-    calibration = {"changes": {"blur": {"kind": "distortion"}, "contract": {"kind": "contraction"}},
-                   "sees": {"fid": ["blur", "contract"], "recall": ["contract"]}}
+    up, flat = [0, 1, 2, 3, 4, 5.0], [0.9] * 6
+    calibration = {"changes": {  # fid_mean_within sees blur only; recall sees contraction only; fid_mean both
+        "blur": _calibration_entry("distortion", {"fid": up, "fid_mean_within": up, "recall": flat,
+                                                  "fid_mean": [0, .5, 1, 1.5, 2, 2.5]}),
+        "contract": _calibration_entry("contraction", {"fid": up, "fid_mean_within": [0] * 6,
+                                                       "recall": [.9, .8, .7, .6, .5, .4],
+                                                       "fid_mean": [0, .6, 1.2, 1.8, 2.4, 3.0]})}}
     (tmp_path / "a" / "seed_0" / "calibration.json").write_text(json.dumps(calibration))
-    rows = rows_for({"a": [[5, 20], [5, 21], [5, 19]]}, "fid")
+    rows = rows_for({"a": [[5, 20], [5, 21], [5, 19]]}, "fid_mean_within")
+    for r, extra in zip(rows, rows_for({"a": [[5, 20], [5, 23], [5, 19]]}, "fid_mean"), strict=True):
+        r["fid_mean"] = extra["fid_mean"]
     rows += rows_for({"a": [[0.9, 0.95], [0.9, 0.96], [0.9, 0.97]]}, "recall")
-    claims = {"c": {"statement": "distortion", "tests": [{"arm": "a", "metrics": ["fid", "recall"], "vs_generation": 0,
+    claims = {"c": {"statement": "distortion", "tests": [{"arm": "a", "metrics": ["fid_mean_within", "fid_mean",
+                                                                                  "recall"], "vs_generation": 0,
                                                           "expect": "worse", "trusted_for": "distortion"}]}}
-    claim = report.judge(rows, record_for(["a"], claims, generation=1), tmp_path)["claims"]["c"]
-    fid, recall = claim["tests"]
-    assert fid["votes"] and fid["verdict"] == "supported"
-    assert not recall["votes"] and recall["verdict"] == "contradicted"  # shown, but it cannot see blur here
+    claim = judge(rows, record_for(["a"], claims, generation=1), tmp_path)["claims"]["c"]
+    within, mean, recall = claim["tests"]
+    assert within["votes"] and within["verdict"] == "supported"
+    assert within["level_supported"] == 0.025  # the only voting metric: no split
+    assert not mean["votes"] and "not specific" in mean["trust_note"]  # moves more with contraction
+    assert not recall["votes"] and recall["verdict"] == "contradicted"  # shown, but blind to blur
     assert claim["verdict"] == "supported"
 
 
 def test_t_interval_matches_the_textbook() -> None:
-    st = report.t_interval([1.0, 2.0, 3.0])
+    st = t_interval([1.0, 2.0, 3.0])
     assert st["mean"] == 2 and st["sd"] == 1
     assert st["hi"] - st["mean"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    assert report.t_interval([2.0])["lo"] is None  # one seed: no interval
-    assert report.t_interval([0.0, 0.0])["p"] == 1.0
+    assert t_interval([2.0])["lo"] is None  # one seed: no interval
+    assert t_interval([0.0, 0.0])["p"] == 1.0
 
 
 @pytest.mark.parametrize(("rule", "bad"), [("lo > 0 or __import__('os')", "comparisons of"), ("x > 0", "'x'"),
@@ -123,7 +144,7 @@ def test_a_bad_rule_is_refused_naming_the_key(rule: str, bad: str) -> None:
     claims = {"c": {"statement": "s", "tests": [{"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "better",
                                                   "rule": {"supported": rule}}]}}
     with pytest.raises(ConfigError, match=r"study\.claims\.c\.tests\[0\]\.rule\.supported") as e:
-        report.check_claims(claims, {}, {"a": 2, "b": 2})
+        check_claims(claims, {}, {"a": 2, "b": 2})
     assert bad in str(e.value)
 
 
@@ -142,7 +163,7 @@ def test_a_bad_rule_is_refused_naming_the_key(rule: str, bad: str) -> None:
 ])
 def test_a_bad_test_is_refused_when_the_study_loads(test: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        report.check_claims({"c": {"statement": "s", "tests": [test]}}, {}, {"a": 5, "b": 5, "short": 2})
+        check_claims({"c": {"statement": "s", "tests": [test]}}, {}, {"a": 5, "b": 5, "short": 2})
 
 
 def test_best_at_1_metrics_count_the_distance_from_1(tmp_path: Path) -> None:
@@ -151,38 +172,40 @@ def test_best_at_1_metrics_count_the_distance_from_1(tmp_path: Path) -> None:
                     "density")
     claims = {"c": {"statement": "a drifts", "tests": [{"arm": "a", "vs_arm": "b", "metric": "density",
                                                          "expect": "worse"}]}}
-    claim = report.judge(rows, record_for(["a", "b"], claims, generation=1), tmp_path)["claims"]["c"]
+    claim = judge(rows, record_for(["a", "b"], claims, generation=1), tmp_path)["claims"]["c"]
     assert claim["tests"][0]["per_seed"] == pytest.approx([0.3, 0.33, 0.23])
     assert claim["verdict"] == "supported"
 
 
 def test_a_missing_value_never_makes_a_rule_true() -> None:
-    tree = report.parse_rule("not lo > 0", "k")
-    assert report.evaluate_rule(tree, {"lo": None}) is False  # unknown, not True
-    assert report.evaluate_rule(tree, {"lo": -1.0}) is True
-    assert report.evaluate_rule(report.parse_rule("lo > 0 or hi < 0", "k"), {"lo": None, "hi": -1.0}) is True
+    tree = parse_rule("not lo > 0", "k")
+    assert evaluate_rule(tree, {"lo": None}) is False  # unknown, not True
+    assert evaluate_rule(tree, {"lo": -1.0}) is True
+    assert evaluate_rule(parse_rule("lo > 0 or hi < 0", "k"), {"lo": None, "hi": -1.0}) is True
 
 
 def test_every_shipped_study_plans() -> None:
     """Every study in conf/study/ loads, and every arm of it composes into a valid chain config."""
     from imgcollapse.config import CONF_DIR
-    from imgcollapse.study import load_study, plan
+    from imgcollapse.study import load_study, plan, seed_list
 
     names = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
-    assert {"claims", "smoke", "gerstgrasser", "kazdan", "bertrand", "feng", "mad", "shumailov"} <= set(names)
+    assert {"claims", "smoke", "gerstgrasser", "kazdan", "bertrand", "feng", "mad", "shumailov", "null_aa"} <= \
+        set(names)
     for name in names:
         study, _ = load_study([f"study={name}"])
         chains = plan(study, [], threads=1)
-        assert len(chains) == len(study.arms) * 3 or name == "smoke", name
+        assert len(chains) == len(study.arms) * len(seed_list(study.seeds)), name
     claims, _ = load_study(["study=claims"])
-    by_arm = {c.arm: c for c in plan(claims, ["model=gmm"], threads=1) if c.seed == 0}
+    assert seed_list(claims.seeds) == [3, 4, 5]  # the horizons were chosen on seeds 0-2: none of them is reported
+    by_arm = {c.arm: c for c in plan(claims, ["model=gmm"], threads=1) if c.seed == 3}
     # the GMM has no compute budget: its growing-compute arm is plain accumulate, and shares generation 0
     assert "regime=accumulate" in by_arm["accumulate_growing"].overrides
-    assert by_arm["accumulate_growing"].shares_with == "self/seed_0"
-    assert by_arm["real10"].shares_with == by_arm["accumulate_fixed"].shares_with == "self/seed_0"
+    assert by_arm["accumulate_growing"].shares_with == "self/seed_3"
+    assert by_arm["real10"].shares_with == by_arm["accumulate_fixed"].shares_with == "self/seed_3"
     # curated arms and the alternation train the same model at generation 0: they adopt it and sample their own
     assert by_arm["verify"].shares_with == by_arm["reward"].shares_with == by_arm["other_family"].shares_with \
-        == "self/seed_0"
+        == "self/seed_3"
     assert by_arm["longtail"].shares_with is None  # other data
 
 
@@ -244,12 +267,24 @@ def shared_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_smoke_study_runs_every_chain_and_answers(shared_study: Path) -> None:
+    from scipy import stats
+
     claims = json.loads((shared_study / "claims.json").read_text())
     assert set(claims["claims"]) == {"accumulation_helps", "degrades"}
-    assert all(c["verdict"] in ("supported", "contradicted", "inconclusive") for c in claims["claims"].values())
-    assert claims["seeds"] == [0, 1] and not claims["missing"]
+    assert claims["seeds"] == [0, 1] and not claims["missing"] and claims["preregistered"]
     test = claims["claims"]["accumulation_helps"]["tests"][0]
     assert test["last"]["n"] == 2 and test["generation"] == 1
+    # recomputed by hand from study.csv: recall(accumulate) − recall(replace) at generation 1, per seed, and the
+    # one-sided bound at the level the claim gives each of its 2 metrics (Bonferroni within the test)
+    rows = list(csv.DictReader(io.StringIO((shared_study / "study.csv").read_text())))
+    value = {(r["arm"], int(r["seed"]), int(r["generation"])): float(r["recall"]) for r in rows}
+    d = np.array([value["accumulate", s, 1] - value["replace", s, 1] for s in (0, 1)])
+    assert test["per_seed"] == pytest.approx(list(d))
+    assert test["level_supported"] == pytest.approx(0.025 / 2)
+    lo = d.mean() - stats.t.ppf(1 - 0.025 / 2, 1) * d.std(ddof=1) / np.sqrt(2)
+    assert test["last"]["lo"] == pytest.approx(lo)
+    assert test["verdict"] == ("supported" if lo > 0 else "inconclusive" if test["last"]["hi"] >= 0 else
+                               "contradicted")
     lines = (shared_study / "study.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * 2 * 2  # 3 arms × 2 seeds × generations 0 and 1
     html = (shared_study / "study.html").read_text()
@@ -346,6 +381,7 @@ def test_the_report_command_rebuilds_a_study_from_disk(shared_study: Path, tmp_p
     assert report_main([str(copy), "--markdown"]) == 0
     assert json.loads((copy / "claims.json").read_text())["claims"] == expected
     table = capsys.readouterr().out.splitlines()  # the claims as Markdown, one line per test, on stdout alone
-    assert table[0].startswith("| claim | verdict |") and len(table) == 2 + 2
+    assert table[0].startswith("| claim | verdict (level) |") and len(table) == 2 + 2 + 2  # a why line per claim
     assert "Accumulating keeps recall higher than replacing" in table[2] and table[2].endswith("| 2 |")
+    assert "why:" in table[3] and "(blind)" not in "".join(table)
     assert (copy / "study.html").exists() and len((copy / "study.csv").read_text().splitlines()) == 13

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import conf, run_chain
 from conftest import digits as load_digits
+from scipy.stats import spearmanr
 
 from imgcollapse.config import build
 from imgcollapse.data import ImageSet
@@ -70,8 +71,13 @@ def test_the_verifier_is_not_the_metrics_classifier(tmp_path):
     classifier = load_or_train_classifier(splits.train, splits.heldout, tmp_path, epochs=3, seed=1)
     assert isinstance(verifier.net, VerifierNet) and isinstance(classifier.net, ClassifierNet)
     assert verifier.fingerprint != classifier.fingerprint
-    assert [p.shape for p in verifier.net.parameters()] != [p.shape for p in classifier.net.parameters()]
-    assert sorted(p.parent.name for p in tmp_path.rglob("*.pt")) == ["classifier", "verifier"]  # separate caches
+    # independent judges disagree somewhere: on heavily noised digits their labels are not the same function
+    noisy = (splits.heldout.images.float() + 60 * torch.randn(splits.heldout.images.shape,
+                                                              generator=torch.Generator().manual_seed(0)))
+    noisy = noisy.clamp(0, 255).to(torch.uint8)
+    probs_v, probs_c = np.asarray(verifier(noisy)), classifier(noisy)[1]
+    assert (probs_v.argmax(1) != probs_c.argmax(1)).mean() > 0.02  # a copy of the ruler would agree everywhere
+    assert spearmanr(probs_v.max(1), probs_c.max(1)).statistic < 0.95  # nor rank confidence the same way
     assert verifier.accuracy > 0.8
     again = load_or_train_verifier(splits.train, splits.heldout, tmp_path, epochs=3, seed=1)  # from its cache
     images = splits.heldout.images[:20]

@@ -60,6 +60,7 @@ from imgcollapse.metrics.scores import (
     prdc,
     sqrt_psd,
     tail_classes,
+    within_class_mean_term,
 )
 from imgcollapse.store import atomic_write
 
@@ -71,9 +72,9 @@ SUFFIX = {"classifier": "", "inception": "_inception", "pixel": "_pixel"}  # col
 SET_COLUMNS = ("fid", "fid_mean", "fid_cov", "kid", *PRDC)  # equal-size set comparisons (each with `_sd`)
 SPACE_COLUMNS = (*SET_COLUMNS, *MEMORIZATION)
 PIXEL_COLUMNS = tuple(c + SUFFIX["pixel"] for c in MEMORIZATION)
-CLASS_COLUMNS = ("confidence", "confident_share", "class_js", "class_kl", "class_kl_real", "class_tv",
-                 "class_entropy", "tail_ratio", "lost_classes", "recall_tail", "coverage_tail", "recall_head",
-                 "coverage_head")
+CLASS_COLUMNS = ("fid_mean_within", "confidence", "confident_share", "class_js", "class_kl", "class_kl_real",
+                 "class_tv", "class_entropy", "tail_ratio", "lost_classes", "recall_tail", "coverage_tail",
+                 "recall_head", "coverage_head")
 BOUNDED = {"precision", "recall", "coverage", "near_copy_share", "null_near_copy_share", "confidence",
            "confident_share", "class_js", "class_tv", "recall_tail", "coverage_tail", "recall_head", "coverage_head"}
 # (not KID: unbiased, it can dip below 0)
@@ -501,8 +502,14 @@ def class_scores(features: np.ndarray, probs: np.ndarray, space: Space, metrics:
     kwargs = {"tail_fraction": config.tail_fraction, "lost_threshold": config.lost_threshold,
               "class_names": metrics.class_names}
 
+    labels = metrics.heldout_labels
+
     def score(index: np.ndarray) -> dict[str, float]:
-        return {**confidence(probs[index]), **class_statistics(predicted[index], metrics.real_freq, **kwargs)}
+        row = {**confidence(probs[index]), **class_statistics(predicted[index], metrics.real_freq, **kwargs)}
+        if labels is not None:
+            row["fid_mean_within"] = within_class_mean_term(features[index], predicted[index],
+                                                            space.reference.features, labels, metrics.real_freq)
+        return row
 
     row = score(np.arange(len(probs)))
     rng = _rng(metrics.seed, 3)

@@ -31,6 +31,7 @@ from scipy.stats import spearmanr
 
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.transforms import floor_split
+from imgcollapse.metric_facts import badness, worse
 from imgcollapse.metrics import (
     CLASS_COLUMNS,
     SET_COLUMNS,
@@ -45,8 +46,9 @@ from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 2  # bump when changes, strengths, the verdict rule or the scores change: invalidates cached
-# calibrations (2: per-class scores no longer depend on the bootstrap count)
+CALIBRATION_VERSION = 4  # bump when changes, strengths, the verdict rule or the scores change: invalidates cached
+# calibrations (2: per-class scores no longer depend on the bootstrap count; 3: its own noise resamples, the facts'
+# directions, fid_mean_within, "not checked"; 4: the noise from the interval's unclipped side)
 FILE = "calibration.json"
 FIGURE = "calibration.png"
 # change -> (what it stands for, strengths after "none", what a strength means)
@@ -60,12 +62,9 @@ CHANGES: dict[str, tuple[str, tuple[float, ...], str]] = {
     "contract": ("contraction", (0.1, 0.2, 0.3, 0.5, 0.7), "share of the way to the class mean"),
 }
 CLASS_CHANGES = ("drop_classes", "skew", "contract")  # need labels
-# +1: larger is worse; -1: smaller is worse
-WORSE = {"fid": 1, "fid_mean": 1, "fid_cov": 1, "kid": 1, "precision": -1, "recall": -1, "density": -1,
-         "coverage": -1, "near_copy_share": 1, "memorization_ratio": -1, "confidence": -1, "class_js": 1,
-         "class_kl": 1, "class_kl_real": 1, "class_tv": 1, "class_entropy": -1, "tail_ratio": -1, "lost_classes": 1,
-         "recall_tail": -1, "coverage_tail": -1, "recall_head": -1, "coverage_head": -1}
-SEES, OPPOSITE, BLIND = "sees it", "moves the other way", "blind"
+NOISE_RESAMPLES = 30  # the zero-change noise always comes from this many bootstrap resamples of its own, whatever
+# metrics.bootstrap is (a study runs with 0): the "beyond 2 sd" rule keeps its meaning (30: an sd to ~13%)
+SEES, OPPOSITE, BLIND, NOT_CHECKED = "sees it", "moves the other way", "blind", "not checked"
 
 
 def calibrated_columns(metrics: Metrics) -> list[str]:
@@ -75,7 +74,7 @@ def calibrated_columns(metrics: Metrics) -> list[str]:
     for space in metrics.spaces:
         columns += [c + space.suffix for c in (*SET_COLUMNS, "near_copy_share", "memorization_ratio")]
         if space.name == "classifier":
-            columns += [c for c in CLASS_COLUMNS if c in WORSE]
+            columns += [c for c in CLASS_COLUMNS if worse(c) is not None]
     return columns + [c + SUFFIX["pixel"] for c in ("near_copy_share", "memorization_ratio")]
 
 
@@ -142,15 +141,18 @@ def apply_change(change: str, strength: float, base: ImageSet, train: ImageSet, 
 
 
 # Verdicts --------------------------------------------------------------------------------------------
-def verdict(values: list[float], noise_sd: float, worse: int) -> str:
-    """SEES when the response is monotone (Spearman ρ ≥ 0.8) toward worse and ends > 2 sd from zero change;
-    OPPOSITE when it is so the other way; BLIND otherwise (or when the metric could not be computed)."""
+def verdict(values: list[float], noise_sd: float, column: str) -> str:
+    """SEES when the response is monotone (Spearman ρ ≥ 0.8) toward worse (metric_facts: larger, smaller, or farther
+    from 1) and ends > 2 sd of the zero-change noise beyond zero change; OPPOSITE when it is so the other way; BLIND
+    otherwise; NOT_CHECKED when the metric or its noise could not be computed (never read as a noise of 0)."""
     v = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(v).all() or np.ptp(v) == 0:
+    if not np.isfinite(v).all() or not np.isfinite(noise_sd):
+        return NOT_CHECKED
+    if np.ptp(v) == 0:
         return BLIND
-    response = worse * (v - v[0])
+    response = np.array([badness(column, x) for x in v]) - badness(column, v[0])
     rho = spearmanr(np.arange(len(v)), response).statistic
-    beyond = 2 * (noise_sd if np.isfinite(noise_sd) else 0.0)
+    beyond = 2 * noise_sd
     if rho >= 0.8 and response[-1] > beyond:
         return SEES
     if rho <= -0.8 and -response[-1] > beyond:
@@ -158,22 +160,74 @@ def verdict(values: list[float], noise_sd: float, worse: int) -> str:
     return BLIND
 
 
-def _noise(row: dict[str, Any], column: str) -> float:
-    """A column's standard error at zero change, from its bootstrap interval."""
-    lo, hi = (row.get(c) for c in interval_columns(column))
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+def response(entry: dict[str, Any], column: str) -> float:
+    """How far a change moved a column toward worse at its largest strength (NaN where it could not be scored)."""
+    v = entry["values"]
+    if not v or not (np.isfinite(v[0]) and np.isfinite(v[-1])):
         return float("nan")
-    return (hi - lo) / (2 * 1.96)
+    return float(badness(column, v[-1]) - badness(column, v[0]))
+
+
+def severity_ruler(column: str) -> str:
+    """The generic ruler a column's responses are matched against: FID in the column's feature space."""
+    from imgcollapse.metric_facts import split
+
+    suffix = split(column)[1]
+    return "fid" + (suffix if suffix != SUFFIX["pixel"] else "")
+
+
+def specific(result: dict[str, Any], column: str, wanted: set[str]) -> tuple[bool | None, str]:
+    """Whether `column` may speak for the changes `wanted` (change names or kinds): it sees one of them and, at matched
+    severity (its response per unit of the FID change each change causes, at the largest strength), responds more
+    to one of them than to any change of another kind it sees. None: the calibration made no such change. FID itself
+    is never specific. The second item says why."""
+    changes = result.get("changes", {})
+    inside = {n for n, e in changes.items() if n in wanted or e.get("kind") in wanted}
+    if not inside:
+        return None, f"the calibration made no {'/'.join(sorted(wanted))} change here: not checked"
+    ruler = severity_ruler(column)
+    per_unit: dict[str, float] = {}
+    for name, entry in changes.items():
+        metrics = entry.get("metrics", {})
+        if column not in metrics or metrics[column].get("verdict") != SEES:
+            continue
+        scale = response(metrics[ruler], ruler) if ruler in metrics else float("nan")
+        per_unit[name] = response(metrics[column], column) / scale if scale > 0 else float("inf")
+    seen = sorted(n for n in inside if n in per_unit)
+    if not seen:
+        unchecked = sorted(n for n in inside if changes[n].get("metrics", {}).get(column, {}).get("verdict")
+                           == NOT_CHECKED)
+        if unchecked:
+            return False, f"not checked on {', '.join(unchecked)} (no noise estimate): no vote"
+        return False, f"blind to {', '.join(sorted(inside))} here"
+    best = max(seen, key=per_unit.get)
+    outside = {n: v for n, v in per_unit.items() if n not in inside}
+    rival = max(outside, key=outside.get) if outside else None
+    if rival is not None and not per_unit[best] > outside[rival]:
+        return False, f"sees {', '.join(seen)} but responds as much to {rival} (per unit of {ruler}: " \
+                      f"{outside[rival]:.3g} vs {per_unit[best]:.3g}): not specific"
+    return True, f"sees {', '.join(seen)}" + (f", more than {rival} per unit of {ruler}" if rival else
+                                               ", nothing else")
+
+
+def _noise(row: dict[str, Any], column: str) -> float:
+    """A column's standard error at zero change, from its bootstrap interval: value ± 1.96 se, held to the column's
+    range, so the side that was not clipped keeps the half-width (a score near 0 or 1 is clipped on one side)."""
+    lo, hi, value = (row.get(c) for c in (*interval_columns(column), column))
+    if lo is None or hi is None or value is None or not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(value)):
+        return float("nan")
+    return max(hi - value, value - lo) / 1.96
 
 
 # Running ---------------------------------------------------------------------------------------------
 def calibration_key(splits: Splits, metrics: Metrics) -> str:
-    """Cache key: the data, every extractor's fingerprint, the scoring settings and the calibration's version."""
+    """Cache key: the data, every extractor's fingerprint, the scoring settings and the calibration's version (not
+    metrics.bootstrap: the calibration draws its own resamples)."""
     settings = dataclasses.asdict(metrics.config)
     key = {"data": splits.fingerprint(), "extractors": [s.memo.extractor.fingerprint for s in metrics.spaces],
            "names": [s.name for s in metrics.spaces], "size": metrics.size, "seed": metrics.seed,
            "version": CALIBRATION_VERSION,
-           **{k: settings[k] for k in ("nearest_k", "subsets", "bootstrap", "near_copy_ratio", "tail_fraction",
+           **{k: settings[k] for k in ("nearest_k", "subsets", "near_copy_ratio", "tail_fraction",
                                        "lost_threshold", "kid_subsets", "kid_subset_size")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -192,6 +246,7 @@ def calibrate(splits: Splits, metrics: Metrics) -> dict[str, Any]:
     columns = calibrated_columns(metrics)
     # past zero change only the response matters, not its interval; 3 equal-size subsets per class, not 10
     quick = dataclasses.replace(metrics, config=dataclasses.replace(metrics.config, bootstrap=0, subsets=3))
+    noisy = dataclasses.replace(metrics, config=dataclasses.replace(metrics.config, bootstrap=NOISE_RESAMPLES))
     result: dict[str, Any] = {"version": CALIBRATION_VERSION, "size": len(floor), "num_train": len(train),
                               "spaces": [s.name for s in metrics.spaces], "changes": {}}
     zero_rows: dict[str, dict[str, Any]] = {}
@@ -202,7 +257,7 @@ def calibrate(splits: Splits, metrics: Metrics) -> dict[str, Any]:
         for strength in (0.0, *strengths):
             changed = apply_change(change, strength, floor, train, metrics.real_freq, metrics.seed)
             if strength == 0 and family not in zero_rows:  # the noise at zero change: one bootstrap per family
-                zero_rows[family] = evaluate(changed, train, metrics, null=splits.heldout).row
+                zero_rows[family] = evaluate(changed, train, noisy, null=splits.heldout).row
                 row = zero_rows[family]
             else:
                 row = zero_rows[family] if strength == 0 else evaluate(changed, train, quick, null=splits.heldout).row
@@ -212,9 +267,8 @@ def calibrate(splits: Splits, metrics: Metrics) -> dict[str, Any]:
         metrics_out = {}
         for c in columns:
             sd = _noise(zero_rows[family], c)
-            worse = WORSE[base_name(c)]
-            metrics_out[c] = {"values": curves[c], "noise_sd": sd, "worse": worse,
-                              "verdict": verdict(curves[c], sd, worse)}
+            metrics_out[c] = {"values": curves[c], "noise_sd": sd, "worse": worse(c),
+                              "verdict": verdict(curves[c], sd, c)}
         result["changes"][change] = {"kind": kind, "strengths": [0.0, *strengths], "meaning": meaning,
                                      "metrics": metrics_out}
     result["sees"] = {c: [ch for ch in changes if result["changes"][ch]["metrics"][c]["verdict"] == SEES]

@@ -152,6 +152,22 @@ def class_statistics(predicted: np.ndarray, real_freq: np.ndarray, *, tail_fract
     return row
 
 
+def within_class_mean_term(features: np.ndarray, predicted: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray,
+                            weights: np.ndarray) -> float:
+    """FID's mean term within classes: Σ_c w_c ‖μ_c − μ_ref,c‖² over the classes both sets hold (at least 2 images
+    each; `weights` renormalised over them), each term bias-corrected (− tr Σ_c/n_c − tr Σ_ref,c/n_ref,c) so that a
+    faithful generator scores 0 in expectation whatever its class shares. Unbiased, so it can dip below 0."""
+    total, mass = 0.0, 0.0
+    for c, w in enumerate(np.asarray(weights, dtype=np.float64)):
+        mine, real = features[predicted == c], ref[ref_labels == c]
+        if len(mine) < 2 or len(real) < 2 or w <= 0:
+            continue
+        gap = float(np.sum((mine.mean(0) - real.mean(0)) ** 2))
+        gap -= float(mine.var(0, ddof=1).sum()) / len(mine) + float(real.var(0, ddof=1).sum()) / len(real)
+        total, mass = total + w * gap, mass + w
+    return total / mass if mass else float("nan")
+
+
 def unique_rows(features: np.ndarray) -> np.ndarray:
     """`features` without repeated rows: a training set that holds an image twice has one nearest image, not two."""
     return np.unique(features, axis=0) if len(features) else features

@@ -9,46 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-SPACES = {"_inception": "Inception-v3 features", "_pixel": "pixels", "": "classifier features"}  # suffix -> space
+from imgcollapse import metric_facts
 
-
-@dataclass(frozen=True)
-class Info:
-    better: str  # "↓", "↑" or "→1" (best at 1), "" when neither
-    bounds: tuple[float, float] | None = None  # the natural range of the axis; None: unbounded
-    space: bool = True  # measured in a feature space (False: from the classifier's predicted classes)
-
-
-METRICS = {
-    "fid": Info("↓"), "fid_mean": Info("↓"), "fid_cov": Info("↓"), "kid": Info("↓"),
-    "precision": Info("↑", (0, 1)), "recall": Info("↑", (0, 1)), "coverage": Info("↑", (0, 1)),
-    "density": Info("→1"),  # unbounded above; real data scores about 1
-    "memorization_ratio": Info("→1"),  # < 1: samples closer to the training set than a fresh draw of its source
-    "near_copy_share": Info("↓", (0, 1)), "null_near_copy_share": Info("", (0, 1)),
-    "train_distance": Info(""), "null_distance": Info(""),
-    "confidence": Info("↑", (0, 1), space=False), "confident_share": Info("↑", (0, 1), space=False),
-    "class_js": Info("↓", (0, 1), space=False), "class_kl": Info("↓", space=False),
-    "class_kl_real": Info("↓", space=False), "class_tv": Info("↓", (0, 1), space=False),
-    "class_entropy": Info("↑", space=False), "tail_ratio": Info("→1", space=False),
-    "lost_classes": Info("↓", space=False),
-    "recall_tail": Info("↑", (0, 1)), "coverage_tail": Info("↑", (0, 1)),
-    "recall_head": Info("↑", (0, 1)), "coverage_head": Info("↑", (0, 1)),
-}
+# the facts live in one table (imgcollapse/metric_facts.py); this module reads them for the pages
+SPACES = metric_facts.SPACES
+Info = metric_facts.Fact
+METRICS = metric_facts.FACTS
 HOUSEKEEPING_PREFIXES = ("num_", "share_gen_", "model_train_loss_")  # training-set sizes and sources, members' losses
 HOUSEKEEPING = ("train_loss",)
 # what a population's members are each scored on (`fid_<member>`): the run report draws them in these panels
 MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
 
 
-def split(column: str) -> tuple[str, str]:
-    """(metric, feature-space suffix) of a column: `fid_inception` -> (`fid`, `_inception`)."""
-    for suffix in sorted(SPACES, key=len, reverse=True):
-        if suffix and column.endswith(suffix) and column[: -len(suffix)] in METRICS:
-            return column[: -len(suffix)], suffix
-    return column, ""
+split = metric_facts.split
 
 
 def info(column: str) -> Info | None:

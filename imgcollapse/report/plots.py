@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgcollapse.metric_facts import badness, worse
 from imgcollapse.report.metric_info import MEMBER_COLUMNS
 from imgcollapse.report.metric_info import bounds as metric_bounds
 from imgcollapse.report.metric_info import space as metric_space
@@ -298,9 +299,8 @@ def calibration_figure(result: Mapping[str, Any]) -> Figure:
             entry = result["changes"][change]["metrics"][column]
             values = np.asarray(entry["values"], dtype=float)
             sd = entry["noise_sd"] if entry["noise_sd"] and math.isfinite(entry["noise_sd"]) else math.nan
-            worse = entry.get("worse", 1)
-            if len(values) and np.isfinite(values[[0, -1]]).all():
-                delta = worse * (values[-1] - values[0])
+            if len(values) and np.isfinite(values[[0, -1]]).all() and worse(column) is not None:
+                delta = badness(column, values[-1]) - badness(column, values[0])
                 table[i, j] = delta / sd if sd and sd > 0 else np.sign(delta) * 10
             marks[i, j] = {"sees it": "✓", "moves the other way": "←"}.get(entry["verdict"], "")
     with matplotlib.rc_context(STYLE):

@@ -1,20 +1,12 @@
-"""A study's answer from disk: study.csv (every row of every chain), claims.json (tests and verdicts), study.html.
-
-Per arm and generation: the mean of each metric across seeds with its 95% t-interval (n seeds shown). Per claim,
-each test is a paired comparison across seeds: for seed s, d_s = value(arm) − value(vs), oriented so that d > 0 is
-what the claim says (`expect: worse` → d > 0 when the arm is worse by the metric's direction), at the test's
-generation ("last": the arm's last) and averaged over the curve (generations 1..last, each against its
-counterpart). Its mean, 95% t-interval and paired t-test p over the n seeds feed the verdict rule, written in the
-study's config (`study.rule`, or a claim's `rule`): Python-like comparisons of mean, lo, hi, p, n, curve_mean,
-curve_lo, curve_hi, curve_p and margin, joined by and/or/not, e.g. `supported: lo > 0`, `contradicted: hi < 0`;
-anything else is inconclusive. A metric the calibration (calibration.json of the arm's seed-0 chain) does not trust
-for the change a test is about (`trusted_for`) is shown but does not vote. A claim combines its voting tests with
-`combine`: all (every one agrees) or any (one, and none against).
+"""A study's answer drawn from disk: study.csv (every row of every chain), claims.json (imgcollapse/verdicts: the
+tests, their levels and verdicts), one figure per claim, and study.html. Per arm and generation the bands are the
+mean across seeds with its plain 95% t-interval (n shown); per claim the verdict, its family-wise level and one
+sentence saying why; per test and metric the paired differences, the bounds at the levels error control gave it,
+the smallest effect the design could detect, and where the arms first separate (descriptive).
 """
 
 from __future__ import annotations
 
-import ast
 import csv
 import io
 import json
@@ -26,192 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from imgcollapse.errors import ConfigError
 from imgcollapse.report import page
 from imgcollapse.store import atomic_write_text, csv_text, to_json
+from imgcollapse.verdicts.judge import judge, number, series, t_interval
+from imgcollapse.verdicts.plan import plan_status
+from imgcollapse.verdicts.rules import CONTRADICTED, SUPPORTED
 
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.json"
-# used where a study sets none; combine: how a test's metrics make its verdict (a claim's own `combine` joins its
-# tests the same way): all (every voting metric agrees) | any (some, and none the other way)
-RULE = {"supported": "lo > 0", "contradicted": "hi < 0", "combine": "any"}
-RULE_NAMES = ("mean", "lo", "hi", "p", "n", "curve_mean", "curve_lo", "curve_hi", "curve_p", "margin")
-EXPECT = ("worse", "better", "higher", "lower")
-TEST_KEYS = {"name", "arm", "vs_arm", "metric", "metrics", "vs_metric", "generation", "vs_generation", "change",
-             "expect", "relative", "margin", "trusted_for", "rule"}
-CLAIM_KEYS = {"statement", "source", "tests", "rule", "note", "combine"}
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 HEADLINE = ("fid", "recall", "coverage", "precision")  # drawn for every arm when a claim names other metrics
-
-
-# The rule: a tiny expression language, checked when the study loads --------------------------------------------
-_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.Compare, ast.Lt, ast.LtE,
-          ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.Name, ast.Load, ast.Constant, ast.BinOp, ast.Add, ast.Sub,
-          ast.Mult, ast.Div)
-
-
-_LOGICAL = (ast.Compare, ast.BoolOp, ast.UnaryOp)  # what a rule's root and and/or/not's operands must be
-
-
-def parse_rule(text: str, key: str) -> ast.Expression:
-    """A verdict rule as a checked expression tree: comparisons of RULE_NAMES and numbers (with + - * /), joined by
-    and/or/not (ConfigError naming `key` for anything else)."""
-    try:
-        tree = ast.parse(str(text), mode="eval")
-    except SyntaxError as e:
-        raise ConfigError(key, text, f"a comparison such as 'lo > 0' ({e.msg})") from e
-    what = f"comparisons of {', '.join(RULE_NAMES)} and numbers, joined by and/or/not"
-    for node in ast.walk(tree):
-        if not isinstance(node, _NODES):
-            raise ConfigError(key, text, what)
-        if isinstance(node, ast.Name) and node.id not in RULE_NAMES:
-            raise ConfigError(key, text, f"names among {', '.join(RULE_NAMES)} (not {node.id!r})")
-        if isinstance(node, ast.Constant) and (isinstance(node.value, bool)
-                                               or not isinstance(node.value, (int, float))):
-            raise ConfigError(key, text, f"{what} (not the constant {node.value!r})")
-        logical = node.values if isinstance(node, ast.BoolOp) else \
-            [node.operand] if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) else []
-        if any(not isinstance(v, _LOGICAL) for v in logical):
-            raise ConfigError(key, text, f"{what} (and/or/not join comparisons, not bare values)")
-    if not isinstance(tree.body, _LOGICAL) or (isinstance(tree.body, ast.UnaryOp)
-                                               and not isinstance(tree.body.op, ast.Not)):
-        raise ConfigError(key, text, f"{what} (a rule is a comparison, such as 'lo > 0')")
-    return tree
-
-
-def evaluate_rule(tree: ast.Expression, values: Mapping[str, float | None]) -> bool:
-    """The rule on one test's numbers, in three-valued logic: a comparison with a missing number is unknown, and
-    so is `not` of it; the rule holds only when it is true."""
-
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.BoolOp):
-            parts = [ev(v) for v in node.values]
-            if isinstance(node.op, ast.And):
-                return False if False in parts else None if None in parts else True
-            return True if True in parts else None if None in parts else False
-        if isinstance(node, ast.UnaryOp):
-            inner = ev(node.operand)
-            if inner is None:
-                return None
-            return (not inner) if isinstance(node.op, ast.Not) else -inner
-        if isinstance(node, ast.BinOp):
-            a, b = ev(node.left), ev(node.right)
-            if a is None or b is None:
-                return None
-            ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-                   ast.Div: lambda: a / b if b else None}
-            return ops[type(node.op)]()
-        if isinstance(node, ast.Compare):
-            left = ev(node.left)
-            for op, right_node in zip(node.ops, node.comparators, strict=True):
-                right = ev(right_node)
-                if left is None or right is None:
-                    return None
-                ok = {ast.Lt: left < right, ast.LtE: left <= right, ast.Gt: left > right, ast.GtE: left >= right,
-                      ast.Eq: left == right, ast.NotEq: left != right}[type(op)]
-                if not ok:
-                    return False
-                left = right
-            return True
-        if isinstance(node, ast.Name):
-            value = values.get(node.id)
-            return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-        if isinstance(node, ast.Constant):
-            return node.value
-        raise ValueError(f"unexpected node {type(node).__name__}")  # parse_rule admits none
-
-    return ev(tree) is True
-
-
-def uses_margin(text: str) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == "margin" for n in ast.walk(ast.parse(str(text), mode="eval")))
-
-
-def rule_of(study_rule: Mapping[str, Any] | None, claim: Mapping[str, Any], test: Mapping[str, Any]) -> dict:
-    """The rule a test is judged by: the kit's default, the study's, the claim's, the test's (each may set some)."""
-    return {**RULE, **(study_rule or {}), **(claim.get("rule") or {}), **(test.get("rule") or {})}
-
-
-def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms: Mapping[str, int]) -> None:
-    """Every claim's keys, tests, arms (`arms`: {name: last generation}), metrics' directions, `trusted_for` and
-    rules (ConfigError naming the key), so that a study fails when it loads, not after its chains ran."""
-    from imgcollapse.metrics.calibration import CHANGES
-
-    changes = set(CHANGES) | {kind for kind, *_ in CHANGES.values()}
-    names = sorted(arms)
-    _check_rule_keys(study_rule, "study.rule")
-    for name, claim in (claims or {}).items():
-        where = f"study.claims.{name}"
-        if not isinstance(claim, Mapping) or not claim.get("tests"):
-            raise ConfigError(where, claim, "a mapping with a statement and a list of tests")
-        if unknown := set(claim) - CLAIM_KEYS:
-            raise ConfigError(where, sorted(unknown), f"keys among {sorted(CLAIM_KEYS)}")
-        _check_rule_keys(claim.get("rule"), f"{where}.rule")
-        for i, test in enumerate(claim["tests"]):
-            at = f"{where}.tests[{i}]"
-            if unknown := set(test) - TEST_KEYS:
-                raise ConfigError(at, sorted(unknown), f"keys among {sorted(TEST_KEYS)}")
-            _check_rule_keys(test.get("rule"), f"{at}.rule")
-            if "arm" not in test:
-                raise ConfigError(f"{at}.arm", None, f"one of the study's arms {names}")
-            for arm_key in ("arm", "vs_arm"):
-                if arm_key in test and test[arm_key] not in arms:
-                    raise ConfigError(f"{at}.{arm_key}", test[arm_key], f"one of the study's arms {names}")
-            metrics = test.get("metrics") or test.get("metric")
-            metrics = [metrics] if isinstance(metrics, str) else metrics
-            if not metrics or not all(isinstance(m, str) for m in metrics):
-                raise ConfigError(f"{at}.metrics", metrics, "a metric column (metric: fid) or a list (metrics: [...])")
-            if test.get("expect") not in EXPECT:
-                raise ConfigError(f"{at}.expect", test.get("expect"), f"one of {list(EXPECT)}: what the claim says "
-                                  "of arm against vs_arm")
-            if test["expect"] in ("worse", "better"):
-                for m in [*metrics, *([test["vs_metric"]] if test.get("vs_metric") else [])]:
-                    if direction(m) is None:
-                        raise ConfigError(f"{at}.expect", test["expect"], f"higher or lower: which way is worse is "
-                                          f"not known for {m!r} (report/metric_info.py knows the kit's columns)")
-            for g_key in ("generation", "vs_generation"):
-                g = test.get(g_key, "last")
-                if g != "last" and not (isinstance(g, int) and g >= 0):
-                    raise ConfigError(f"{at}.{g_key}", g, "'last' or a generation >= 0")
-            vs_arm = test.get("vs_arm", test["arm"])
-            g_a = arms[test["arm"]] if test.get("generation", "last") == "last" else test["generation"]
-            g_b = test.get("vs_generation", g_a)
-            g_b = arms[vs_arm] if g_b == "last" else g_b
-            for arm, g, key in ((test["arm"], g_a, "generation"), (vs_arm, g_b, "vs_generation")):
-                if g > arms[arm]:
-                    raise ConfigError(f"{at}.{key}", g, f"a generation arm {arm} has (0..{arms[arm]}); give "
-                                      "vs_generation where the arms' lengths differ")
-            if vs_arm == test["arm"] and "vs_generation" not in test and not test.get("vs_metric"):
-                raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
-                                  "(vs_generation) or another metric (vs_metric); this one is always 0")
-            trusted = test.get("trusted_for")
-            trusted = [trusted] if isinstance(trusted, str) else trusted or []
-            if unknown := set(trusted) - changes:
-                raise ConfigError(f"{at}.trusted_for", sorted(unknown), f"changes or kinds the calibration makes: "
-                                  f"{sorted(changes)}")
-            rule = rule_of(study_rule, claim, test)
-            for verdict in (SUPPORTED, CONTRADICTED):
-                parse_rule(rule[verdict], f"{at}.rule.{verdict}")
-                if uses_margin(rule[verdict]) and not isinstance(test.get("margin"), (int, float)):
-                    raise ConfigError(f"{at}.margin", test.get("margin"), f"a number: the rule {rule[verdict]!r} "
-                                      "uses it")
-            if rule["combine"] not in ("all", "any"):
-                raise ConfigError(f"{at}.rule.combine", rule["combine"], "all or any")
-        if claim.get("combine", "any") not in ("all", "any"):
-            raise ConfigError(f"{where}.combine", claim.get("combine"), "all (every test) or any (some, none against)")
-
-
-def _check_rule_keys(rule: Any, key: str) -> None:
-    if rule is None:
-        return
-    if not isinstance(rule, Mapping):
-        raise ConfigError(key, rule, f"a mapping with keys among {list(RULE)}")
-    for k, value in rule.items():
-        if k not in RULE:
-            raise ConfigError(f"{key}.{k}", value, f"keys among {list(RULE)}")
 
 
 # Reading the study --------------------------------------------------------------------------------------------
@@ -236,237 +52,12 @@ def read_rows(root: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _number(value: Any) -> float | None:
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def t_interval(values: Sequence[float]) -> dict[str, float | int | None]:
-    """Mean, 95% t-interval and two-sided one-sample t-test p (against 0) of per-seed values; n = len(values).
-    One value has no interval; values that are all equal have a zero-width one (p = 1 at 0, else 0)."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    n = len(x)
-    if n == 0:
-        return {"n": 0, "mean": None, "lo": None, "hi": None, "p": None, "sd": None}
-    mean = float(x.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "lo": None, "hi": None, "p": None, "sd": None}
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-    # the one-sample t-test, by hand: scipy's warns of cancellation when seeds agree to many digits
-    p = (1.0 if mean == 0 else 0.0) if sd == 0 else float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
-    return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half, "p": p, "sd": sd}
-
-
-def direction(metric: str) -> int | str | None:
-    """+1 where larger is worse, -1 where smaller is, "one" where 1 is best (worse = farther from 1), None where the
-    kit does not know: the calibration's table, then metric_info, for the column without its feature-space suffix,
-    per-class (`recall_class_3`) and per-family (`fid_vae`) columns as their metric."""
-    from imgcollapse.metrics.calibration import WORSE
-    from imgcollapse.report.metric_info import METRICS
-
-    base = metric
-    for suffix in ("_inception", "_pixel"):
-        base = base.removesuffix(suffix)
-    candidates = [base, base.split("_class_")[0], base.rsplit("_", 1)[0]]
-    for name in candidates:
-        info = METRICS.get(name)
-        if info is not None and info.better == "→1":
-            return "one"
-        if name in WORSE:
-            return WORSE[name]
-        if info is not None and info.better in ("↑", "↓"):
-            return -1 if info.better == "↑" else 1
-    return None
-
-
-def _series(rows: Sequence[Mapping[str, Any]], arm: str, metric: str) -> dict[int, dict[int, float]]:
-    """{seed: {generation: value}} of one arm's metric."""
-    out: dict[int, dict[int, float]] = {}
-    for row in rows:
-        if row["arm"] == arm and (value := _number(row.get(metric))) is not None:
-            out.setdefault(int(row["seed"]), {})[int(row["generation"])] = value
-    return out
-
-
-def _trust(calibration: Mapping[str, Any] | None, metric: str, trusted_for: Any) -> tuple[bool | None, str]:
-    """(whether the calibration says `metric` sees a change of the kinds or names `trusted_for`, why); None: no
-    calibration to ask (the test votes)."""
-    if not trusted_for:
-        return None, ""
-    wanted = {trusted_for} if isinstance(trusted_for, str) else set(trusted_for)
-    if not calibration:
-        return None, "no calibration.json: not checked"
-    changes = {name: entry.get("kind") for name, entry in calibration.get("changes", {}).items()}
-    relevant = {name for name, kind in changes.items() if name in wanted or kind in wanted}
-    if not relevant:  # e.g. class changes, on data without labels
-        return None, f"the calibration made no {'/'.join(sorted(wanted))} change here: not checked"
-    seen = set(calibration.get("sees", {}).get(metric, [])) & relevant
-    if seen:
-        return True, f"sees {', '.join(sorted(seen))}"
-    return False, f"blind to {', '.join(sorted(relevant)) or '/'.join(sorted(wanted))} here"
-
-
-def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str, generations: Mapping[str, int],
-             calibration: Mapping[str, Any] | None, rule: Mapping[str, Any], planned: int = 0) -> dict[str, Any]:
-    """One test on one metric: the paired differences across seeds, their intervals and the verdict (`planned`:
-    the seeds the study planned; fewer with numbers marks the test incomplete)."""
-    arm, vs_arm = test["arm"], test.get("vs_arm", test["arm"])
-    vs_metric = test.get("vs_metric") or metric
-    expect = test["expect"]
-    by_direction = expect in ("worse", "better")
-    sign = 1 if expect in ("worse", "higher") else -1
-
-    def oriented(column: str) -> Any:
-        """value -> what d compares: for worse/better, larger is worse (distance from 1 where 1 is best)."""
-        way = direction(column) if by_direction else 1
-        return (lambda v: abs(v - 1)) if way == "one" else (lambda v: v * way)
-
-    last = generations.get(arm, 0)
-    g_a = last if test.get("generation", "last") == "last" else int(test["generation"])
-    g_b_fixed = test.get("vs_generation")
-    if g_b_fixed == "last":
-        g_b_fixed = generations.get(vs_arm, 0)
-    a, b = _series(rows, arm, metric), _series(rows, vs_arm, vs_metric)
-    fa, fb = oriented(metric), oriented(vs_metric)
-    change = bool(test.get("change"))
-    relative = bool(test.get("relative"))
-
-    def diff(seed: int, ga: int, gb: int) -> float | None:
-        va, vb = a.get(seed, {}).get(ga), b.get(seed, {}).get(gb)
-        if va is None or vb is None:
-            return None
-        scale = abs(vb)
-        va, vb = fa(va), fb(vb)
-        if change:
-            a0, b0 = a[seed].get(0), b[seed].get(0)
-            if a0 is None or b0 is None:
-                return None
-            va, vb = va - fa(a0), vb - fb(b0)
-        d = va - vb
-        if relative:
-            if not scale:
-                return None
-            d /= scale
-        return sign * d
-
-    def vs_g(g: int) -> int:
-        return g_b_fixed if g_b_fixed is not None else g
-
-    seeds = sorted(set(a) & set(b))
-    at_last = [diff(s, g_a, vs_g(g_a)) for s in seeds]
-    curve_values = []
-    for s in seeds:  # a seed's curve needs every generation: a chain that stopped early would bias it
-        per = [diff(s, g, vs_g(g)) for g in range(1, g_a + 1)]
-        curve_values.append(float(np.mean(per)) if per and None not in per else None)
-    by_generation = {g: t_interval([diff(s, g, vs_g(g)) for s in seeds])
-                     for g in range(0 if g_b_fixed is None else 1, g_a + 1)}
-    last_stats = t_interval([d for d in at_last if d is not None])
-    curve = t_interval([d for d in curve_values if d is not None])
-    separates = next((g for g, st in by_generation.items() if st["lo"] is not None and (st["lo"] > 0 or st["hi"] < 0)),
-                     None)
-    trust = {m: _trust(calibration, m, test.get("trusted_for")) for m in dict.fromkeys([metric, vs_metric])}
-    flags = [t for t, _ in trust.values()]
-    trusted = False if False in flags else True if True in flags else None  # both columns must see the change
-    why = "; ".join((f"{m}: {w}" if len(trust) > 1 else w) for m, (_, w) in trust.items() if w)
-    if not last_stats["n"]:
-        trusted, why = False, f"no rows with {metric}" + (f" and {vs_metric}" if vs_metric != metric else "") + \
-            f" in arms {arm}/{vs_arm}"
-        log.warning("test %r: %s: it cannot vote", test.get("name") or metric, why)
-    values = {**{k: last_stats[k] for k in ("mean", "lo", "hi", "p", "n")},
-              **{f"curve_{k}": curve[k] for k in ("mean", "lo", "hi", "p")}, "margin": test.get("margin")}
-    holds = {v: evaluate_rule(parse_rule(rule[v], "rule"), values) for v in (SUPPORTED, CONTRADICTED)}
-    verdict = INCONCLUSIVE
-    if holds[SUPPORTED] and holds[CONTRADICTED]:
-        why = f"{why}; both rules hold: inconclusive".strip("; ")
-    elif holds[SUPPORTED]:
-        verdict = SUPPORTED
-    elif holds[CONTRADICTED]:
-        verdict = CONTRADICTED
-    what = f"{metric}" + (f" − {vs_metric}" if vs_metric != metric else "")
-    return {
-        "name": test.get("name", ""), "metric": metric, "vs_metric": vs_metric, "arm": arm, "vs_arm": vs_arm,
-        "generation": g_a, "vs_generation": vs_g(g_a), "expect": expect,
-        "change": change, "relative": relative, "difference": what, "orientation": sign,
-        "seeds": seeds, "per_seed": at_last, "last": last_stats, "curve": curve, "per_seed_curve": curve_values,
-        "separates_at": separates, "trusted": trusted, "trust_note": why, "votes": trusted is not False,
-        "incomplete": bool(planned) and last_stats["n"] < planned,
-        "rule": {k: rule[k] for k in (SUPPORTED, CONTRADICTED)}, "margin": test.get("margin"), "verdict": verdict,
-    }
-
-
-def combine(tests: Sequence[Mapping[str, Any]], how: str) -> str:
-    """One verdict from several voting ones (a test's metrics, a claim's tests): all agree (how=all), or some and
-    none against (how=any)."""
-    votes = [t["verdict"] for t in tests if t["votes"]]
-    if not votes:
-        return INCONCLUSIVE
-    if how == "all":  # every one must agree: one that cannot vote leaves the answer open
-        return votes[0] if len(set(votes)) == 1 and len(votes) == len(tests) else INCONCLUSIVE
-    if SUPPORTED in votes and CONTRADICTED not in votes:
-        return SUPPORTED
-    if CONTRADICTED in votes and SUPPORTED not in votes:
-        return CONTRADICTED
-    return INCONCLUSIVE
-
-
-def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """claims.json: every claim's tests, numbers and verdict."""
-    study = record["study"]
-    generations = {c["arm"]: c["generation"] for c in record["chains"]}
-    first_seed = {}
-    for c in record["chains"]:
-        first_seed.setdefault(c["arm"], c["run_dir"])
-    out: dict[str, Any] = {"study": record["name"], "seeds": sorted({c["seed"] for c in record["chains"]}),
-                           "claims": {}}
-    for name, claim in (study.get("claims") or {}).items():
-        tests, groups = [], []
-        for index, test in enumerate(claim["tests"]):
-            calibration = _calibration(Path(root) / first_seed[test["arm"]])
-            rule = rule_of(study.get("rule"), claim, test)
-            metrics = test.get("metrics") or [test["metric"]]
-            rows_of_test = [run_test(rows, test, metric, generations, calibration, rule, len(out["seeds"]))
-                            for metric in ([metrics] if isinstance(metrics, str) else metrics)]
-            for row in rows_of_test:
-                row["test"] = index
-            tests += rows_of_test
-            voting = [r for r in rows_of_test if r["votes"]]
-            groups.append({"name": test.get("name") or f"test {index + 1}", "combine": rule["combine"],
-                           "votes": bool(voting), "verdict": combine(voting, rule["combine"]),
-                           "metrics": [r["metric"] for r in rows_of_test],
-                           "incomplete": any(r["incomplete"] for r in rows_of_test)})
-        how = claim.get("combine", "any")
-        out["claims"][name] = {"statement": claim.get("statement", name), "source": claim.get("source", ""),
-                               "note": claim.get("note", ""), "combine": how, "verdict": combine(groups, how),
-                               "incomplete": any(g["incomplete"] for g in groups),
-                               "groups": groups, "tests": tests}
-    return out
-
-
-def _calibration(run_dir: Path) -> dict[str, Any] | None:
-    from imgcollapse.metrics.calibration import FILE
-
-    path = run_dir / FILE
-    try:
-        return json.loads(path.read_text()) if path.exists() else None
-    except (OSError, ValueError):
-        log.warning("%s is unreadable: its metrics are not checked against the calibration", path)
-        return None
-
-
 # Writing ---------------------------------------------------------------------------------------------------------
 def arm_bands(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], metric: str) -> dict[str, tuple]:
     """{arm: (generations, mean, half-width of the 95% t-interval, n)} across seeds."""
     out = {}
     for arm in arms:
-        by_seed = _series(rows, arm, metric)
+        by_seed = series(rows, arm, metric)
         gens = sorted({g for values in by_seed.values() for g in values})
         means, halves, counts = [], [], []
         for g in gens:
@@ -480,16 +71,44 @@ def arm_bands(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], metric: st
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    number = _number(value)
-    return "" if number is None else f"{number:.{digits}g}"
+    found = number(value)
+    return "" if found is None else f"{found:.{digits}g}"
 
 
 def _interval_text(st: Mapping[str, Any]) -> str:
+    """`mean [lo95, hi95]`: the plain 95% t-interval (descriptive)."""
     if st.get("mean") is None:
         return "no seeds"
-    if st.get("lo") is None:
+    lo, hi = st.get("lo95", st.get("lo")), st.get("hi95", st.get("hi"))
+    if lo is None:
         return f"{_fmt(st['mean'])} (n={st['n']}: no interval)"
-    return f"{_fmt(st['mean'])} [{_fmt(st['lo'])}, {_fmt(st['hi'])}]"
+    return f"{_fmt(st['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _bounds_text(test: Mapping[str, Any]) -> str:
+    """The one-sided bounds the rule reads, each with its level: `lo > 0` decides supported, `hi < 0` contradicted."""
+    last = test["last"]
+    if last.get("lo") is None:
+        return "none"
+    return (f"lo {_fmt(last['lo'])} (level {test['level_supported']:.2g}), "
+            f"hi {_fmt(last['hi'])} (level {test['level_contradicted']:.2g})")
+
+
+def _separates_text(found: Any) -> str:
+    if not found:
+        return ""
+    if isinstance(found, Mapping):
+        return f"{found['generation']} ({found['direction']})"
+    return str(found)
+
+
+def level_text(claim: Mapping[str, Any]) -> str:
+    """`family-wise level 5%` or why none is stated."""
+    level = claim.get("level")
+    if level is None:
+        return "family-wise level not stated: a rule of the study's own form"
+    return f"family-wise level {100 * level:.3g}%: where d sits at the rules' threshold (0 unless a margin is set) " \
+           "in every test, decided at most that often"
 
 
 def _claim_metrics(claim: Mapping[str, Any]) -> list[str]:
@@ -508,12 +127,13 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
                                                           else "") + "</p>",
              f"<p>verdict: <b class=verdict-{claim['verdict']}>{claim['verdict']}</b>"
              f"{' (incomplete: fewer seeds than planned)' if claim.get('incomplete') else ''} "
-             f"(its tests combined: {page.esc(claim['combine'])})</p>"]
+             f"(its tests joined by {page.esc(claim['combine'])}; {level_text(claim)})</p>",
+             f"<p>why: {page.esc(claim.get('reason', ''))}</p>"]
     if claim.get("note"):
         parts.append(f"<p>{page.esc(claim['note'])}</p>")
     parts.append(page.bullet_list([f"{g['name']}: {g['verdict']}" + ("" if g["votes"] else " (no metric the "
                                    "calibration trusts for it: no vote)") + f" ({', '.join(g['metrics'])}; "
-                                   f"metrics combined: {g['combine']})" for g in claim.get("groups", [])]))
+                                   f"metrics joined by {g['combine']})" for g in claim.get("groups", [])]))
     test_rows = []
     for t in claim["tests"]:
         vs = t["vs_arm"] + (f" gen {t['vs_generation']}" if t["vs_generation"] != t["generation"] else "")
@@ -522,8 +142,10 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
             + (" (relative)" if t["relative"] else ""),
             "arm": f"{t['arm']} gen {t['generation']}", "is expected": t["expect"], "than": vs,
             "n": t["last"]["n"], "d at the generation [95% CI]": _interval_text(t["last"]),
-            "p": _fmt(t["last"]["p"], 2), "d over the curve [95% CI]": _interval_text(t["curve"]),
-            "separates at gen": "" if t["separates_at"] is None else t["separates_at"],
+            "bounds at the test's levels": _bounds_text(t), "p one-sided (as claimed)": _fmt(t["last"]["p_claim"], 2),
+            "detectable |d| (80% power)": _fmt(t.get("detectable")),
+            "d over the curve [95% CI]": _interval_text(t["curve"]),
+            "separates at gen (descriptive)": _separates_text(t["separates_at"]),
             "calibration": t["trust_note"] or "—", "verdict": t["verdict"] + ("" if t["votes"] else " (no vote)")
             + (" (incomplete)" if t.get("incomplete") else ""),
         })
@@ -531,7 +153,9 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
     rules = sorted({f"supported if {t['rule'][SUPPORTED]}; contradicted if {t['rule'][CONTRADICTED]}"
                     for t in claim["tests"]})
     parts.append("<p class=ci>d &gt; 0 means what the claim says; d is paired by seed (same seed, same generation 0 "
-                 f"where arms share it). Rule: {page.esc(' / '.join(rules))}; else inconclusive.</p>")
+                 f"where arms share it). Rule: {page.esc(' / '.join(rules))}; else inconclusive. lo and hi are "
+                 "one-sided t-bounds at the levels error control gives each metric; the 95% interval and 'separates "
+                 "at' are descriptive.</p>")
     if figure is not None:
         parts.append(page.embedded_image(figure, f"{name} curves"))
     strips = []
@@ -560,6 +184,12 @@ def build_study_report(root: Path) -> dict[str, Any]:
         columns += [c for c in row if c not in columns]
     atomic_write_text(root / "study.csv", csv_text(rows, columns))
     result = judge(rows, record, root)
+    result["preregistered"], result["plan_status"] = plan_status(record)
+    if record["study"].get("null_study"):
+        result["false_decisions"] = false_decisions(result)
+    if not result["preregistered"]:
+        for claim in result["claims"].values():
+            claim["reanalysed"] = True
     result["runs"] = record.get("runs", [])
     result["missing"] = missing_chains(root, record)
     atomic_write_text(root / "claims.json", to_json(result))
@@ -586,6 +216,8 @@ def build_study_report(root: Path) -> dict[str, Any]:
         f"{len(arm_names)} arm(s) × {len(result['seeds'])} seed(s) ({', '.join(map(str, result['seeds']))}); "
         "bands and intervals are 95% t-intervals across seeds, n shown",
         "overrides for every arm: " + (" ".join(record.get("common_overrides") or []) or "none"),
+        result["plan_status"],
+        *([_false_text(result["false_decisions"])] if result.get("false_decisions") else []),
         *(f"run {i + 1}: {r['time']}, {r['seconds']:.0f} s, {r['chains_run']} chain(s) run"
           for i, r in enumerate(record.get("runs", []))),
     ]) + page.bullet_list(result["missing"], "missing")
@@ -593,6 +225,36 @@ def build_study_report(root: Path) -> dict[str, Any]:
     intro = (f"<p>{page.esc(description)}</p>" if description else "") + intro
     atomic_write_text(root / "study.html", page.document(f"imgcollapse study: {record['name']}", sections, intro))
     return result
+
+
+def false_decisions(result: Mapping[str, Any]) -> dict[str, Any]:
+    """For a study where no claim is true (study=null): how many claims, tests and voting metrics were decided anyway,
+    each with its exact (Clopper-Pearson) 95% interval."""
+    from scipy.stats import binomtest
+
+    def rate(decided: int, total: int) -> dict[str, Any]:
+        if not total:
+            return {"decided": 0, "of": 0}
+        ci = binomtest(decided, total).proportion_ci(0.95, method="exact")
+        return {"decided": decided, "of": total, "rate": decided / total, "lo": ci.low, "hi": ci.high}
+
+    claims = list(result["claims"].values())
+    groups = [g for c in claims for g in c["groups"] if g["votes"]]
+    metrics = [t for c in claims for t in c["tests"] if t["votes"]]
+    undecided = "inconclusive"
+    return {"claims": rate(sum(c["verdict"] != undecided for c in claims), len(claims)),
+            "tests": rate(sum(g["verdict"] != undecided for g in groups), len(groups)),
+            "metrics": rate(sum(t["verdict"] != undecided for t in metrics), len(metrics))}
+
+
+def _false_text(found: Mapping[str, Any]) -> str:
+    parts = []
+    for what in ("claims", "tests", "metrics"):
+        r = found[what]
+        if r["of"]:
+            parts.append(f"{r['decided']} of {r['of']} {what} decided ({100 * r['rate']:.0f}%, exact 95% interval "
+                         f"{100 * r['lo']:.0f}–{100 * r['hi']:.0f}%)")
+    return "no claim is true here (an A/A study): " + "; ".join(parts) + "; a metric is tested below its claim's level"
 
 
 def missing_chains(root: Path, record: Mapping[str, Any]) -> list[str]:
@@ -618,9 +280,16 @@ def _claims_table(result: Mapping[str, Any]) -> str:
         tests = "; ".join(f"{g['name']}: {g['verdict']}" for g in claim.get("groups", []))
         rows.append({"claim": name, "statement": claim["statement"],
                      "verdict": claim["verdict"] + (" (incomplete: fewer seeds than planned)"
-                                                    if claim.get("incomplete") else ""),
+                                                    if claim.get("incomplete") else "")
+                     + (" (re-analysed after the data)" if claim.get("reanalysed") else ""),
+                     "level": _level_short(claim), "why": claim.get("reason", ""),
                      "n seeds": max((t["last"]["n"] for t in claim["tests"]), default=0), "its tests": tests})
-    return page.table(["claim", "statement", "verdict", "n seeds", "its tests"], rows)
+    return page.table(["claim", "statement", "verdict", "level", "why", "n seeds", "its tests"], rows)
+
+
+def _level_short(claim: Mapping[str, Any]) -> str:
+    level = claim.get("level")
+    return "not stated" if level is None else f"{100 * level:.3g}% ({claim['combine']})"
 
 
 def _arms_table(root: Path, record: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -652,7 +321,8 @@ def _generation0_source(run: Path, root: Path) -> str:
 def _markdown_interval(st: Mapping[str, Any]) -> str:
     """`3.3 [1.6, 5.0]`: the mean and its interval to the decimals the interval's width supports, with true minus
     signs."""
-    mean, lo, hi = (_number(st.get(k)) for k in ("mean", "lo", "hi"))
+    mean, lo, hi = (number(st.get(k)) for k in ("mean", "lo95" if "lo95" in st else "lo", "hi95" if "hi95" in st
+                                                 else "hi"))
     if mean is None:
         return "no seeds"
     if lo is None or hi is None:
@@ -662,25 +332,39 @@ def _markdown_interval(st: Mapping[str, Any]) -> str:
     return " ".join([f"{mean:.{decimals}f}", f"[{lo:.{decimals}f}, {hi:.{decimals}f}]"]).replace("-", "−")
 
 
+def _arms_text(test: Mapping[str, Any]) -> str:
+    """`self gen 2 vs self gen 0`, or `longtail gen 2: recall_tail vs recall_head` for a comparison of two metrics."""
+    if test["vs_metric"] != test["metric"] and test["vs_arm"] == test["arm"]:
+        return f"{test['arm']} gen {test['generation']}: {test['metric']} vs {test['vs_metric']}"
+    return f"{test['arm']} gen {test['generation']} vs {test['vs_arm']} gen {test['vs_generation']}"
+
+
 def claims_markdown(result: Mapping[str, Any]) -> str:
     """The claims as a Markdown table (the README's): a line per test of each claim, each metric's paired difference
-    at the test's generation with its 95% interval, and n; `python -m imgcollapse.report STUDY_DIR --markdown`."""
-    lines = ["| claim | verdict | test: verdict (arm vs arm) | d [95% CI] (d > 0: as claimed) | n |",
+    at the test's generation with its plain 95% interval, n, the claim's level and why it reads as it does;
+    `python -m imgcollapse.report STUDY_DIR --markdown`."""
+    lines = ["| claim | verdict (level) | test: verdict (arms) | d [95% CI] (d > 0: as claimed) | n |",
              "| --- | --- | --- | --- | --- |"]
+    if result.get("false_decisions"):
+        lines.insert(0, _false_text(result["false_decisions"]) + "\n")
     for claim in result["claims"].values():
         verdict = claim["verdict"] if claim["verdict"] == "inconclusive" else f"**{claim['verdict']}**"
+        verdict += f" ({_level_short(claim)})" + (" (re-analysed after the data)" if claim.get("reanalysed") else "")
         source = f" ({claim['source']})" if claim.get("source") else ""
         for i, group in enumerate(claim.get("groups", [])):
             metrics = [t for t in claim["tests"] if t.get("test") == i]
             first = metrics[0] if metrics else None
-            arms = "" if first is None else (f"{first['arm']} gen {first['generation']} vs {first['vs_arm']} gen "
-                                              f"{first['vs_generation']}")
+            arms = "" if first is None else _arms_text(first)
             numbers = "; ".join(f"{t['difference']}" + (" change" if t["change"] else "")
                                 + (" relative" if t["relative"] else "") + f" {_markdown_interval(t['last'])}"
-                                + ("" if t["votes"] else " (blind)") for t in metrics)
+                                + ("" if t["votes"] else " (no vote)")
+                                + (f" (detectable {_fmt(t['detectable'])})" if t["votes"] and t.get("detectable")
+                                   is not None and t["verdict"] == "inconclusive" else "") for t in metrics)
             lines.append(f"| {claim['statement'] + source if i == 0 else ''} | {verdict if i == 0 else ''} | "
                          f"{group['name']}: {group['verdict']} ({arms}) | {numbers} | "
                          f"{first['last']['n'] if first else 0} |")
+        if claim.get("reason"):
+            lines.append(f"| | | why: {claim['reason']} | | |")
     return "\n".join(lines)
 
 

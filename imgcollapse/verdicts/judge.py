@@ -1,0 +1,355 @@
+"""A study's verdicts from its rows: per test and metric the paired differences across seeds, their statistics at
+the levels error control assigns, and per claim one verdict whose error rate is stated.
+
+Error control (docs/STUDIES.md "Error rates"): a claim is one family at level `alpha` (the rule's, default 0.05):
+under no effect it reads "supported" at most alpha/2 of the time and "contradicted" at most alpha/2. The claim's
+`combine` joins its tests (and: supported only if every test is, contradicted if any is; or: the dual), a test
+joins its voting metrics (its rule's `combine`, default or), and each split hands its parts the levels that keep
+the whole's (stats.split_levels: Bonferroni on the side where one part suffices). Which metrics vote is fixed by the
+calibration, on real images alone, before any generation is looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcollapse.metric_facts import badness
+from imgcollapse.verdicts import stats
+from imgcollapse.verdicts.rules import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    SUPPORTED,
+    claim_combine,
+    controls_level,
+    evaluate_rule,
+    parse_rule,
+    reads,
+    rule_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+def number(value: Any) -> float | None:
+    """A finite float, or None (empty cells, text, NaN)."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def series(rows: Sequence[Mapping[str, Any]], arm: str, metric: str) -> dict[int, dict[int, float]]:
+    """{seed: {generation: value}} of one arm's metric."""
+    out: dict[int, dict[int, float]] = {}
+    for row in rows:
+        if row["arm"] == arm and (value := number(row.get(metric))) is not None:
+            out.setdefault(int(row["seed"]), {})[int(row["generation"])] = value
+    return out
+
+
+def t_interval(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Mean, plain two-sided 95% t-interval and p of per-seed values (descriptive: bands, per-generation tables);
+    zero spread and one value have no interval."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(x) == 0:
+        return {"n": 0, "mean": None, "lo": None, "hi": None, "p": None, "sd": None}
+    st = stats.describe(x, 0.025, 0.025)
+    return {"n": len(x), "mean": float(st["mean"]), "lo": _opt(st["lo95"]), "hi": _opt(st["hi95"]),
+            "p": _opt(st["p"]), "sd": _opt(st["sd"])}
+
+
+def _opt(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def trust(calibration: Mapping[str, Any] | None, metric: str, trusted_for: Any) -> tuple[bool | None, str]:
+    """(whether the calibration lets `metric` speak for the changes `trusted_for` names, why): it must see one and
+    respond more to them than to other kinds (metrics.calibration.specific); None: nothing to check (it votes)."""
+    if not trusted_for:
+        return None, ""
+    if not calibration:
+        return None, "no calibration.json: not checked"
+    if metric not in next(iter(calibration.get("changes", {}).values()), {}).get("metrics", {}):
+        return False, f"{metric} is not calibrated"
+    from imgcollapse.metrics.calibration import specific
+
+    wanted = {trusted_for} if isinstance(trusted_for, str) else set(trusted_for)
+    return specific(calibration, metric, wanted)
+
+
+def _differences(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str,
+                 generations: Mapping[str, int]) -> dict[str, Any]:
+    """The per-seed differences d of one metric, oriented so that d > 0 is what the claim says."""
+    arm, vs_arm = test["arm"], test.get("vs_arm", test["arm"])
+    vs_metric = test.get("vs_metric") or metric
+    expect = test["expect"]
+    sign = 1 if expect in ("worse", "higher") else -1
+
+    def oriented(column: str) -> Any:
+        return (lambda v: badness(column, v)) if expect in ("worse", "better") else (lambda v: v)
+
+    g_a = generations.get(arm, 0) if test.get("generation", "last") == "last" else int(test["generation"])
+    g_b_fixed = test.get("vs_generation")
+    if g_b_fixed == "last":
+        g_b_fixed = generations.get(vs_arm, 0)
+    a, b = series(rows, arm, metric), series(rows, vs_arm, vs_metric)
+    fa, fb = oriented(metric), oriented(vs_metric)
+    change, relative = bool(test.get("change")), bool(test.get("relative"))
+
+    def diff(seed: int, ga: int, gb: int) -> float | None:
+        va, vb = a.get(seed, {}).get(ga), b.get(seed, {}).get(gb)
+        if va is None or vb is None:
+            return None
+        scale = abs(vb)
+        va, vb = fa(va), fb(vb)
+        if change:
+            a0, b0 = a[seed].get(0), b[seed].get(0)
+            if a0 is None or b0 is None:
+                return None
+            va, vb = va - fa(a0), vb - fb(b0)
+        d = va - vb
+        if relative:
+            if not scale:
+                return None
+            d /= scale
+        return sign * d
+
+    def vs_g(g: int) -> int:
+        return g_b_fixed if g_b_fixed is not None else g
+
+    seeds = sorted(set(a) & set(b))
+    at_last = [diff(s, g_a, vs_g(g_a)) for s in seeds]
+    curve = []
+    for s in seeds:  # a seed's curve needs every generation: a chain that stopped early would bias it
+        per = [diff(s, g, vs_g(g)) for g in range(1, g_a + 1)]
+        curve.append(float(np.mean(per)) if per and None not in per else None)
+    return {"arm": arm, "vs_arm": vs_arm, "metric": metric, "vs_metric": vs_metric, "generation": g_a,
+            "vs_generation": vs_g(g_a), "fixed_vs_generation": g_b_fixed, "expect": expect, "sign": sign,
+            "change": change, "relative": relative, "seeds": seeds, "per_seed": at_last, "per_seed_curve": curve,
+            "diff": diff, "vs_g": vs_g}
+
+
+def _summary(values: Sequence[float | None], level_s: float, level_c: float) -> dict[str, Any]:
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    keys = ("mean", "sd", "lo", "hi", "lo95", "hi95", "p", "p_claim", "p_against", "p_sign_claim", "p_sign_against")
+    if not len(x):
+        return {"n": 0, **dict.fromkeys(keys)}
+    st = stats.describe(x, level_s, level_c)
+    return {"n": len(x), **{k: _opt(st[k]) for k in keys}}
+
+
+def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str, generations: Mapping[str, int],
+             rule: Mapping[str, Any], levels: tuple[float, float], planned: int = 0, first_free: int = 1,
+             trusted: tuple[bool | None, str] = (None, "")) -> dict[str, Any]:
+    """One test on one metric at the levels (supported, contradicted) its place in the claim gives it: the paired
+    differences across seeds, their statistics, the verdict, the smallest effect the design could detect, and where
+    the arms first separate (descriptive: plain 95% intervals from `first_free`, the first generation not shared)."""
+    found = _differences(rows, test, metric, generations)
+    level_s, level_c = levels
+    last = _summary(found["per_seed"], level_s, level_c)
+    curve = _summary(found["per_seed_curve"], level_s, level_c)
+    diff, vs_g, g_a = found.pop("diff"), found.pop("vs_g"), found["generation"]
+    start = 1 if found["fixed_vs_generation"] is not None else first_free
+    separates = None
+    for g in range(start, g_a + 1):
+        st = t_interval([diff(s, g, vs_g(g)) for s in found["seeds"]])
+        if st["lo"] is not None and (st["lo"] > 0 or st["hi"] < 0):
+            separates = {"generation": g, "direction": "as claimed" if st["lo"] > 0 else "against the claim"}
+            break
+    votes, why = trusted
+    if not last["n"]:
+        votes, why = False, f"no rows with {metric}" + (f" and {found['vs_metric']}" if found["vs_metric"] != metric
+                                                         else "") + f" in arms {found['arm']}/{found['vs_arm']}"
+        log.warning("test %r: %s: it cannot vote", test.get("name") or metric, why)
+    values = {**{k: last[k] for k in ("mean", "lo", "hi", "p", "p_claim", "p_against", "p_sign_claim",
+                                      "p_sign_against", "n")},
+              **{f"curve_{k}": curve[k] for k in ("mean", "lo", "hi", "p")}, "margin": test.get("margin"),
+              "level_supported": level_s, "level_contradicted": level_c}
+    holds = {v: evaluate_rule(parse_rule(rule[v], "rule"), values) for v in (SUPPORTED, CONTRADICTED)}
+    verdict = INCONCLUSIVE
+    if holds[SUPPORTED] and holds[CONTRADICTED]:
+        why = f"{why}; both rules hold: inconclusive".strip("; ")
+    elif holds[SUPPORTED]:
+        verdict = SUPPORTED
+    elif holds[CONTRADICTED]:
+        verdict = CONTRADICTED
+    what = metric + (f" − {found['vs_metric']}" if found["vs_metric"] != metric else "")
+    found.pop("fixed_vs_generation")
+    return {
+        "name": test.get("name", ""), **found, "difference": what, "orientation": found.pop("sign"),
+        "last": last, "curve": curve, "separates_at": separates, "trusted": votes, "trust_note": why,
+        "votes": votes is not False, "incomplete": bool(planned) and last["n"] < planned,
+        "level_supported": level_s, "level_contradicted": level_c, "reads": reads(rule),
+        # the smallest true d beyond the rule's threshold its one-sided test finds 4 times in 5, at this spread and n
+        "detectable": stats.detectable(*((curve["sd"], curve["n"]) if reads(rule) == "curve" else
+                                          (last["sd"], last["n"])), level_s),
+        "rule": {k: rule[k] for k in (SUPPORTED, CONTRADICTED)}, "margin": test.get("margin"), "verdict": verdict,
+    }
+
+
+def verdict_of(parts: Sequence[Mapping[str, Any]], how: str, conflict: bool = False) -> str:
+    """One verdict from its parts' (each with `verdict` and `votes`): stats.combine, on one draw."""
+    if not parts:
+        return INCONCLUSIVE
+    sup = np.array([p["verdict"] == SUPPORTED for p in parts])
+    con = np.array([p["verdict"] == CONTRADICTED for p in parts])
+    votes = np.array([bool(p["votes"]) for p in parts])
+    s, c = stats.combine(sup, con, votes, how, conflict=conflict)
+    return SUPPORTED if bool(s) else CONTRADICTED if bool(c) else INCONCLUSIVE
+
+
+def _first_free(record: Mapping[str, Any], arm: str, vs_arm: str) -> int:
+    """1 where the two arms share generation 0 (the same signature for every seed), else 0."""
+    sig = {}
+    for c in record["chains"]:
+        sig.setdefault(c["arm"], {})[c["seed"]] = c.get("signature")
+    a, b = sig.get(arm, {}), sig.get(vs_arm, {})
+    shared = bool(a) and a.keys() == b.keys() and all(a[s] is not None and a[s] == b[s] for s in a)
+    return 1 if shared or arm == vs_arm else 0
+
+
+def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Path) -> dict[str, Any]:
+    """claims.json: every claim's tests, numbers, levels and verdict."""
+    study = record["study"]
+    generations = {c["arm"]: c["generation"] for c in record["chains"]}
+    first_seed: dict[str, str] = {}
+    for c in record["chains"]:
+        first_seed.setdefault(c["arm"], c["run_dir"])
+    seeds = sorted({c["seed"] for c in record["chains"]})
+    out: dict[str, Any] = {"study": record["name"], "seeds": seeds, "claims": {}}
+    for name, claim in (study.get("claims") or {}).items():
+        how = claim_combine(claim)
+        plans = []
+        for index, test in enumerate(claim["tests"]):  # which metrics vote: the calibration's, before any outcome
+            calibration = read_calibration(Path(root) / first_seed[test["arm"]])
+            rule = rule_of(study.get("rule"), claim, test)
+            metrics = test.get("metrics") or [test["metric"]]
+            metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+            vs_metric = test.get("vs_metric")
+            trusts = {}
+            for m in metrics:
+                checks = [trust(calibration, c, test.get("trusted_for")) for c in dict.fromkeys([m, vs_metric or m])]
+                flags = [t for t, _ in checks]
+                trusts[m] = (False if False in flags else True if True in flags else None,
+                             "; ".join(w for _, w in checks if w))
+            plans.append((index, test, rule, metrics, trusts))
+        alpha = plans[0][2]["alpha"] if plans else 0.05
+        voting_tests = sum(any(t[0] is not False for t in p[4].values()) for p in plans)
+        claim_s, claim_c = stats.split_levels(alpha / 2, alpha / 2, voting_tests, how)
+        tests, groups, controlled = [], [], True
+        for index, test, rule, metrics, trusts in plans:
+            controlled = controlled and controls_level(rule) and rule["alpha"] == alpha
+            voting = sum(t[0] is not False for t in trusts.values())
+            levels = stats.split_levels(claim_s, claim_c, voting, rule["combine"])
+            first_free = _first_free(record, test["arm"], test.get("vs_arm", test["arm"]))
+            rows_of_test = [run_test(rows, test, m, generations, rule, levels, len(seeds), first_free, trusts[m])
+                            for m in metrics]
+            for row in rows_of_test:
+                row["test"] = index
+            tests += rows_of_test
+            voters = [r for r in rows_of_test if r["votes"]]
+            groups.append({"name": test.get("name") or f"test {index + 1}", "combine": rule["combine"],
+                           "votes": bool(voters), "verdict": verdict_of(voters, rule["combine"], conflict=True),
+                           "metrics": [r["metric"] for r in rows_of_test], "level_supported": claim_s,
+                           "level_contradicted": claim_c,
+                           "incomplete": any(r["incomplete"] for r in rows_of_test)})
+        verdict = verdict_of(groups, how)
+        out["claims"][name] = {
+            "statement": claim.get("statement", name), "source": claim.get("source", ""),
+            "note": claim.get("note", ""), "combine": how, "verdict": verdict,
+            "level": alpha if controlled else None, "incomplete": any(g["incomplete"] for g in groups),
+            "groups": groups, "tests": tests}
+        out["claims"][name]["reason"] = reason(out["claims"][name])
+    return out
+
+
+def read_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """A chain's calibration.json (None when absent or unreadable: its metrics are then not checked)."""
+    from imgcollapse.metrics.calibration import CALIBRATION_VERSION, FILE
+
+    path = run_dir / FILE
+    try:
+        found = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        log.warning("%s is unreadable: its metrics are not checked against the calibration", path)
+        return None
+    if found is not None and found.get("version") != CALIBRATION_VERSION:
+        log.warning("%s is of calibration version %s (this code's: %s): `python -m imgcollapse.calibrate --refresh %s` "
+                    "computes it again", path, found.get("version"), CALIBRATION_VERSION, run_dir)
+    return found
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3g}".replace("-", "−")
+
+
+def reason(claim: Mapping[str, Any]) -> str:
+    """One sentence on why a claim reads as it does: the metric that decided it, or for an undecided claim the test
+    that held it back and its metric closest to deciding."""
+    groups = claim.get("groups", [])
+    if not any(g["votes"] for g in groups):
+        return "no metric the calibration trusts for this change could vote"
+    wanted = claim["verdict"]
+    tests = [t for t in claim["tests"] if t["votes"]]
+    if wanted != INCONCLUSIVE:
+        t = next(t for t in tests if t["verdict"] == wanted and groups[t["test"]]["verdict"] == wanted)
+        return f"{_seeds_text(t)}; {_holds_text(t, wanted)}"
+    blocking = [i for i, g in enumerate(groups) if g["verdict"] != SUPPORTED] if claim["combine"] == "and" else \
+        list(range(len(groups)))
+    mute = [groups[i]["name"] for i in blocking if not groups[i]["votes"]]
+    if mute and claim["combine"] == "and":
+        return f"test {mute[0]!r} cannot vote (no metric the calibration trusts for it), and every test must agree"
+    candidates = [t for t in tests if t["test"] in blocking] or tests
+    t = max(candidates, key=lambda x: abs(x["last"]["mean"] or 0) / (x["last"]["sd"] or math.inf))
+    group = groups[t["test"]]
+    if t["verdict"] != INCONCLUSIVE:
+        return (f"{_seeds_text(t)}; this metric alone is {t['verdict']}, but test {group['name']!r} is "
+                f"{group['verdict']} (its metrics disagree" + (", or the claim's other tests" if len(groups) > 1
+                                                               else "") + ")")
+    stat = t["curve"] if t.get("reads") == "curve" else t["last"]
+    if stat["lo"] is None:
+        return f"{_seeds_text(t)}; no interval (the seeds agree exactly, or are too few): inconclusive"
+    mde = t.get("detectable")
+    prefix = "curve_" if t.get("reads") == "curve" else ""
+    margin = f", margin {t['margin']}" if t.get("margin") is not None else ""
+    return (f"{_seeds_text(t)}; neither rule holds (supported if {t['rule'][SUPPORTED]}, contradicted if "
+            f"{t['rule'][CONTRADICTED]}{margin}): {prefix}lo {_fmt(stat['lo'])} at level "
+            f"{t['level_supported']:.2g}, {prefix}hi {_fmt(stat['hi'])} at level {t['level_contradicted']:.2g}"
+            + (f"; the design could detect a d {_fmt(mde)} beyond the rule's threshold with 80% power"
+               if mde is not None else ""))
+
+
+def _holds_text(t: Mapping[str, Any], verdict: str) -> str:
+    """`the rule lo > 0 holds: lo = 9.05 at level 0.0063`, naming the statistic the rule reads."""
+    stat = t["curve"] if t.get("reads") == "curve" else t["last"]
+    prefix = "curve_" if t.get("reads") == "curve" else ""
+    side, level = ("lo", t["level_supported"]) if verdict == SUPPORTED else ("hi", t["level_contradicted"])
+    margin = f" (margin {t['margin']})" if t.get("margin") is not None else ""
+    return f"the rule {t['rule'][verdict]}{margin} holds: {prefix}{side} = {_fmt(stat[side])} at level {level:.2g}"
+
+
+def _seeds_text(t: Mapping[str, Any]) -> str:
+    """`recall (self gen 2 vs self gen 0): d > 0 (as claimed) in 3 of 3 seeds, by 0.06 to 0.12`."""
+    values = [v for v in t["per_seed"] if v is not None]
+    arms = f"{t['arm']} gen {t['generation']} vs {t['vs_arm']} gen {t['vs_generation']}"
+    if t["vs_metric"] != t["metric"] and t["vs_arm"] == t["arm"]:
+        arms = f"{t['arm']} gen {t['generation']}"
+    span = f"d from {_fmt(min(values))} to {_fmt(max(values))}" if values else "no values"
+    return f"{t['difference']} ({arms}): d > 0 (as claimed) in {sum(v > 0 for v in values)} of {len(values)} seeds, " \
+           f"{span}"
+
+
+def last_level(test: Mapping[str, Any], side: str) -> str:
+    level = test["level_supported"] if side == "s" else test["level_contradicted"]
+    return f"{level:.2g}"

@@ -1,0 +1,257 @@
+"""The verdict rule: a tiny expression language written in a study's config, checked when the study loads.
+
+A rule is a comparison of RULE_NAMES and numbers (with + - * /), joined by and/or/not, e.g. `supported: lo > 0`,
+`contradicted: hi < 0`. `lo` and `hi` are the one-sided bounds at the levels error control assigns to the metric
+(imgcollapse/verdicts/stats.py), so the default rule is a one-sided t-test at that level in each direction. A rule
+of that form (or `p_claim < level_supported`) has the family-wise level `alpha` the engine states; any other rule is
+the user's, and its level is reported as not stated.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from imgcollapse.errors import ConfigError
+from imgcollapse.metric_facts import worse
+
+# used where a study sets none. combine: how a test's metrics make its verdict: any (one family: some metric decides,
+# none against, Bonferroni both ways) | all (every metric); alpha: each claim's family-wise level (under no effect,
+# a claim is decided at most alpha of the time, alpha/2 each way)
+RULE = {"supported": "lo > 0", "contradicted": "hi < 0", "combine": "any", "alpha": 0.05}
+COMBINE = {"and": "and", "or": "or", "all": "and", "any": "or"}  # a claim's tests; all/any: the names before 0.4
+TEST_COMBINE = {"any": "any", "all": "and", "or": "any", "and": "and"}  # a test's metrics
+RULE_NAMES = ("mean", "lo", "hi", "p", "p_claim", "p_against", "p_sign_claim", "p_sign_against", "n", "curve_mean",
+              "curve_lo", "curve_hi", "curve_p", "margin", "level_supported", "level_contradicted")
+EXPECT = ("worse", "better", "higher", "lower")
+TEST_KEYS = {"name", "arm", "vs_arm", "metric", "metrics", "vs_metric", "generation", "vs_generation", "change",
+             "expect", "relative", "margin", "trusted_for", "rule"}
+CLAIM_KEYS = {"statement", "source", "tests", "rule", "note", "combine"}
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+
+
+# The rule: a tiny expression language, checked when the study loads --------------------------------------------
+_NODES = (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.Compare, ast.Lt, ast.LtE,
+          ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.Name, ast.Load, ast.Constant, ast.BinOp, ast.Add, ast.Sub,
+          ast.Mult, ast.Div)
+
+
+_LOGICAL = (ast.Compare, ast.BoolOp, ast.UnaryOp)  # what a rule's root and and/or/not's operands must be
+
+
+def parse_rule(text: str, key: str) -> ast.Expression:
+    """A verdict rule as a checked expression tree: comparisons of RULE_NAMES and numbers (with + - * /), joined by
+    and/or/not (ConfigError naming `key` for anything else)."""
+    try:
+        tree = ast.parse(str(text), mode="eval")
+    except SyntaxError as e:
+        raise ConfigError(key, text, f"a comparison such as 'lo > 0' ({e.msg})") from e
+    what = f"comparisons of {', '.join(RULE_NAMES)} and numbers, joined by and/or/not"
+    for node in ast.walk(tree):
+        if not isinstance(node, _NODES):
+            raise ConfigError(key, text, what)
+        if isinstance(node, ast.Name) and node.id not in RULE_NAMES:
+            raise ConfigError(key, text, f"names among {', '.join(RULE_NAMES)} (not {node.id!r})")
+        if isinstance(node, ast.Constant) and (isinstance(node.value, bool)
+                                               or not isinstance(node.value, (int, float))):
+            raise ConfigError(key, text, f"{what} (not the constant {node.value!r})")
+        logical = node.values if isinstance(node, ast.BoolOp) else \
+            [node.operand] if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) else []
+        if any(not isinstance(v, _LOGICAL) for v in logical):
+            raise ConfigError(key, text, f"{what} (and/or/not join comparisons, not bare values)")
+    if not isinstance(tree.body, _LOGICAL) or (isinstance(tree.body, ast.UnaryOp)
+                                               and not isinstance(tree.body.op, ast.Not)):
+        raise ConfigError(key, text, f"{what} (a rule is a comparison, such as 'lo > 0')")
+    return tree
+
+
+def evaluate_rule(tree: ast.Expression, values: Mapping[str, float | None]) -> bool:
+    """The rule on one test's numbers, in three-valued logic: a comparison with a missing number is unknown, and
+    so is `not` of it; the rule holds only when it is true."""
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.BoolOp):
+            parts = [ev(v) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return False if False in parts else None if None in parts else True
+            return True if True in parts else None if None in parts else False
+        if isinstance(node, ast.UnaryOp):
+            inner = ev(node.operand)
+            if inner is None:
+                return None
+            return (not inner) if isinstance(node.op, ast.Not) else -inner
+        if isinstance(node, ast.BinOp):
+            a, b = ev(node.left), ev(node.right)
+            if a is None or b is None:
+                return None
+            ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
+                   ast.Div: lambda: a / b if b else None}
+            return ops[type(node.op)]()
+        if isinstance(node, ast.Compare):
+            left = ev(node.left)
+            for op, right_node in zip(node.ops, node.comparators, strict=True):
+                right = ev(right_node)
+                if left is None or right is None:
+                    return None
+                ok = {ast.Lt: left < right, ast.LtE: left <= right, ast.Gt: left > right, ast.GtE: left >= right,
+                      ast.Eq: left == right, ast.NotEq: left != right}[type(op)]
+                if not ok:
+                    return False
+                left = right
+            return True
+        if isinstance(node, ast.Name):
+            value = values.get(node.id)
+            return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+        if isinstance(node, ast.Constant):
+            return node.value
+        raise ValueError(f"unexpected node {type(node).__name__}")  # parse_rule admits none
+
+    return ev(tree) is True
+
+
+def uses_margin(text: str) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "margin" for n in ast.walk(ast.parse(str(text), mode="eval")))
+
+
+def normalised(rule: Mapping[str, Any] | None) -> dict:
+    """A rule with its metrics' `combine` read as any (one family) or and (every metric); `or` and `all` name them
+    too."""
+    out = dict(rule or {})
+    if "combine" in out:
+        out["combine"] = TEST_COMBINE.get(out["combine"], out["combine"])
+    return out
+
+
+def rule_of(study_rule: Mapping[str, Any] | None, claim: Mapping[str, Any], test: Mapping[str, Any]) -> dict:
+    """The rule a test is judged by: the kit's default, the study's, the claim's, the test's (each may set some)."""
+    return {**RULE, **normalised(study_rule), **normalised(claim.get("rule")), **normalised(test.get("rule"))}
+
+
+def claim_combine(claim: Mapping[str, Any]) -> str:
+    """How a claim joins its tests: and | or (default or; all/any read as and/or)."""
+    how = claim.get("combine", "or")
+    return COMBINE.get(how, how)
+
+
+def controls_level(rule: Mapping[str, Any]) -> bool:
+    """Whether a rule is one whose error rate the engine states: `supported: lo > c` and `contradicted: hi < c` with
+    the same threshold c (a number, or ±margin: the null is then d = c) read on the same statistic (`lo`/`hi` or
+    `curve_lo`/`curve_hi`), or `p_claim < level_supported` and `p_against < level_contradicted` (or the sign test's
+    `p_sign_claim`, `p_sign_against`)."""
+
+    def parts(text: str) -> tuple[str, type, str] | None:
+        body = ast.parse(str(text), mode="eval").body
+        if not (isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.left, ast.Name)):
+            return None
+        right = body.comparators[0]
+        if any(isinstance(n, ast.Name) and n.id not in ("margin", "level_supported", "level_contradicted")
+               for n in ast.walk(right)):
+            return None
+        return body.left.id, type(body.ops[0]), right.id if isinstance(right, ast.Name) else ast.dump(right)
+
+    sup, con = parts(rule[SUPPORTED]), parts(rule[CONTRADICTED])
+    if sup is None or con is None:
+        return False
+    pairs = {("lo", "hi"), ("curve_lo", "curve_hi")}
+    if (sup[0], con[0]) in pairs:
+        return sup[1] in (ast.Gt, ast.GtE) and con[1] in (ast.Lt, ast.LtE) and sup[2] == con[2] \
+            and "level_" not in sup[2]
+    levels = "level_supported", "level_contradicted"
+    return (sup[0], con[0]) in {("p_claim", "p_against"), ("p_sign_claim", "p_sign_against")} \
+        and sup[1] is ast.Lt and con[1] is ast.Lt and (sup[2], con[2]) == levels
+
+
+def reads(rule: Mapping[str, Any]) -> str:
+    """Which statistic a rule reads: `curve` (the curve's average d) or `last` (d at the test's generation)."""
+    names = {n.id for v in (rule[SUPPORTED], rule[CONTRADICTED]) for n in ast.walk(ast.parse(str(v), mode="eval"))
+             if isinstance(n, ast.Name)}
+    return "curve" if names & {"curve_mean", "curve_lo", "curve_hi", "curve_p"} and not \
+        names & {"mean", "lo", "hi", "p", "p_claim", "p_against", "p_sign_claim", "p_sign_against"} else "last"
+
+
+def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms: Mapping[str, int]) -> None:
+    """Every claim's keys, tests, arms (`arms`: {name: last generation}), metrics' directions, `trusted_for` and
+    rules (ConfigError naming the key), so that a study fails when it loads, not after its chains ran."""
+    from imgcollapse.metrics.calibration import CHANGES
+
+    changes = set(CHANGES) | {kind for kind, *_ in CHANGES.values()}
+    study_rule = normalised(study_rule)
+    names = sorted(arms)
+    _check_rule_keys(study_rule, "study.rule")
+    for name, claim in (claims or {}).items():
+        where = f"study.claims.{name}"
+        if not isinstance(claim, Mapping) or not claim.get("tests"):
+            raise ConfigError(where, claim, "a mapping with a statement and a list of tests")
+        if unknown := set(claim) - CLAIM_KEYS:
+            raise ConfigError(where, sorted(unknown), f"keys among {sorted(CLAIM_KEYS)}")
+        _check_rule_keys(claim.get("rule"), f"{where}.rule")
+        for i, test in enumerate(claim["tests"]):
+            at = f"{where}.tests[{i}]"
+            if unknown := set(test) - TEST_KEYS:
+                raise ConfigError(at, sorted(unknown), f"keys among {sorted(TEST_KEYS)}")
+            _check_rule_keys(test.get("rule"), f"{at}.rule")
+            if "arm" not in test:
+                raise ConfigError(f"{at}.arm", None, f"one of the study's arms {names}")
+            for arm_key in ("arm", "vs_arm"):
+                if arm_key in test and test[arm_key] not in arms:
+                    raise ConfigError(f"{at}.{arm_key}", test[arm_key], f"one of the study's arms {names}")
+            metrics = test.get("metrics") or test.get("metric")
+            metrics = [metrics] if isinstance(metrics, str) else metrics
+            if not metrics or not all(isinstance(m, str) for m in metrics):
+                raise ConfigError(f"{at}.metrics", metrics, "a metric column (metric: fid) or a list (metrics: [...])")
+            if test.get("expect") not in EXPECT:
+                raise ConfigError(f"{at}.expect", test.get("expect"), f"one of {list(EXPECT)}: what the claim says "
+                                  "of arm against vs_arm")
+            if test["expect"] in ("worse", "better"):
+                for m in [*metrics, *([test["vs_metric"]] if test.get("vs_metric") else [])]:
+                    if worse(m) is None:
+                        raise ConfigError(f"{at}.expect", test["expect"], f"higher or lower: which way is worse is "
+                                          f"not known for {m!r} (imgcollapse/metric_facts.py knows the kit's columns)")
+            for g_key in ("generation", "vs_generation"):
+                g = test.get(g_key, "last")
+                if g != "last" and not (isinstance(g, int) and g >= 0):
+                    raise ConfigError(f"{at}.{g_key}", g, "'last' or a generation >= 0")
+            vs_arm = test.get("vs_arm", test["arm"])
+            g_a = arms[test["arm"]] if test.get("generation", "last") == "last" else test["generation"]
+            g_b = test.get("vs_generation", g_a)
+            g_b = arms[vs_arm] if g_b == "last" else g_b
+            for arm, g, key in ((test["arm"], g_a, "generation"), (vs_arm, g_b, "vs_generation")):
+                if g > arms[arm]:
+                    raise ConfigError(f"{at}.{key}", g, f"a generation arm {arm} has (0..{arms[arm]}); give "
+                                      "vs_generation where the arms' lengths differ")
+            if vs_arm == test["arm"] and "vs_generation" not in test and not test.get("vs_metric"):
+                raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
+                                  "(vs_generation) or another metric (vs_metric); this one is always 0")
+            trusted = test.get("trusted_for")
+            trusted = [trusted] if isinstance(trusted, str) else trusted or []
+            if unknown := set(trusted) - changes:
+                raise ConfigError(f"{at}.trusted_for", sorted(unknown), f"changes or kinds the calibration makes: "
+                                  f"{sorted(changes)}")
+            rule = rule_of(study_rule, claim, test)
+            for verdict in (SUPPORTED, CONTRADICTED):
+                parse_rule(rule[verdict], f"{at}.rule.{verdict}")
+                if uses_margin(rule[verdict]) and not isinstance(test.get("margin"), (int, float)):
+                    raise ConfigError(f"{at}.margin", test.get("margin"), f"a number: the rule {rule[verdict]!r} "
+                                      "uses it")
+            if rule["combine"] not in TEST_COMBINE.values():
+                raise ConfigError(f"{at}.rule.combine", rule["combine"], "any (one family: some metric decides, none "
+                                  "against) or all (every metric)")
+            if not (isinstance(rule["alpha"], (int, float)) and 0 < rule["alpha"] < 1):
+                raise ConfigError(f"{at}.rule.alpha", rule["alpha"], "a family-wise level in (0, 1), e.g. 0.05")
+        if claim.get("combine", "or") not in COMBINE:
+            raise ConfigError(f"{where}.combine", claim.get("combine"), "and (supported only if every test is; "
+                              "contradicted if any is) or or (the dual)")
+
+
+def _check_rule_keys(rule: Any, key: str) -> None:
+    if rule is None:
+        return
+    if not isinstance(rule, Mapping):
+        raise ConfigError(key, rule, f"a mapping with keys among {list(RULE)}")
+    for k, value in rule.items():
+        if k not in RULE:
+            raise ConfigError(f"{key}.{k}", value, f"keys among {list(RULE)}")
