@@ -313,10 +313,13 @@ def reason(claim: Mapping[str, Any]) -> str:
     candidates = [t for t in tests if t["test"] in blocking] or tests
     t = max(candidates, key=lambda x: abs(x["last"]["mean"] or 0) / (x["last"]["sd"] or math.inf))
     group = groups[t["test"]]
+    if t["verdict"] != INCONCLUSIVE and group["verdict"] == t["verdict"]:
+        need = "every test to be supported" if claim["combine"] == "and" else "every test to be contradicted"
+        return (f"{_seeds_text(t)}; test {group['name']!r} is {group['verdict']}, but the claim (joined by "
+                f"{claim['combine']}) needs {need}")
     if t["verdict"] != INCONCLUSIVE:
         return (f"{_seeds_text(t)}; this metric alone is {t['verdict']}, but test {group['name']!r} is "
-                f"{group['verdict']} (its metrics disagree" + (", or the claim's other tests" if len(groups) > 1
-                                                               else "") + ")")
+                f"{group['verdict']} (its metrics disagree)")
     stat = t["curve"] if t.get("reads") == "curve" else t["last"]
     if stat["lo"] is None:
         return f"{_seeds_text(t)}; no interval (the seeds agree exactly, or are too few): inconclusive"
