@@ -45,12 +45,15 @@ def test_ctrl_c_exits_130_and_says_what_was_kept(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "imgcollapse.run", *TINY, "generation=500", f"hydra.run.dir={run_dir}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not (run_dir / "gen_001" / "DONE").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    log_file = tmp_path / "output.log"  # a file, not a pipe: a full pipe nobody reads would stall the child
+    with log_file.open("w") as sink:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 240
+        while not (run_dir / "gen_001" / "DONE").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    output = log_file.read_text()
     assert proc.returncode == 130, output[-3000:]
     line = next(x for x in output.splitlines() if "interrupted:" in x)
     assert f"are finished and kept in {run_dir}" in line and "Rerun the same command to resume" in line
