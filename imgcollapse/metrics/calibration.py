@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.transforms import floor_split
-from imgcollapse.metric_facts import badness, worse
+from imgcollapse.metric_facts import badness, split, worse
 from imgcollapse.metrics import (
     CLASS_COLUMNS,
     SET_COLUMNS,
@@ -76,14 +76,6 @@ def calibrated_columns(metrics: Metrics) -> list[str]:
         if space.name == "classifier":
             columns += [c for c in CLASS_COLUMNS if worse(c) is not None]
     return columns + [c + SUFFIX["pixel"] for c in ("near_copy_share", "memorization_ratio")]
-
-
-def base_name(column: str) -> str:
-    """`fid_inception` -> `fid`: the metric a column measures, whatever its space."""
-    for suffix in (SUFFIX["inception"], SUFFIX["pixel"]):
-        if column.endswith(suffix):
-            return column[: -len(suffix)]
-    return column
 
 
 # Changes ---------------------------------------------------------------------------------------------
@@ -170,8 +162,6 @@ def response(entry: dict[str, Any], column: str) -> float:
 
 def severity_ruler(column: str) -> str:
     """The generic ruler a column's responses are matched against: FID in the column's feature space."""
-    from imgcollapse.metric_facts import split
-
     suffix = split(column)[1]
     return "fid" + (suffix if suffix != SUFFIX["pixel"] else "")
 

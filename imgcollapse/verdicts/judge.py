@@ -186,13 +186,14 @@ def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
         verdict = CONTRADICTED
     what = metric + (f" − {found['vs_metric']}" if found["vs_metric"] != metric else "")
     found.pop("fixed_vs_generation")
+    orientation, read = found.pop("sign"), reads(rule)
     return {
-        "name": test.get("name", ""), **found, "difference": what, "orientation": found.pop("sign"),
+        "name": test.get("name", ""), **found, "difference": what, "orientation": orientation,
         "last": last, "curve": curve, "separates_at": separates, "trusted": votes, "trust_note": why,
         "votes": votes is not False, "incomplete": bool(planned) and last["n"] < planned,
-        "level_supported": level_s, "level_contradicted": level_c, "reads": reads(rule),
+        "level_supported": level_s, "level_contradicted": level_c, "reads": read,
         # the smallest true d beyond the rule's threshold its one-sided test finds 4 times in 5, at this spread and n
-        "detectable": stats.detectable(*((curve["sd"], curve["n"]) if reads(rule) == "curve" else
+        "detectable": stats.detectable(*((curve["sd"], curve["n"]) if read == "curve" else
                                           (last["sd"], last["n"])), level_s),
         "rule": {k: rule[k] for k in (SUPPORTED, CONTRADICTED)}, "margin": test.get("margin"), "verdict": verdict,
     }
@@ -228,11 +229,14 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
         first_seed.setdefault(c["arm"], c["run_dir"])
     seeds = sorted({c["seed"] for c in record["chains"]})
     out: dict[str, Any] = {"study": record["name"], "seeds": seeds, "claims": {}}
+    calibrations: dict[str, dict[str, Any] | None] = {}  # each arm's, read once
     for name, claim in (study.get("claims") or {}).items():
         how = claim_combine(claim)
         plans = []
         for index, test in enumerate(claim["tests"]):  # which metrics vote: the calibration's, before any outcome
-            calibration = read_calibration(Path(root) / first_seed[test["arm"]])
+            if test["arm"] not in calibrations:
+                calibrations[test["arm"]] = read_calibration(Path(root) / first_seed[test["arm"]])
+            calibration = calibrations[test["arm"]]
             rule = rule_of(study.get("rule"), claim, test)
             metrics = test.get("metrics") or [test["metric"]]
             metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -351,8 +355,3 @@ def _seeds_text(t: Mapping[str, Any]) -> str:
     span = f"d from {_fmt(min(values))} to {_fmt(max(values))}" if values else "no values"
     return f"{t['difference']} ({arms}): d > 0 (as claimed) in {sum(v > 0 for v in values)} of {len(values)} seeds, " \
            f"{span}"
-
-
-def last_level(test: Mapping[str, Any], side: str) -> str:
-    level = test["level_supported"] if side == "s" else test["level_contradicted"]
-    return f"{level:.2g}"

@@ -3,6 +3,7 @@ chain runs; a plan changed once chains had data marks every verdict "re-analysed
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -22,8 +23,6 @@ def plan_hash(study: dict[str, Any], common: list[str]) -> str:
 
 def _spelling_free(key: str, value: Any) -> Any:
     """A plan's part with each `combine` spelled one way (or/and), so that aliases (any/all) hash alike."""
-    import copy
-
     spelled = {"any": "or", "all": "and"}
 
     def rule(r: Any) -> Any:
