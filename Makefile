@@ -1,26 +1,44 @@
-# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+# The README's commands: `make smoke`, `make run`, `make test`. Each sets up .venv first (once).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
-# the tests cover the Hydra launchers, TensorBoard and W&B (offline), so the set-up installs those extras too
-EXTRAS ?= dev,cluster,tensorboard,wandb
+# a run needs the kit and pandas (load_run/load_study return DataFrames); the tests also cover the Hydra
+# launchers, TensorBoard and W&B (offline), so `make test` adds those extras
+RUN_EXTRAS ?= pandas
+TEST_EXTRAS ?= pandas,dev,cluster,tensorboard,wandb
+# the versions the published numbers were made with (`make constraints` refreshes it from .venv)
+CONSTRAINTS ?= constraints.txt
+# e.g. https://download.pytorch.org/whl/cpu: torch's CPU wheels, where that index is reachable (PyPI has none)
+TORCH_INDEX ?=
+PIP := $(PY) -m pip install -q -c $(CONSTRAINTS)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup setup-test smoke run test test-fast lint bench constraints clean
 
-# Re-install only when the project's dependencies change.
-$(VENV)/.installed: pyproject.toml
+# Re-install only when the project's dependencies or the tested versions change.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 10) else f"imgcollapse needs Python >= 3.10; $(PYTHON) is {v.major}.{v.minor}: run make PYTHON=python3.11 (or any 3.10+)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(if $(TORCH_INDEX),$(PIP) torch torchvision --index-url $(TORCH_INDEX))
+	$(PIP) -e '.[$(RUN_EXTRAS)]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) -e '.[$(TEST_EXTRAS)]'
 	touch $@
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
+
+# 3 tiny generations of the default DDPM: about 25 s on 2 CPU cores once set up
+smoke: setup
+	$(PY) -m imgcollapse.run debug=smoke $(ARGS)
 
 run: setup
 	$(PY) -m imgcollapse.run $(ARGS)
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 
 # two workers on the two cores, one torch thread each (tests/conftest.py): 2x faster than one worker with two
@@ -29,6 +47,10 @@ test: lint
 
 bench: setup
 	$(PY) scripts/bench.py --out bench.json $(ARGS)
+
+# the tested versions of everything the kit and its extras need (scripts/constraints.py)
+constraints: setup-test
+	$(PY) scripts/constraints.py --out $(CONSTRAINTS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from imgcollapse._version import version_line
 from imgcollapse.cli import describe_config_error
 from imgcollapse.config import build, compose, validate, validate_data
-from imgcollapse.errors import UserError
+from imgcollapse.errors import EXIT_DONE, EXIT_USER, UserError, exit_codes_text
 from imgcollapse.metrics import setup_metrics
 from imgcollapse.metrics.calibration import FIGURE, FILE, SEES, load_or_calibrate, write_json
 from imgcollapse.report.plots import calibration_figure, save_figure
@@ -73,7 +74,9 @@ def refresh(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgcollapse-calibrate",
-                                     description="Which metric sees which change on your data.")
+                                     description="Which metric sees which change on your data.",
+                                     epilog=exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line("imgcollapse-calibrate"))
     parser.add_argument("--out", type=Path, default=None, help="where calibration.json and .png go")
     parser.add_argument("--refresh", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                         help="compute these chains' calibration.json again with this code, from their own overrides")
@@ -84,22 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.refresh:
             for run_dir in args.refresh:
                 refresh(run_dir)
-            return 0
+            return EXIT_DONE
         out, result = run_calibration(args.overrides, args.out)
     except UserError as e:
         log.error("%s", e)
-        return 2
+        return EXIT_USER
     except Exception as e:  # Hydra's composition errors: an unknown key or group, a wrong type
         if type(e).__module__.startswith(("hydra", "omegaconf")):
             log.error("%s", describe_config_error(e))
-            return 2
+            return EXIT_USER
         raise
     width = max(len(c) for c in result["sees"])
     lines = [f"{c:<{width}}  {', '.join(ch) or '— (sees none of the changes)'}" for c, ch in result["sees"].items()]
     log.info("which changes each metric sees (%s) on %d real images:\n%s", SEES, result["size"], "\n".join(lines))
     log.info("wrote %s and %s (computed in %.1f s)", out / FILE, out / FIGURE, result["seconds"])
     json.dumps(result)  # fail here, not in a reader, if the result is not plain JSON
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -24,13 +24,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
+from imgcollapse._version import version_line
 from imgcollapse.config import did_you_mean, register, user_groups
-from imgcollapse.errors import TrainingDiverged, UserError, WriteFailed
+from imgcollapse.errors import (
+    EXIT_BUG,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USER,
+    EXIT_WRITE,
+    TrainingDiverged,
+    UserError,
+    WriteFailed,
+)
 from imgcollapse.jobs import FAILED, failed_jobs, write_failed
 
 log = logging.getLogger("imgcollapse")
-
-EXIT_USER, EXIT_DIVERGED, EXIT_WRITE, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 _interrupt_reported = False
 
@@ -49,7 +57,7 @@ def exit_status(error: BaseException) -> tuple[int, str]:
     if isinstance(error, WriteFailed):  # disk full, quota, I/O error: the generation being written is not done
         return EXIT_WRITE, (f"{error}. Finished generations are kept; free space (or fix the error) and rerun the "
                             "same command to resume")
-    return 1, f"{type(error).__name__}: {error}"
+    return EXIT_BUG, f"{type(error).__name__}: {error}"
 
 
 def job(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> int:
@@ -69,11 +77,11 @@ def job(cfg: DictConfig, run: Callable[[DictConfig, Path], Any]) -> int:
     except Exception as e:
         code, line = exit_status(e)
         if not sweep:
-            if code == 1:
+            if code == EXIT_BUG:
                 raise  # a bug: Hydra prints the traceback
             log.error("%s", line)
             sys.exit(code)
-        if code == 1:
+        if code == EXIT_BUG:
             log.error("job %s failed:\n%s", run_dir.name, traceback.format_exc())
         else:
             log.error("job %s failed: %s", run_dir.name, line)
@@ -135,9 +143,12 @@ def describe_config_error(error: BaseException) -> str:
 
 
 # The entry point ---------------------------------------------------------------------------------
-def main(hydra_main: Callable[[], Any]) -> None:
+def main(hydra_main: Callable[[], Any], command: str = "imgcollapse") -> None:
     """Run a `@hydra.main` function as the kit's command: exit 2 with one line for a composition error, 130 on
-    Ctrl-C, and after a sweep the first failed job's status."""
+    Ctrl-C, and after a sweep the first failed job's status (errors.EXIT_CODES). `--version` prints the kit's."""
+    if "--version" in sys.argv[1:]:  # Hydra's own --version would print Hydra's
+        print(version_line(command))
+        sys.exit(0)
     register()  # the schemas and resolvers (--help's list of groups among them)
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing and exiting 1: mapped below

@@ -32,7 +32,7 @@ from imgcollapse.data import DatasetConfig
 from imgcollapse.data.digits import DigitsConfig
 from imgcollapse.data.folder import FolderConfig
 from imgcollapse.data.torchvision_sets import CIFAR10Config, TorchvisionConfig
-from imgcollapse.errors import ConfigError, UserError, require  # noqa: F401  (ConfigError, UserError: their old home)
+from imgcollapse.errors import ConfigError, UserError, exit_codes_text, require  # noqa: F401  (ConfigError, UserError: their old home)
 from imgcollapse.metrics import MetricsConfig
 from imgcollapse.models import SamplingConfig
 from imgcollapse.models.ddpm import DDPMConfig
@@ -136,6 +136,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("not_identity", not_identity)
     if not OmegaConf.has_resolver("config_groups_help"):
         OmegaConf.register_new_resolver("config_groups_help", config_groups_help)
+    if not OmegaConf.has_resolver("exit_codes_help"):
+        OmegaConf.register_new_resolver("exit_codes_help", exit_codes_text)
 
 
 def user_groups() -> list[str]:

@@ -1,13 +1,42 @@
-"""The kit's exceptions: the bottom of the package, imported by every layer and importing none of it.
+"""The kit's exceptions and exit codes: the bottom of the package, imported by every layer and importing none of it.
 
-The entry points map them to exit codes: UserError (and its kinds) 2, TrainingDiverged 3, WriteFailed 4.
-Each message names what is wrong and what to do, so no traceback is ever needed.
+Every command maps them to the one table of exit codes, EXIT_CODES: UserError (and its kinds) 2, TrainingDiverged 3,
+WriteFailed 4. Each message names what is wrong and what to do, so no traceback is ever needed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+EXIT_DONE, EXIT_BUG, EXIT_USER, EXIT_DIVERGED, EXIT_WRITE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+# The one table of exit codes: every command (imgcollapse, imgcollapse-study, imgcollapse-report,
+# imgcollapse-calibrate) exits with one of these; --help and docs/RELIABILITY.md print it from here.
+EXIT_CODES: dict[int, str] = {
+    EXIT_DONE: "done, or nothing was left to do",
+    EXIT_BUG: "an unexpected error (a bug): the traceback is printed; please report it",
+    EXIT_USER: "a mistake in the command, the config or an input (a damaged or locked run dir, missing data): "
+               "one line names it and what is allowed",
+    EXIT_DIVERGED: "training diverged (a non-finite loss): lower model.lr and rerun with resume=force",
+    EXIT_WRITE: "a file could not be written (disk full, permissions): free space and rerun to resume",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): finished generations are kept; rerun to resume",
+}
+# A -m sweep or a study exits with its first failed chain's code once every other chain has run.
+
+
+def exit_codes_text(width: int = 100) -> str:
+    """The exit-code table as `--help` prints it: one line per code."""
+    import textwrap
+
+    return "Exit codes:\n" + "\n".join(textwrap.fill(meaning, width, initial_indent=f"  {code:<4d}",
+                                                      subsequent_indent=" " * 6)
+                                        for code, meaning in EXIT_CODES.items())
+
+
+def exit_codes_markdown() -> str:
+    """The exit-code table as docs/RELIABILITY.md holds it (a test keeps the two equal)."""
+    rows = [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(["| exit code | meaning |", "| --- | --- |", *rows])
 
 
 class UserError(Exception):

@@ -14,6 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# The ruler's version: bump it whenever a metric's definition changes (what it measures, on which set, how an interval
+# is made), so a number recorded under an older ruler is known to be stale (imgcollapse/recorded.py, its test).
+# 1-2: kit 0.1-0.2 (copy detectors scaled by unseen real images); 3: kit 0.3 (equal-size sets, bootstrap intervals,
+# memorization against a null of the model's own fresh draws, per-class scores independent of the bootstrap count);
+# 4: kit 0.4 (fid_mean_within; tail_ratio worse when lower; the calibration's own noise resamples).
+RULER_VERSION = 4
+
 HIGHER, LOWER, ONE = "higher", "lower", "one"
 # the kinds of change the calibration makes (metrics/calibration.py CHANGES names which change is which kind)
 KINDS = ("distortion", "homogeneity", "tails", "copying", "contraction")

@@ -1,16 +1,20 @@
 """Progress where no progress bar is seen: on a non-terminal (a Slurm log, a file), training logs every 10% of a
 generation's steps with the ETA of the generation and of the chain.
 
-On a terminal tqdm draws its bar instead (models/train.py). The chain's position comes from `begin_chain` (the
-first and last generation this invocation trains) and `generation_done` (each finished generation's seconds), both
-called by the run; the training loop calls `Steps.update`. Nothing here changes what is computed.
+On a terminal tqdm draws its bar instead (models/train.py); a study logs one line for all its chains (StudyWatch).
+The chain's position comes from `begin_chain` (the first and last generation this invocation trains) and
+`generation_done` (each finished generation's seconds), both called by the run; the training loop calls
+`Steps.update`. Nothing here changes what is computed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("imgcollapse")
@@ -99,3 +103,50 @@ class Steps:
             eta += f", chain {duration(left + per_generation * max(0, _chain.last - _chain.current))}"
         parts.append(eta)
         return "  ".join(parts)
+
+
+class StudyWatch:
+    """One progress line for a whole study, logged while its launcher runs: chains finished of the total,
+    generations finished, time elapsed and an estimate of the time left (from this invocation's rate).
+
+    `count()` returns (chains finished, generations finished) as the files on disk say; it is polled every `poll`
+    seconds in a daemon thread and a line is logged when the count changes, at most every `every` seconds.
+    """
+
+    def __init__(self, label: str, chains: int, generations: int, count: Callable[[], tuple[int, int]],
+                 every: float = 30.0, poll: float = 5.0) -> None:
+        self.label, self.chains, self.generations, self.count = label, chains, generations, count
+        self.every, self.poll = every, poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="study-progress", daemon=True)
+        self.start_count = count()
+        self.began = time.perf_counter()
+
+    def __enter__(self) -> StudyWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.poll + 1)
+
+    def line(self, chains_done: int, gens_done: int, elapsed: float) -> str:
+        """`study claims: 5/24 chains, 31/72 generations, 12 min elapsed, about 16 min left`."""
+        new = gens_done - self.start_count[1]
+        left = self.generations - gens_done
+        eta = (f"about {duration(elapsed / new * left)} left" if new > 0 and left > 0
+               else "time left known after the first generation" if left > 0 else "done")
+        return (f"{self.label}: {chains_done}/{self.chains} chains, {gens_done}/{self.generations} generations, "
+                f"{duration(elapsed)} elapsed, {eta}")
+
+    def _loop(self) -> None:
+        last, logged = None, -math.inf
+        while not self._stop.wait(self.poll):
+            try:
+                found = self.count()
+            except OSError:  # a run dir being swapped in: the next poll reads it
+                continue
+            now = time.perf_counter()
+            if found != last and now - logged >= self.every:
+                log.info("%s", self.line(*found, now - self.began))
+                last, logged = found, now

@@ -32,8 +32,10 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from imgcollapse.errors import ConfigError, UserError
+from imgcollapse._version import version_line
+from imgcollapse.errors import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USER, ConfigError, UserError, exit_codes_text
 from imgcollapse.jobs import FAILED, read_failed
+from imgcollapse.progress import StudyWatch
 from imgcollapse.store import RunStore, atomic_write_text, to_json
 
 log = logging.getLogger("imgcollapse.study")
@@ -352,6 +354,25 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     return study, launcher, common
 
 
+def _run_chains(todo: list[Chain], chains: list[Chain], sources: set[str | None], root: Path,
+                launcher: list[str]) -> int:
+    """Launch the chains left to run, in the order the launcher needs; its exit status."""
+    if launcher[0] in ("hydra/launcher=basic", "hydra/launcher=joblib"):
+        # one launch: chains that others adopt from go first, and an adopting chain that starts while its source
+        # still trains generation 0 waits for it (resume.wait_for_generation0); no core idles between stages
+        ordered = sorted(todo, key=_launch_order)
+        status = _launch([_job(c, root) for c in ordered], root, launcher, "chains")
+    else:  # a cluster may start jobs in any order: the shared generations 0 first (by depth), then every chain
+        status = 0
+        for depth in range(max((c.depth for c in chains), default=0)):
+            first = [_job(c, root, generation=0) for c in todo if c.run_dir in sources and c.depth == depth
+                     and not RunStore(root / c.run_dir).is_done(0)]
+            status = max(status, _launch(first, root, launcher, f"stage {depth + 1} (shared generations 0)"))
+        # the last stage runs even after a failed one: chains that share nothing with a failed one still finish
+        status = max(status, _launch([_job(c, root) for c in todo], root, launcher, "stage last (every chain)"))
+    return status
+
+
 def run_study(argv: list[str]) -> Path:
     """Plan, run (resuming) and report the study `argv` describes; returns its dir. Raises UserError."""
     study_args, launcher_args, common = split_args(argv)
@@ -390,20 +411,16 @@ def run_study(argv: list[str]) -> Path:
     for chain in todo:  # an earlier attempt's FAILED would stop the chains that wait for this one's generation 0
         (root / chain.run_dir / FAILED).unlink(missing_ok=True)
     began = time.perf_counter()
-    if launcher[0] in ("hydra/launcher=basic", "hydra/launcher=joblib"):
-        # one launch: chains that others adopt from go first, and an adopting chain that starts while its source
-        # still trains generation 0 waits for it (resume.wait_for_generation0); no core idles between stages
-        ordered = sorted(todo, key=_launch_order)
-        status = _launch([_job(c, root) for c in ordered], root, launcher, "chains")
-    else:  # a cluster may start jobs in any order: the shared generations 0 first (by depth), then every chain
-        status = 0
-        for depth in range(max((c.depth for c in chains), default=0)):
-            first = [_job(c, root, generation=0) for c in todo if c.run_dir in sources and c.depth == depth
-                     and not RunStore(root / c.run_dir).is_done(0)]
-            status = max(status, _launch(first, root, launcher, f"stage {depth + 1} (shared generations 0)"))
-        # the last stage runs even after a failed one: chains that share nothing with a failed one still finish
-        status = max(status, _launch([_job(c, root) for c in todo], root, launcher, "stage last (every chain)"))
+
+    def count() -> tuple[int, int]:  # (chains finished, generations finished) as the files on disk say
+        done = [min(RunStore(root / c.run_dir).num_done(), c.generation + 1) for c in chains]
+        return sum(d > c.generation for d, c in zip(done, chains, strict=True)), sum(done)
+
+    watch = StudyWatch(f"study {study.name}", len(chains), sum(c.generation + 1 for c in chains), count)
+    with watch:
+        status = _run_chains(todo, chains, sources, root, launcher)
     seconds = time.perf_counter() - began
+    log.info("%s", watch.line(*count(), seconds))
     record["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds,
                            "chains_run": len(todo), "exit_status": status})
     atomic_write_text(record_path, to_json(record))
@@ -435,34 +452,39 @@ class StudyFailed(UserError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command: exit 0, 2 for a bad study or override, a failed chain's status, 130 on Ctrl-C."""
+    """The command: errors.EXIT_CODES (2 a bad study or override, a failed chain's own code, 130 on Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if "--version" in argv:
+        print(version_line("imgcollapse-study"))
+        return EXIT_DONE
     if {"-h", "--help"} & set(argv):
         print(__doc__)
         from imgcollapse.config import CONF_DIR
 
         print("studies:", ", ".join(sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))))
-        return 0
+        print(exit_codes_text(), "A study exits with its first failed chain's code once every other chain has run.",
+              sep="\n")
+        return EXIT_DONE
     try:
         run_study(argv)
     except KeyboardInterrupt:
         log.error("interrupted: finished generations are kept; rerun the same command to resume every chain")
-        return 130
+        return EXIT_INTERRUPTED
     except StudyFailed as e:
         log.error("%s", e)
         return e.status
     except UserError as e:
         log.error("%s", e)
-        return 2
+        return EXIT_USER
     except Exception as e:  # Hydra's composition errors of the study itself
         if type(e).__module__.startswith(("hydra", "omegaconf")):
             from imgcollapse.cli import describe_config_error
 
             log.error("%s", describe_config_error(e))
-            return 2
+            return EXIT_USER
         raise
-    return 0
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from imgcollapse._version import version_line
+from imgcollapse.errors import EXIT_DONE, EXIT_USER, exit_codes_text
 from imgcollapse.report.run_report import build_run_report, is_run_dir
 from imgcollapse.report.study import build_study_report, claims_markdown, is_study_dir
 from imgcollapse.report.sweep import build_sweep_report, is_sweep_dir
@@ -53,14 +55,16 @@ def report_study(root: Path, markdown: bool = False, heading: bool = False) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m imgcollapse.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="imgcollapse-report", description=__doc__.split("\n")[0],
+                                     epilog=exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line("imgcollapse-report"))
     parser.add_argument("dirs", nargs="+", type=Path, help="run, multirun and/or study directories")
     parser.add_argument("--no-runs", action="store_true", help="for a sweep, leave the jobs' own reports as they are")
     parser.add_argument("--markdown", action="store_true",
                         help="for a study, also print its claims as a Markdown table (the README's) on stdout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    status = 0
+    status = EXIT_DONE
     for root in args.dirs:
         study = root.is_dir() and is_study_dir(root)
         if args.markdown and root.is_dir() and not study:
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.error("%s is not a run directory (run.json, gen_XXX/), a multirun directory (job subdirectories "
                       "with .hydra/overrides.yaml) or a study directory (study.json)", root)
-            status = 2
+            status = EXIT_USER
     return status
 
 

@@ -55,9 +55,12 @@ def command() -> str:
 
 
 def invocation() -> dict[str, Any]:
-    """What run.json records about the command that trains now: command, time, git commit, machine."""
+    """What run.json records about the command that trains now: command, time, git commit, machine, and the
+    metrics' ruler version (a number recorded from the run is stale once the ruler changes)."""
+    from imgcollapse.metric_facts import RULER_VERSION
+
     return {"command": command(), "time": datetime.datetime.now().isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine": machine()}
+            "git_commit": git_commit(), "machine": machine(), "ruler": RULER_VERSION}
 
 
 def write_real_grid(images: Any, path: Path) -> None:
