@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 TORCH_INDEX ?=
 PIP := $(PY) -m pip install -q -c $(CONSTRAINTS)
 
-.PHONY: setup setup-test smoke run test test-fast lint bench constraints clean
+.PHONY: setup setup-test smoke run test lint bench constraints clean
 
 # Re-install only when the project's dependencies or the tested versions change.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -31,7 +31,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
 
-# 3 tiny generations of the default DDPM: about 25 s on 2 CPU cores once set up
+# 3 tiny generations of the default DDPM (its time on 2 cores: the README's first table)
 smoke: setup
 	$(PY) -m imgcollapse.run debug=smoke $(ARGS)
 
@@ -49,7 +49,7 @@ bench: setup
 	$(PY) scripts/bench.py --out bench.json $(ARGS)
 
 # the tested versions of everything the kit and its extras need (scripts/constraints.py)
-constraints: setup-test
+constraints: test
 	$(PY) scripts/constraints.py --out $(CONSTRAINTS)
 
 clean:

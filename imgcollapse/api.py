@@ -6,6 +6,7 @@
     table = ic.load_run("outputs/debug=smoke,model=gmm")    # pandas DataFrame (list of dicts without pandas)
     model = ic.load_model("outputs/debug=smoke,model=gmm", generation=2)
     images = model.sample(16, seed=0).images                # uint8 N×C×H×W
+    long = ic.load_study("outputs/study/smoke")             # arm, seed, generation, metric, value (tidy)
 
 `run_chain` runs the same code as the command line (same run dir, same resume checks, same files), in this
 process; the command line is the way to run sweeps.
@@ -66,6 +67,32 @@ def load_run(run_dir: str | Path) -> Any:
     except ImportError:  # pandas is optional: pip install 'imgcollapse[pandas]'
         return rows
     return pandas.DataFrame(rows)
+
+
+def load_study(study_dir: str | Path, form: str = "long") -> Any:
+    """A study's rows as a pandas DataFrame (a list of dicts without pandas): `form="long"` one row per arm, seed,
+    generation and metric (`arm, seed, generation, metric, value`: seaborn's `hue="arm"`, `x="generation"`),
+    `"wide"` study.csv's rows, `"summary"` per arm, generation and metric the mean across seeds with its 95%
+    t-interval and n. Read from the chains on disk, so a study still running gives what has finished."""
+    from imgcollapse.report.study import LONG_COLUMNS, STUDY_FILE, SUMMARY_COLUMNS, long_rows, read_rows, summary_rows
+
+    root = Path(study_dir)
+    if not (root / STUDY_FILE).is_file():
+        raise UserError(f"{root} is not a study directory (no {STUDY_FILE}; imgcollapse-study writes it)")
+    forms = ("long", "wide", "summary")
+    if form not in forms:
+        raise UserError(f"form={form!r} is not allowed: one of {', '.join(forms)}")
+    rows = read_rows(root, json.loads((root / STUDY_FILE).read_text()))
+    columns = None
+    if form != "wide":
+        rows, columns = long_rows(rows), list(LONG_COLUMNS)
+        if form == "summary":
+            rows, columns = summary_rows(rows), list(SUMMARY_COLUMNS)
+    try:
+        import pandas
+    except ImportError:  # pandas is optional: pip install 'imgcollapse[pandas]'
+        return rows
+    return pandas.DataFrame(rows, columns=columns)  # the columns even before any chain has finished
 
 
 def load_model(run_dir: str | Path, generation: int, accelerator: Any = None) -> Any:

@@ -21,7 +21,7 @@ import torch
 from imgcollapse._version import version_line
 from imgcollapse.cli import describe_config_error
 from imgcollapse.config import build, compose, validate, validate_data
-from imgcollapse.errors import EXIT_DONE, EXIT_USER, UserError, exit_codes_text
+from imgcollapse.errors import EXIT_DONE, EXIT_USER, EXIT_WRITE, UserError, WriteFailed, exit_codes_text
 from imgcollapse.metrics import setup_metrics
 from imgcollapse.metrics.calibration import FIGURE, FILE, SEES, load_or_calibrate, write_json
 from imgcollapse.report.plots import calibration_figure, save_figure
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         log.error("%s", e)
         return EXIT_USER
+    except WriteFailed as e:
+        log.error("%s. Free space (or fix the error) and run the command again", e)
+        return EXIT_WRITE
     except Exception as e:  # Hydra's composition errors: an unknown key or group, a wrong type
         if type(e).__module__.startswith(("hydra", "omegaconf")):
             log.error("%s", describe_config_error(e))

@@ -119,8 +119,14 @@ class StudyWatch:
         self.every, self.poll = every, poll
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="study-progress", daemon=True)
-        self.start_count = count()
+        self.start_count = self.last = self._count() or (0, 0)
         self.began = time.perf_counter()
+
+    def _count(self) -> tuple[int, int] | None:
+        try:
+            return self.count()
+        except OSError:  # a run dir being swapped in: the next poll reads it
+            return None
 
     def __enter__(self) -> StudyWatch:
         self._thread.start()
@@ -129,6 +135,7 @@ class StudyWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.poll + 1)
+        self.last = self._count() or self.last  # the final count, for the closing line
 
     def line(self, chains_done: int, gens_done: int, elapsed: float) -> str:
         """`study claims: 5/24 chains, 31/72 generations, 12 min elapsed, about 16 min left`."""
@@ -140,13 +147,13 @@ class StudyWatch:
                 f"{duration(elapsed)} elapsed, {eta}")
 
     def _loop(self) -> None:
-        last, logged = None, -math.inf
+        shown, logged = None, -math.inf
         while not self._stop.wait(self.poll):
-            try:
-                found = self.count()
-            except OSError:  # a run dir being swapped in: the next poll reads it
+            found = self._count()
+            if found is None:
                 continue
+            self.last = found
             now = time.perf_counter()
-            if found != last and now - logged >= self.every:
+            if found != shown and now - logged >= self.every:
                 log.info("%s", self.line(*found, now - self.began))
-                last, logged = found, now
+                shown, logged = found, now

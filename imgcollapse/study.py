@@ -33,7 +33,16 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from imgcollapse._version import version_line
-from imgcollapse.errors import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USER, ConfigError, UserError, exit_codes_text
+from imgcollapse.errors import (
+    EXIT_DONE,
+    EXIT_INTERRUPTED,
+    EXIT_USER,
+    EXIT_WRITE,
+    ConfigError,
+    UserError,
+    WriteFailed,
+    exit_codes_text,
+)
 from imgcollapse.jobs import FAILED, read_failed
 from imgcollapse.progress import StudyWatch
 from imgcollapse.store import RunStore, atomic_write_text, to_json
@@ -420,7 +429,7 @@ def run_study(argv: list[str]) -> Path:
     with watch:
         status = _run_chains(todo, chains, sources, root, launcher)
     seconds = time.perf_counter() - began
-    log.info("%s", watch.line(*count(), seconds))
+    log.info("%s", watch.line(*watch.last, seconds))
     record["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds,
                            "chains_run": len(todo), "exit_status": status})
     atomic_write_text(record_path, to_json(record))
@@ -474,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     except StudyFailed as e:
         log.error("%s", e)
         return e.status
+    except WriteFailed as e:  # the study's own files (study.json, the report): a chain's is its own exit status
+        log.error("%s. Free space (or fix the error) and rerun the same command to resume", e)
+        return EXIT_WRITE
     except UserError as e:
         log.error("%s", e)
         return EXIT_USER

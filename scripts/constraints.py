@@ -21,9 +21,13 @@ EXTRAS = ("pandas", "dev", "cluster", "tensorboard", "wandb", "inception")
 def closure(root: str, extras: tuple[str, ...]) -> dict[str, str]:
     """{distribution name: installed version} of everything `root[extras]` requires, transitively."""
     found: dict[str, str] = {}
-    todo = [(root, set(extras))]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(root, frozenset(extras))]
     while todo:
         name, wanted = todo.pop()
+        if (canonicalize_name(name), wanted) in seen:
+            continue
+        seen.add((canonicalize_name(name), wanted))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
@@ -35,8 +39,7 @@ def closure(root: str, extras: tuple[str, ...]) -> dict[str, str]:
             req = Requirement(line)
             environment = [{"extra": extra} for extra in wanted or {""}]
             if req.marker is None or any(req.marker.evaluate(env) for env in environment):
-                if canonicalize_name(req.name) not in found or req.extras:
-                    todo.append((req.name, set(req.extras)))
+                todo.append((req.name, frozenset(req.extras)))
     return found
 
 

@@ -162,3 +162,28 @@ def run_module(*args: str, cwd: Path | None = None, timeout: int = 300) -> subpr
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "imgcollapse.run", *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# The smoke study, shared by tests/test_study.py and tests/test_recorded.py ----------------------------------------
+STUDY = ("study=smoke", "study.launcher=basic", "study.draw=none", "study.threads=1")  # one chain at a time, in-process
+
+
+def study(root: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m imgcollapse.study` in a new interpreter, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "imgcollapse.study", *STUDY, f"study.dir={root}", *extra],
+                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def shared_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke study, run once for the whole session even under pytest-xdist (the workers share its dir)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker of this session
+    root = base / "shared_study"
+    with FileLock(str(base / "shared_study.lock")):
+        if not (root / "claims.json").exists():
+            result = study(root)
+            assert result.returncode == 0, result.stderr[-3000:]
+    return root

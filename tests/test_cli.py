@@ -123,3 +123,50 @@ def test_a_key_appended_to_a_typed_node_is_refused_not_dropped(override: str, ex
     with pytest.raises(ConfigError) as info:
         validate(compose("debug=smoke", "model=gmm", override))
     assert str(info.value).startswith(expected)
+
+
+# One table of exit codes, and --version on every command -----------------------------------------------------------
+def _commands() -> dict:
+    from imgcollapse import recorded
+    from imgcollapse.calibrate import main as calibrate
+    from imgcollapse.report.__main__ import main as report
+    from imgcollapse.study import main as study
+    from imgcollapse.verdicts.simulate import main as simulate
+
+    return {"imgcollapse-report": report, "imgcollapse-calibrate": calibrate, "imgcollapse-study": study,
+            "imgcollapse.verdicts.simulate": simulate, "imgcollapse.recorded": recorded.main}
+
+
+def _call(main, argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's --help and --version exit
+        return int(e.code or 0)
+
+
+def test_one_table_of_exit_codes_in_the_code_the_docs_and_every_help(capsys: pytest.CaptureFixture) -> None:
+    from imgcollapse import cli
+    from imgcollapse.errors import EXIT_CODES, exit_codes_markdown, exit_codes_text
+
+    assert exit_codes_markdown() in (REPO / "docs" / "RELIABILITY.md").read_text()
+    assert {cli.EXIT_USER, cli.EXIT_DIVERGED, cli.EXIT_WRITE, cli.EXIT_INTERRUPTED} <= set(EXIT_CODES)
+    assert exit_codes_markdown().splitlines()[2:] == [f"| {c} | {m} |" for c, m in EXIT_CODES.items()]
+    footer = yaml.safe_load((REPO / "imgcollapse/conf/hydra/help/imgcollapse.yaml").read_text())["footer"]
+    assert "${exit_codes_help:}" in footer  # imgcollapse --help prints the same text (tests/test_packaging.py)
+    for name, main in _commands().items():
+        assert _call(main, ["--help"]) == 0, name
+        assert exit_codes_text() in capsys.readouterr().out, name
+
+
+def test_every_command_prints_the_kits_version(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcollapse import run
+    from imgcollapse._version import __version__, version_line
+    from imgcollapse.metric_facts import RULER_VERSION
+
+    for name, main in _commands().items():
+        assert _call(main, ["--version"]) == 0, name
+        assert capsys.readouterr().out.strip() == version_line(name)
+    monkeypatch.setattr(sys, "argv", ["imgcollapse", "--version"])  # Hydra's own --version would print Hydra's
+    assert _call(lambda argv: run.main(), []) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == version_line("imgcollapse") and f"imgcollapse {__version__} (metrics ruler {RULER_VERSION}" in out

@@ -34,7 +34,9 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def test_errors_import_nothing_of_the_kit():
-    assert import_graph()["imgcollapse.errors"] == set()
+    graph = import_graph()
+    assert graph["imgcollapse.errors"] == set() and graph["imgcollapse.metric_facts"] == set()
+    assert graph["imgcollapse._version"] == {"imgcollapse.metric_facts"}  # --version's ruler number, nothing else
 
 
 def test_no_import_cycle():

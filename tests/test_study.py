@@ -8,14 +8,11 @@ import csv
 import io
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+from conftest import STUDY, run_cli, study
 
 from imgcollapse.errors import ConfigError
 from imgcollapse.verdicts.judge import judge, t_interval
@@ -229,16 +226,6 @@ def test_the_generation0_signature_ignores_what_generation_0_never_reads() -> No
 
 
 # A real study ----------------------------------------------------------------------------------------------------
-STUDY = ("study=smoke", "study.launcher=basic", "study.draw=none", "study.threads=1")  # one chain at a time, in-process
-
-
-def study(root: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m imgcollapse.study` in a new interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "imgcollapse.study", *STUDY, f"study.dir={root}", *extra],
-                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                          capture_output=True, text=True, timeout=600)
-
-
 def generation_files(run_dir: Path) -> dict[str, bytes]:
     """Every file a chain's generations hold that its numbers live in (metrics without the timings)."""
     out = {}
@@ -250,20 +237,6 @@ def generation_files(run_dir: Path) -> dict[str, bytes]:
         elif path.suffix == ".npz":
             out[str(path.relative_to(run_dir))] = path.read_bytes()
     return out
-
-
-@pytest.fixture(scope="session")
-def shared_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke study, run once for the whole session even under pytest-xdist (the workers share its dir)."""
-    from filelock import FileLock
-
-    base = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker of this session
-    root = base / "shared_study"
-    with FileLock(str(base / "shared_study.lock")):
-        if not (root / "claims.json").exists():
-            result = study(root)
-            assert result.returncode == 0, result.stderr[-3000:]
-    return root
 
 
 def test_a_smoke_study_runs_every_chain_and_answers(shared_study: Path) -> None:
@@ -385,3 +358,67 @@ def test_the_report_command_rebuilds_a_study_from_disk(shared_study: Path, tmp_p
     assert "Accumulating keeps recall higher than replacing" in table[2] and table[2].endswith("| 2 |")
     assert "why:" in table[3] and "(blind)" not in "".join(table)
     assert (copy / "study.html").exists() and len((copy / "study.csv").read_text().splitlines()) == 13
+
+
+def test_a_study_leaves_tidy_tables_a_latex_table_and_vector_figures(shared_study: Path) -> None:
+    from scipy import stats
+
+    from imgcollapse import load_study
+    from imgcollapse.errors import UserError
+
+    wide = list(csv.DictReader(io.StringIO((shared_study / "study.csv").read_text())))
+    long = list(csv.DictReader(io.StringIO((shared_study / "study_long.csv").read_text())))
+    assert list(long[0]) == ["arm", "seed", "generation", "metric", "value"]
+    recall = {(r["arm"], r["seed"], r["generation"]): float(r["value"]) for r in long if r["metric"] == "recall"}
+    assert recall == {(r["arm"], r["seed"], r["generation"]): float(r["recall"]) for r in wide}
+    summary = list(csv.DictReader(io.StringIO((shared_study / "study_summary.csv").read_text())))
+    row = next(r for r in summary if (r["arm"], r["generation"], r["metric"]) == ("replace", "1", "recall"))
+    values = np.array([recall["replace", s, "1"] for s in ("0", "1")])
+    half = stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)  # the textbook 95% t-interval, n = 2
+    assert int(row["n"]) == 2 and float(row["mean"]) == pytest.approx(values.mean())
+    assert (float(row["lo"]), float(row["hi"])) == pytest.approx((values.mean() - half, values.mean() + half))
+
+    frame = load_study(shared_study)  # the long form, as seaborn takes it
+    assert list(frame.columns) == ["arm", "seed", "generation", "metric", "value"] and len(frame) == len(long)
+    assert len(load_study(shared_study, form="wide")) == len(wide)
+    with pytest.raises(UserError, match="form='tidy' is not allowed: one of long, wide, summary"):
+        load_study(shared_study, form="tidy")
+
+    tex = (shared_study / "claims.tex").read_text()
+    assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
+    assert tex.count(r" \\") == 1 + 2  # the header and one row per claim
+    for name in ("study", "claim_degrades"):
+        for suffix, points in (("", 7 * 72), ("_1col", 3.5 * 72)):  # two columns and one, in PDF points
+            pdf = (shared_study / f"{name}{suffix}.pdf").read_bytes()
+            assert pdf.startswith(b"%PDF") and f"/MediaBox [ 0 0 {points:g} ".encode() in pdf
+            assert (shared_study / f"{name}{suffix}.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("50% of a_b & c", r"50\% of a\_b \& c"), ("d −0.06 [−0.08, −0.04]", "d $-$0.06 [$-$0.08, $-$0.04]"),
+    ("verify ≫ reward, n ≥ 3", r"verify $\gg$ reward, n $\geq$ 3"), ("lo > 0, hi < 0", "lo $>$ 0, hi $<$ 0"),
+    ("{x}^~#$", r"\{x\}\textasciicircum{}\textasciitilde{}\#\$"),
+])
+def test_latex_cells_are_escaped(text: str, escaped: str) -> None:
+    from imgcollapse.report.study import latex_escape
+
+    assert latex_escape(text) == escaped
+
+
+def test_each_seed_is_a_thin_line_behind_its_band(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from imgcollapse.report.plots import save_paper_figures, sweep_figure
+    from imgcollapse.report.study import arm_bands
+
+    rows = [{"arm": arm, "seed": s, "generation": g, "recall": 1 - 0.1 * g - 0.01 * s}
+            for arm in ("a", "b") for s in (0, 1, 2) for g in (0, 1, 2)]
+    bands = {"recall": arm_bands(rows, ["a", "b"], "recall")}
+    assert list(bands["recall"]["a"][4]) == [0, 1, 2]
+    assert list(bands["recall"]["a"][4][2][1]) == pytest.approx([0.98, 0.88, 0.78])
+    ax = sweep_figure(bands).axes[0]
+    thin = [line for line in ax.lines if line.get_linewidth() < 1]
+    assert len(thin) == 2 * 3 and len(ax.lines) == 2 * (3 + 1)
+    assert all(line.get_zorder() < 3 for line in thin)  # behind the mean
+    with caplog.at_level("INFO"):
+        written = save_paper_figures(lambda width: sweep_figure(bands, width=width), tmp_path / "fig")
+    assert sorted(p.name for p in written) == ["fig.pdf", "fig.svg", "fig_1col.pdf", "fig_1col.svg"]
+    assert not [r for r in caplog.records if r.name.startswith("fontTools")]  # no line per subset glyph

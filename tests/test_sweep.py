@@ -72,7 +72,8 @@ def test_joblib_jobs_write_only_to_their_own_dirs(sweeps):
     assert [p.name for p in jobs] == [f"{i}_debug=smoke,model=gmm,regime={regime},seed={seed}" for i, (regime, seed) in
                                       enumerate([("replace", 0), ("replace", 1), ("accumulate", 0), ("accumulate", 1)])]
     assert sorted(p.name for p in root.iterdir() if p.is_file()) == ["multirun.yaml", "sweep.csv", "sweep.html",
-                                                                      "sweep.png"]
+                                                                      "sweep.pdf", "sweep.png", "sweep.svg",
+                                                                      "sweep_1col.pdf", "sweep_1col.svg"]
     for job in jobs:
         overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
         config = yaml.safe_load((job / "run.json").read_text())["config"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,30 @@ def test_training_logs_every_tenth_without_a_terminal(tmp_path: Path) -> None:
     # the NaN guard looks every 25 steps: 25, 50, 75 and 100 of 100 are the checkpoints that cross a tenth
     assert [line.split("train ddpm ")[1].split(" ")[0] for line in lines] == ["25%", "50%", "75%", "100%"], lines
     assert all("gen 0/0" in line and ", chain " in line for line in lines)
+
+
+def test_a_study_logs_one_progress_line_for_all_its_chains(caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    done = {"chains": 0, "generations": 4}  # 4 generations were finished before this invocation
+    calls, polled = [], threading.Event()
+
+    def count() -> tuple[int, int]:
+        calls.append(1)
+        if len(calls) > 1:  # the first call is the watch's own start count
+            polled.set()
+        return done["chains"], done["generations"]
+
+    watch = progress.StudyWatch("study claims", chains=4, generations=12, count=count, every=0, poll=0.01)
+    assert watch.line(0, 4, 10) == ("study claims: 0/4 chains, 4/12 generations, 10 s elapsed, time left known "
+                                    "after the first generation")
+    assert watch.line(1, 8, 120) == "study claims: 1/4 chains, 8/12 generations, 2 min elapsed, about 2 min left"
+    assert watch.line(4, 12, 600).endswith("10 min elapsed, done")
+    with caplog.at_level("INFO", logger="imgcollapse"), watch:
+        polled.wait(2)
+        done.update(chains=2, generations=6)
+        deadline = time.monotonic() + 5
+        while "2/4 chains" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert "study claims: 2/4 chains, 6/12 generations" in caplog.text
+    assert caplog.text.count("0/4 chains") == 1  # a line when the count changes, not every poll

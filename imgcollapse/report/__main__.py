@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcollapse._version import version_line
-from imgcollapse.errors import EXIT_DONE, EXIT_USER, exit_codes_text
+from imgcollapse.errors import EXIT_DONE, EXIT_USER, EXIT_WRITE, WriteFailed, exit_codes_text
 from imgcollapse.report.run_report import build_run_report, is_run_dir
 from imgcollapse.report.study import build_study_report, claims_markdown, is_study_dir
 from imgcollapse.report.sweep import build_sweep_report, is_sweep_dir
@@ -65,21 +65,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     status = EXIT_DONE
-    for root in args.dirs:
-        study = root.is_dir() and is_study_dir(root)
-        if args.markdown and root.is_dir() and not study:
-            log.warning("%s: --markdown prints a study's claims; this is not a study directory (study.json)", root)
-        if study:
-            report_study(root, markdown=args.markdown, heading=len(args.dirs) > 1)
-        elif root.is_dir() and is_run_dir(root):
-            report_run(root)
-        elif root.is_dir() and is_sweep_dir(root):
-            report_sweep(root, runs=not args.no_runs)
-        else:
-            log.error("%s is not a run directory (run.json, gen_XXX/), a multirun directory (job subdirectories "
-                      "with .hydra/overrides.yaml) or a study directory (study.json)", root)
-            status = EXIT_USER
+    try:
+        for root in args.dirs:
+            status = max(status, _report(root, args))
+    except WriteFailed as e:
+        log.error("%s. Free space (or fix the error) and run the command again", e)
+        return EXIT_WRITE
     return status
+
+
+def _report(root: Path, args: argparse.Namespace) -> int:
+    """Rebuild one directory's report; its exit status."""
+    study = root.is_dir() and is_study_dir(root)
+    if args.markdown and root.is_dir() and not study:
+        log.warning("%s: --markdown prints a study's claims; this is not a study directory (study.json)", root)
+    if study:
+        report_study(root, markdown=args.markdown, heading=len(args.dirs) > 1)
+    elif root.is_dir() and is_run_dir(root):
+        report_run(root)
+    elif root.is_dir() and is_sweep_dir(root):
+        report_sweep(root, runs=not args.no_runs)
+    else:
+        log.error("%s is not a run directory (run.json, gen_XXX/), a multirun directory (job subdirectories "
+                  "with .hydra/overrides.yaml) or a study directory (study.json)", root)
+        return EXIT_USER
+    return EXIT_DONE
 
 
 if __name__ == "__main__":

@@ -41,7 +41,19 @@ def machine() -> dict[str, Any]:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu}
+    return {"host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_model(),
+            "gpu": gpu}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (torch's CPU kernels give the same bits on the same model, not across models)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
 
 
 def command() -> str:

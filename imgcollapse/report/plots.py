@@ -8,8 +8,9 @@ leave them to their own figure (`class_freq_*` goes to the class plot). Figures 
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,19 +99,20 @@ def curve_panels(columns: Sequence[str]) -> list[Panel]:
     return panels
 
 
-def panel_grid_pixels(num_panels: int) -> tuple[int, int]:
-    """(width, height) in pixels of a figure of `num_panels` small panels."""
-    cols, rows = min(num_panels, PANEL_COLUMNS), math.ceil(num_panels / PANEL_COLUMNS)
+def panel_grid_pixels(num_panels: int, columns: int = PANEL_COLUMNS) -> tuple[int, int]:
+    """(width, height) in pixels of a figure of `num_panels` small panels, `columns` to a row."""
+    cols, rows = min(num_panels, columns), math.ceil(num_panels / columns)
     return round(cols * PANEL_INCHES[0] * DPI), round(rows * PANEL_INCHES[1] * DPI)
 
 
-def _panel_axes(fig: Figure, num_panels: int) -> list:
-    cols, rows = min(num_panels, PANEL_COLUMNS), math.ceil(num_panels / PANEL_COLUMNS)
-    width, height = cols * PANEL_INCHES[0], rows * PANEL_INCHES[1]
+def _panel_axes(fig: Figure, num_panels: int, columns: int = PANEL_COLUMNS, bottom: float = 0.35,
+                hspace: float = 0.55) -> list:
+    cols, rows = min(num_panels, columns), math.ceil(num_panels / columns)
+    width, height = fig.get_size_inches()
     axes = fig.subplots(rows, cols, squeeze=False).flat
     # margins in inches, so every panel looks the same whatever the grid
-    fig.subplots_adjust(left=0.5 / width, right=1 - 0.1 / width, bottom=0.35 / height, top=1 - 0.3 / height,
-                        wspace=0.45, hspace=0.55)
+    fig.subplots_adjust(left=0.5 / width, right=1 - 0.1 / width, bottom=bottom / height, top=1 - 0.3 / height,
+                        wspace=0.45, hspace=hspace)
     axes = list(axes)
     for ax in axes[num_panels:]:
         ax.set_visible(False)
@@ -259,32 +261,73 @@ def classes_figure(class_names: Sequence[str], real: Sequence[float] | None, gen
     return fig
 
 
-def sweep_figure(bands: Mapping[str, Mapping[str, tuple[np.ndarray, ...]]],
-                 colors: Mapping[str, str] | None = None) -> Figure:
-    """One panel per metric: a line per group (mean across seeds) with its 95% interval as a band, n in the legend.
+def sweep_figure(bands: Mapping[str, Mapping[str, tuple[Any, ...]]],
+                 colors: Mapping[str, str] | None = None, width: float | None = None) -> Figure:
+    """One panel per metric: a line per group (mean across seeds) with its 95% interval as a band, n in the legend,
+    and each seed as a thin line behind it where the bands carry them.
 
-    `bands[metric][group] = (generations, mean, half-width of the interval, n seeds)`; `colors[group]`: the same
-    group in the same colour across figures (default: by order).
+    `bands[metric][group] = (generations, mean, half-width of the interval, n seeds[, {seed: (generations,
+    values)}])`; `colors[group]`: the same group in the same colour across figures (default: by order). `width`:
+    the figure's width in inches for a paper (3.5: one column, two panels a row; 7: two columns, four a row);
+    default: the report's panels.
     """
     metrics = list(bands)
     if not metrics:
         raise ValueError("no numeric metric columns to draw")
+    columns = PANEL_COLUMNS if width is None or width > 5 else 2
+    groups = list(dict.fromkeys(g for by_group in bands.values() for g in by_group))
     with matplotlib.rc_context(STYLE):
-        w, h = panel_grid_pixels(len(metrics))
-        fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI)
-        for index, (ax, metric) in enumerate(zip(_panel_axes(fig, len(metrics)), metrics, strict=True)):
+        if width is None:
+            w, h = panel_grid_pixels(len(metrics), columns)
+            fig, bottom, hspace = Figure(figsize=(w / DPI, h / DPI), dpi=DPI), 0.35, 0.55
+        else:  # a paper's column: square-ish panels, the legend in its own rows below them
+            rows = math.ceil(len(metrics) / columns)
+            legend = 0.16 * math.ceil(len(groups) / columns) + 0.15
+            panel = width / columns * 0.85
+            fig = Figure(figsize=(width, rows * (panel + 0.15) + legend + 0.3), dpi=DPI)
+            bottom, hspace = 0.35 + legend, 0.75
+        for index, (ax, metric) in enumerate(zip(_panel_axes(fig, len(metrics), columns, bottom, hspace), metrics,
+                                                 strict=True)):
             ax.set_title(metric_title(metric))
             for k, (group, (g, mean, half, *rest)) in enumerate(bands[metric].items()):
                 color = (colors or {}).get(group, f"C{k % 10}")
                 n = rest[0] if rest else None
+                for seed_g, seed_v in (rest[1] if len(rest) > 1 else {}).values():
+                    ax.plot(seed_g, seed_v, lw=0.5, alpha=0.45, color=color, zorder=1)
                 label = group if n is None else f"{group} (n={_seeds(n)})"
-                ax.plot(g, mean, marker="o", ms=2.5, lw=1.2, color=color, label=label)
-                ax.fill_between(g, mean - half, mean + half, color=color, alpha=0.2, lw=0)
+                ax.plot(g, mean, marker="o", ms=2.5, lw=1.2, color=color, label=label, zorder=3)
+                ax.fill_between(g, mean - half, mean + half, color=color, alpha=0.2, lw=0, zorder=2)
             _natural_range(ax, metric)
             ax.set_xlabel("generation")
-            if index == 0:
+            if index == 0 and width is None:
                 ax.legend(loc="best", frameon=False)
+            elif index == 0:
+                handles, labels = ax.get_legend_handles_labels()
+                fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), columns), frameon=False,
+                           bbox_to_anchor=(0.5, 0.0))
     return fig
+
+
+PAPER_WIDTHS = {"": 7.0, "_1col": 3.5}  # inches: a two-column figure (the default name) and a one-column one
+
+
+def save_paper_figures(draw: Callable[[float], Figure], stem: Path, formats: tuple[str, ...] = ("pdf", "svg")) -> \
+        list[Path]:
+    """Vector copies of a figure for a paper: `stem.pdf`/`.svg` two columns wide (7 in) and `stem_1col.pdf`/`.svg`
+    one column (3.5 in); fonts embedded as TrueType (journals refuse Type 3) and no creation date, so a redraw of
+    the same data is byte-identical. `draw(width)` makes the figure at that width."""
+    written = []
+    # fontTools logs every glyph it subsets at INFO: a study's log would drown in it
+    logging.getLogger("fontTools").setLevel(max(logging.WARNING, logging.getLogger("fontTools").level))
+    with matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none", "svg.hashsalt": "imgcollapse"}):
+        for suffix, width in PAPER_WIDTHS.items():
+            fig = draw(width)
+            for fmt in formats:
+                path = stem.with_name(f"{stem.name}{suffix}.{fmt}")
+                meta = {"CreationDate": None} if fmt == "pdf" else {"Date": None}
+                atomic_write(path, lambda tmp, f=fmt, m=meta, fg=fig: fg.savefig(tmp, format=f, metadata=m))
+                written.append(path)
+    return written
 
 
 def calibration_figure(result: Mapping[str, Any]) -> Figure:

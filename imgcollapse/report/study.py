@@ -54,7 +54,8 @@ def read_rows(root: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # Writing ---------------------------------------------------------------------------------------------------------
 def arm_bands(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], metric: str) -> dict[str, tuple]:
-    """{arm: (generations, mean, half-width of the 95% t-interval, n)} across seeds."""
+    """{arm: (generations, mean, half-width of the 95% t-interval, n, {seed: (generations, values)})} across
+    seeds."""
     out = {}
     for arm in arms:
         by_seed = series(rows, arm, metric)
@@ -66,8 +67,73 @@ def arm_bands(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], metric: st
             halves.append(0.0 if st["lo"] is None else st["mean"] - st["lo"])
             counts.append(st["n"])
         if gens:
-            out[arm] = tuple(np.array(x, dtype=float) for x in (gens, means, halves, counts))
+            seeds = {seed: (np.array(sorted(v), dtype=float), np.array([v[g] for g in sorted(v)], dtype=float))
+                     for seed, v in by_seed.items()}
+            out[arm] = (*(np.array(x, dtype=float) for x in (gens, means, halves, counts)), seeds)
     return out
+
+
+# Tidy tables: one row per (arm, seed, generation, metric), and per (arm, generation, metric) across seeds ----------
+LONG_COLUMNS = ("arm", "seed", "generation", "metric", "value")
+SUMMARY_COLUMNS = ("arm", "generation", "metric", "mean", "lo", "hi", "n")
+ID_COLUMNS = ("arm", "seed", "generation", "shared_gen0")
+
+
+def long_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """study.csv's rows in long (tidy) form: one row per arm, seed, generation and numeric metric, as seaborn and
+    pandas' `melt` expect; an interval's or spread's own columns (`_lo`, `_hi`, `_sd`) are metrics like any other."""
+    out = []
+    for row in rows:
+        for column, value in row.items():
+            found = number(value) if column not in ID_COLUMNS else None
+            if found is not None:
+                out.append({"arm": row["arm"], "seed": row["seed"], "generation": row["generation"],
+                            "metric": column, "value": found})
+    return out
+
+
+def summary_rows(long: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per arm, generation and metric: the mean across seeds, its plain 95% t-interval (lo, hi; empty at n = 1) and
+    n."""
+    groups: dict[tuple, list[float]] = {}
+    for r in long:
+        groups.setdefault((r["arm"], r["generation"], r["metric"]), []).append(r["value"])
+    out = []
+    for (arm, generation, metric), values in groups.items():
+        st = t_interval(values)
+        out.append({"arm": arm, "generation": generation, "metric": metric, "mean": st["mean"], "lo": st["lo"],
+                    "hi": st["hi"], "n": st["n"]})
+    return out
+
+
+def claims_latex(result: Mapping[str, Any], caption: str = "") -> str:
+    """The claims as a LaTeX table (booktabs): claim, verdict at its level, n, and why; `\\usepackage{booktabs}`
+    and `tabularx` in the preamble."""
+    lines = [r"\begin{table*}[t]", r"\centering", r"\small",
+             r"\begin{tabularx}{\textwidth}{@{}p{0.26\textwidth}lcX@{}}", r"\toprule",
+             r"Claim & Verdict (level) & $n$ & Why ($d > 0$: as the claim says) \\", r"\midrule"]
+    for claim in result["claims"].values():
+        verdict = latex_escape(claim["verdict"])
+        if claim["verdict"] != "inconclusive":
+            verdict = rf"\textbf{{{verdict}}}"
+        level = "" if claim.get("level") is None else f" ({100 * claim['level']:.3g}\\%)"
+        n = max((t["last"]["n"] for t in claim["tests"]), default=0)
+        lines.append(f"{latex_escape(claim['statement'])} & {verdict}{level} & {n} & "
+                     f"{latex_escape(claim.get('reason', ''))} \\\\")
+    lines += [r"\bottomrule", r"\end{tabularx}",
+              rf"\caption{{{latex_escape(caption)}}}" if caption else "", r"\end{table*}"]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": "$-$", "×": r"$\times$",
+          "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\to$", "≫": r"$\gg$", "±": r"$\pm$", "…": r"\ldots{}",
+          "–": "--", "—": "---", "<": "$<$", ">": "$>$"}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe in a LaTeX table cell (pdflatex: the kit's Unicode math signs become math mode)."""
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -174,7 +240,7 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
 
 def build_study_report(root: Path) -> dict[str, Any]:
     """Write study.csv, claims.json, one figure per claim and study.html in the study dir; returns claims.json."""
-    from imgcollapse.report.plots import save_figure, sweep_figure
+    from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
 
     root = Path(root)
     record = json.loads((root / STUDY_FILE).read_text())
@@ -183,6 +249,9 @@ def build_study_report(root: Path) -> dict[str, Any]:
     for row in rows:
         columns += [c for c in row if c not in columns]
     atomic_write_text(root / "study.csv", csv_text(rows, columns))
+    long = long_rows(rows)
+    atomic_write_text(root / "study_long.csv", csv_text(long, list(LONG_COLUMNS)))
+    atomic_write_text(root / "study_summary.csv", csv_text(summary_rows(long), list(SUMMARY_COLUMNS)))
     result = judge(rows, record, root)
     result["preregistered"], result["plan_status"] = plan_status(record)
     if record["study"].get("null_study"):
@@ -193,6 +262,7 @@ def build_study_report(root: Path) -> dict[str, Any]:
     result["runs"] = record.get("runs", [])
     result["missing"] = missing_chains(root, record)
     atomic_write_text(root / "claims.json", to_json(result))
+    atomic_write_text(root / "claims.tex", claims_latex(result, caption=_caption(record, result)))
 
     sections = [("Claims", _claims_table(result))]
     arm_names = list(dict.fromkeys(c["arm"] for c in record["chains"]))
@@ -205,10 +275,12 @@ def build_study_report(root: Path) -> dict[str, Any]:
         if bands:
             figure = root / f"claim_{name}.png"
             save_figure(sweep_figure(bands, colors), figure)
+            save_paper_figures(lambda width, b=bands: sweep_figure(b, colors, width), figure.with_suffix(""))
         sections.append((f"Claim: {name}", _claim_section(root, name, claim, rows, record, figure)))
     headline = {m: b for m in HEADLINE if (b := arm_bands(rows, arm_names, m))}
     if headline:
         save_figure(sweep_figure(headline, colors), root / "study.png")
+        save_paper_figures(lambda width: sweep_figure(headline, colors, width), root / "study")
         sections.append(("Every arm (mean and 95% interval across seeds)", page.embedded_image(root / "study.png",
                                                                                            "every arm")))
     sections.append(("Arms", _arms_table(root, record, rows)))
@@ -225,6 +297,13 @@ def build_study_report(root: Path) -> dict[str, Any]:
     intro = (f"<p>{page.esc(description)}</p>" if description else "") + intro
     atomic_write_text(root / "study.html", page.document(f"imgcollapse study: {record['name']}", sections, intro))
     return result
+
+
+def _caption(record: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+    common = " ".join(record.get("common_overrides") or [])
+    return (f"imgcollapse study {record['name']}{' (' + common + ')' if common else ''}: "
+            f"{len(result['seeds'])} seeds ({', '.join(map(str, result['seeds']))}), paired differences across seeds; "
+            "each claim one family at its level.")
 
 
 def false_decisions(result: Mapping[str, Any]) -> dict[str, Any]:

@@ -226,8 +226,9 @@ def _html(sweep: Sweep, figure: Path | None, metric_bands: dict) -> str:
 
 
 def build_sweep_report(root: Path, runs: bool = True) -> Sweep:
-    """Write sweep.csv, sweep.png and sweep.html in the multirun dir `root` (and each job's report if `runs`)."""
-    from imgcollapse.report.plots import save_figure, sweep_figure
+    """Write sweep.csv, sweep.png (and vector sweep.pdf/.svg, one and two columns wide) and sweep.html in the multirun
+    dir `root` (and each job's report if `runs`)."""
+    from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
     from imgcollapse.report.run_report import build_run_report, is_run_dir
 
     root = Path(root)
@@ -244,6 +245,7 @@ def build_sweep_report(root: Path, runs: bool = True) -> Sweep:
         drawable = {m: {label: (g, mean, interval(std, n), n) for label, (g, mean, std, n) in by_group.items()}
                     for m, by_group in metric_bands.items() if by_group}
         save_figure(sweep_figure(drawable), figure)
+        save_paper_figures(lambda width: sweep_figure(drawable, width=width), root / "sweep")
     atomic_write_text(root / "sweep.html", _html(sweep, figure, metric_bands))
     return sweep
 

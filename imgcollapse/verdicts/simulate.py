@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from imgcollapse._version import version_line
+from imgcollapse.errors import exit_codes_text
 from imgcollapse.verdicts import stats
 from imgcollapse.verdicts.rules import RULE, claim_combine, normalised
 
@@ -106,7 +107,8 @@ def null_table(shapes: Mapping[str, Shape], ns: Sequence[int] = (3, 5), rhos: Se
 
 def main(argv: list[str] | None = None) -> int:
     """Print the null table of a study's claims (default: claims)."""
-    parser = argparse.ArgumentParser(prog="python -m imgcollapse.verdicts.simulate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m imgcollapse.verdicts.simulate", description=__doc__.split("\n")[0],
+                                     epilog=exit_codes_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version_line("imgcollapse.verdicts.simulate"))
     parser.add_argument("study", nargs="?", default="claims", help="a study of conf/study (default: claims)")
     parser.add_argument("--sims", type=int, default=20_000, help="simulated null studies per cell")
