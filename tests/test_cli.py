@@ -47,7 +47,10 @@ def test_ctrl_c_exits_130_and_says_what_was_kept(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     log_file = tmp_path / "output.log"  # a file, not a pipe: a full pipe nobody reads would stall the child
     with log_file.open("w") as sink:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        # SIGINT as a terminal delivers it, even where this test runs with it ignored (`nohup make test &`): Python
+        # keeps an inherited SIG_IGN, and the child would never see the Ctrl-C
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 240
         while not (run_dir / "gen_001" / "DONE").exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
