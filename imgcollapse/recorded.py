@@ -1,8 +1,9 @@
 """Recorded results: the measured numbers the README, docs/ and the preset headers quote, each from a run.
 
 A run's numbers are kept in a small file, `results/NAME.json` (the command, the kit's version, the metrics' ruler
-version, the machine, the date and the numbers), written by `record-run`, `record-study` or `record-times`. A doc
-quotes one through a marker that renders invisibly in Markdown and sits in a YAML comment as well:
+version, the machine, the date and the numbers), written by `record-run`, `record-study`, `record-times` or
+`record-output` (a command's printed table). A doc quotes one through a marker that renders invisibly in Markdown
+and sits in a YAML comment as well:
 
     FID <!--r default_chain gen.0.fid-->8.52<!--/r-->             a number (3 significant digits; `KEY min`: a duration)
     <!--r claims_ddpm summary-->                                  a table the result holds, on the lines between
