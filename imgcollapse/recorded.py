@@ -173,7 +173,7 @@ def chain_table(rows: Sequence[Mapping[str, Any]], floor: Mapping[str, Any]) -> 
 def record_study(name: str, study_dir: Path, command: str | None = None, label: str | None = None) -> dict:
     """A study's numbers: each claim's verdict (`claim.NAME.verdict`), why (`claim.NAME.why`), n, the wall time of
     its invocations (`seconds`); tables: `summary` (claim, verdict, why) and `claims` (every test)."""
-    from imgcollapse.report.study import build_study_report, claims_markdown
+    from imgcollapse.report.study import build_study_report, claims_markdown, claims_summary_markdown
 
     study_dir = Path(study_dir)
     record = json.loads((study_dir / "study.json").read_text())
@@ -200,20 +200,10 @@ def record_study(name: str, study_dir: Path, command: str | None = None, label: 
                      ", ".join(sorted(versions)))
     result["label"] = label or name
     result["numbers"] = numbers
-    result["tables"] = {"summary": summary_table(result_json), "claims": claims_markdown(result_json)}
+    result["tables"] = {"summary": claims_summary_markdown(result_json), "claims": claims_markdown(result_json)}
     result["statements"] = {k: c["statement"] for k, c in result_json["claims"].items()}
     write_result(name, result)
     return result
-
-
-def summary_table(result: Mapping[str, Any]) -> str:
-    """One row per claim: the claim, its verdict at its level, and the one sentence that says why."""
-    lines = ["| claim | verdict (level) | why (d > 0: as the claim says) |", "| --- | --- | --- |"]
-    for claim in result["claims"].values():
-        verdict = claim["verdict"] if claim["verdict"] == "inconclusive" else f"**{claim['verdict']}**"
-        level = "" if claim.get("level") is None else f" ({100 * claim['level']:.3g}%)"
-        lines.append(f"| {claim['statement']} | {verdict}{level} | {claim.get('reason', '')} |")
-    return "\n".join(lines)
 
 
 def record_times(name: str, times_file: Path, command_note: str = "") -> dict[str, Any]:

@@ -106,20 +106,37 @@ def summary_rows(long: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def claim_summary(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per claim, read by the HTML, Markdown and LaTeX tables alike: its name, statement, verdict, family-wise
+    level (None: not stated), seeds (n), the sentence that says why, and the claim itself."""
+    return [{"name": name, "statement": claim["statement"], "verdict": claim["verdict"], "level": claim.get("level"),
+             "n": max((t["last"]["n"] for t in claim["tests"]), default=0), "why": claim.get("reason", ""),
+             "claim": claim} for name, claim in result["claims"].items()]
+
+
+def claims_summary_markdown(result: Mapping[str, Any]) -> str:
+    """One row per claim as Markdown (the README's): the claim, its verdict at its level, and why."""
+    lines = ["| claim | verdict (level) | why (d > 0: as the claim says) |", "| --- | --- | --- |"]
+    for row in claim_summary(result):
+        verdict = row["verdict"] if row["verdict"] == "inconclusive" else f"**{row['verdict']}**"
+        level = "" if row["level"] is None else f" ({100 * row['level']:.3g}%)"
+        lines.append(f"| {row['statement']} | {verdict}{level} | {row['why']} |")
+    return "\n".join(lines)
+
+
 def claims_latex(result: Mapping[str, Any], caption: str = "") -> str:
     """The claims as a LaTeX table (booktabs): claim, verdict at its level, n, and why; `\\usepackage{booktabs}`
     and `tabularx` in the preamble."""
     lines = [r"\begin{table*}[t]", r"\centering", r"\small",
              r"\begin{tabularx}{\textwidth}{@{}p{0.26\textwidth}lcX@{}}", r"\toprule",
              r"Claim & Verdict (level) & $n$ & Why ($d > 0$: as the claim says) \\", r"\midrule"]
-    for claim in result["claims"].values():
-        verdict = latex_escape(claim["verdict"])
-        if claim["verdict"] != "inconclusive":
+    for row in claim_summary(result):
+        verdict = latex_escape(row["verdict"])
+        if row["verdict"] != "inconclusive":
             verdict = rf"\textbf{{{verdict}}}"
-        level = "" if claim.get("level") is None else f" ({100 * claim['level']:.3g}\\%)"
-        n = max((t["last"]["n"] for t in claim["tests"]), default=0)
-        lines.append(f"{latex_escape(claim['statement'])} & {verdict}{level} & {n} & "
-                     f"{latex_escape(claim.get('reason', ''))} \\\\")
+        level = "" if row["level"] is None else f" ({100 * row['level']:.3g}\\%)"
+        lines.append(f"{latex_escape(row['statement'])} & {verdict}{level} & {row['n']} & "
+                     f"{latex_escape(row['why'])} \\\\")
     lines += [r"\bottomrule", r"\end{tabularx}",
               rf"\caption{{{latex_escape(caption)}}}" if caption else "", r"\end{table*}"]
     return "\n".join(line for line in lines if line) + "\n"
@@ -355,14 +372,14 @@ def missing_chains(root: Path, record: Mapping[str, Any]) -> list[str]:
 
 def _claims_table(result: Mapping[str, Any]) -> str:
     rows = []
-    for name, claim in result["claims"].items():
+    for row in claim_summary(result):
+        claim = row["claim"]
         tests = "; ".join(f"{g['name']}: {g['verdict']}" for g in claim.get("groups", []))
-        rows.append({"claim": name, "statement": claim["statement"],
-                     "verdict": claim["verdict"] + (" (incomplete: fewer seeds than planned)"
-                                                    if claim.get("incomplete") else "")
+        rows.append({"claim": row["name"], "statement": row["statement"],
+                     "verdict": row["verdict"] + (" (incomplete: fewer seeds than planned)"
+                                                  if claim.get("incomplete") else "")
                      + (" (re-analysed after the data)" if claim.get("reanalysed") else ""),
-                     "level": _level_short(claim), "why": claim.get("reason", ""),
-                     "n seeds": max((t["last"]["n"] for t in claim["tests"]), default=0), "its tests": tests})
+                     "level": _level_short(claim), "why": row["why"], "n seeds": row["n"], "its tests": tests})
     return page.table(["claim", "statement", "verdict", "level", "why", "n seeds", "its tests"], rows)
 
 
