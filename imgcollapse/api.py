@@ -96,9 +96,11 @@ def load_study(study_dir: str | Path, form: str = "long") -> Any:
 
 
 def load_model(run_dir: str | Path, generation: int, accelerator: Any = None) -> Any:
-    """The model generation `generation` of the run in `run_dir` trained, rebuilt by its class's `load`; sample
-    from it with `model.sample(n, seed=0)` (conditional models: `labels=`)."""
+    """The model generation `generation` of the run in `run_dir` trained, rebuilt by its class's `load` (a
+    Population for chain.population); sample from it with `model.sample(n, seed=0)` (conditional models: `labels=`)."""
     from imgcollapse.config import target
+    from imgcollapse.models.population import POPULATION_FILE, Population
+    from imgcollapse.store import RESTORE, RunStore
 
     root = Path(run_dir)
     gen_dir = root / f"gen_{generation:03d}"
@@ -106,9 +108,29 @@ def load_model(run_dir: str | Path, generation: int, accelerator: Any = None) ->
         done = sorted(int(p.parent.name[4:]) for p in root.glob("gen_*/DONE"))
         raise UserError(f"generation {generation} of {root} is not finished (finished: "
                         f"{f'0..{done[-1]}' if done else 'none'})")
-    record = json.loads((root / "run.json").read_text())
-    model_class = target("model", OmegaConf.create(record["config"]["model"]))
+    store = RunStore(root)
+    config = store.read_json(root / "run.json")["config"]
+    family = store.read_json(gen_dir / "metrics.json", RESTORE.format(g=generation)).get("family")
+    if family == "population" or (gen_dir / "model" / POPULATION_FILE).exists():
+        return Population.load(gen_dir / "model", accelerator=accelerator)
+    model_class = target("model", OmegaConf.create(_family_config(config, family, generation)))
     return model_class.load(gen_dir / "model", accelerator=accelerator)
+
+
+def _family_config(config: dict[str, Any], family: str | None, generation: int) -> dict[str, Any]:
+    """The model config generation `generation` trained with: its family's (chain.models) as config.family_configs
+    picks it (`model` for `model`'s own kind, else `families.<name>`), or `model`."""
+    from imgcollapse.config import model_kind, typed_component
+
+    turns = (config.get("chain") or {}).get("models")
+    if family is None and turns:  # a row without its family (written before the column): the schedule says
+        family = turns[generation % len(turns)]
+    families = config.get("families") or {}
+    if family is None or family == "model" or family not in families:
+        return config["model"]
+    # `model`'s own kind wins over a family of the same name, as in family_configs
+    own = model_kind(typed_component("model", dict(config["model"])))
+    return config["model"] if family == own else families[family]
 
 
 def _log_to_stderr() -> None:

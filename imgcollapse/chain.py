@@ -13,8 +13,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,15 +25,16 @@ from accelerate.utils import broadcast_object_list
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.errors import TrainingDiverged, UserError
+from imgcollapse.metric_facts import MEMBER_COLUMNS
 from imgcollapse.metrics import Evaluation
 from imgcollapse.models import CONDITIONS, Model
 from imgcollapse.regimes import Regime
 from imgcollapse.report.figures import grid_image, save_png
-from imgcollapse.report.metric_info import MEMBER_COLUMNS
 from imgcollapse.report.summary import summary_line
 from imgcollapse.store import ENVIRONMENT_FILE, NULL_FILE, RunStore, atomic_write, atomic_write_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def barrier(processes: PartialState | None, failure: Exception | None = None) -> None:
@@ -147,6 +149,165 @@ def score_members(score: Callable[[ImageSet, ImageSet], Any], samples: ImageSet,
     return out
 
 
+@dataclass
+class Fitted:
+    """A generation's fitted model, what its fit reported, and where its weights started."""
+
+    model: Model
+    stats: dict[str, Any]
+    family: str | None  # chain.models / chain.population: the generation's family; None for `model` alone
+    init: str  # model.init
+    init_from: int | None  # the finished generation whose weights it started from; None for new weights
+
+
+@dataclass
+class Drawn:
+    """What the main process draws from a generation's model: candidates for the next training set, the collapse
+    strip's fixed-noise images, and memorization's null draws (None where no later generation needs them)."""
+
+    samples: ImageSet
+    strip: ImageSet
+    null_draws: ImageSet | None
+
+
+@dataclass
+class Scored:
+    """A generation's scores (of the raw candidates) and what curation keeps of them for the next generation."""
+
+    evaluation: Evaluation
+    member_scores: dict[str, Any]
+    kept: ImageSet
+    curation: dict[str, Any]
+
+
+class MainOnly:
+    """The steps only the main process takes under `accelerate launch`, written once: each step runs on the main
+    process until one fails; `barrier` hands that failure to every process, so none waits for ever."""
+
+    def __init__(self, processes: PartialState | None) -> None:
+        self.processes = processes
+        self.main = processes is None or processes.is_main_process
+        self.failure: Exception | None = None
+
+    def __call__(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """`step(*args, **kwargs)` on the main process; None on the others, or once a step has failed."""
+        if not self.main or self.failure is not None:
+            return None
+        try:
+            return step(*args, **kwargs)
+        except Exception as e:  # raised at the barrier, once the other processes know
+            self.failure = e
+            return None
+
+    def barrier(self) -> None:
+        """Every process waits here; a main-process failure is raised on all of them."""
+        failure, self.failure = self.failure, None
+        barrier(self.processes, failure)
+
+
+def fit(g: int, make: Callable[[], Model], family: str | None, train_set: ImageSet, store: RunStore, seed: int,
+        adopted: Path | None = None) -> Fitted:
+    """Fit generation g's model (every process: data-parallel under accelerate) from new weights or a finished
+    generation's; or load `adopted`'s model, the same fit another chain made, with the numbers it recorded."""
+    model = make()
+    init, init_from = starting_point(model, g, store)
+    try:
+        if adopted is not None:
+            model = type(model).load(adopted / "model", accelerator=getattr(model, "accelerator", None))
+            return Fitted(model, adopted_fit_stats(adopted), family, init, init_from)
+        start_at = {} if init_from is None else {"init_from": store.gen_dir(init_from) / "model"}
+        return Fitted(model, model.fit(train_set, seed=seed, **start_at), family, init, init_from)
+    except TrainingDiverged as e:  # nothing of this generation is on disk yet; earlier ones stay as they are
+        e.generation = g
+        raise
+
+
+def draw(model: Model, g: int, seed: int, *, regime: Regime, real: ImageSet, train_set: ImageSet,
+         num_synthetic: int, num_null: int, conditions: str, strip_seeds: int,
+         predict: Callable[[ImageSet], Any] | None) -> Drawn:
+    """Sample the candidates (enough for curation to keep num_synthetic), the strip, and the null draws: samples
+    no later generation trains on, curated as the samples are, so they come from the distribution it trains on."""
+    seeds = generation_seeds(seed, g)
+    # a conditional model samples from class labels (validate_data has checked they match the dataset's)
+    conditional = bool(model.num_classes)
+
+    def labels(n: int, label_seed: int) -> torch.Tensor | None:
+        return condition_labels(conditions, real, train_set, n, label_seed) if conditional else None
+
+    samples = model.sample(regime.num_candidates(num_synthetic), seed=seeds["sample"],
+                           labels=labels(regime.num_candidates(num_synthetic), seeds["labels"]))
+    strip_labels = torch.arange(strip_seeds) % model.num_classes if conditional else None
+    strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
+    null_draws = None
+    if num_null:
+        ns, count = null_seeds(seed, g), regime.num_candidates(num_null)
+        null_draws = model.sample(count, seed=ns["sample"], labels=labels(count, ns["labels"]))
+        probs = predict(null_draws) if predict is not None and count > num_null else None
+        null_draws, _ = regime.curate(null_draws, probs, num_null)
+    return Drawn(samples, strip, null_draws)
+
+
+def score_and_curate(g: int, samples: ImageSet, *, score: Callable[..., Evaluation], regime: Regime,
+                     splits: Splits, train_set: ImageSet, composition: dict[str, float],
+                     nulls: list[ImageSet | None], num_null: int, num_synthetic: int, seed: int) -> Scored:
+    """Score the candidates (memorization against this generation's training set, with its null), then curate:
+    the metrics describe the raw candidates, the next generation trains on what curation keeps. Unconditional
+    samples carry the metrics classifier's predicted labels from here on (none without a classifier)."""
+    null = null_set(g, composition, splits.heldout, nulls, num_null or len(splits.heldout), seed)
+    if null is None and num_null:
+        log.warning("gen %d: a generation it trains on was made before memorization had a null "
+                    "(gen_XXX/%s, kit 0.3): its memorization_ratio stays empty", g, NULL_FILE)
+    evaluation = score(samples, train_set, null=null)
+    member_scores = score_members(score, samples, train_set)  # chain.population: each member's share
+    if samples.labels is None and evaluation.probs is not None:
+        samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
+    samples.class_names = splits.train.class_names
+    kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
+    return Scored(evaluation, member_scores, kept, curation)
+
+
+def generation_row(g: int, fitted: Fitted, scored: Scored, train_set: ImageSet, composition: dict[str, float],
+                   clock: list[float]) -> dict[str, Any]:
+    """Generation g's row of metrics.csv: its scores, what the fit reported, where it started, what it trained on,
+    what curation kept, and the time each phase took (`clock`: began, fitted, sampled, scored)."""
+    began, fitted_at, sampled, scored_at = clock
+    return {
+        "generation": g,
+        **({} if fitted.family is None else {"family": fitted.family}),
+        **scored.evaluation.row,
+        **scored.member_scores,
+        "train_loss": fitted.stats.get("train_loss"),
+        "train_steps": fitted.stats.get("train_steps"),
+        **{k: v for k, v in fitted.stats.items() if k.startswith("model_")},  # what the fit reports of itself
+        "init": fitted.init,
+        "init_from": None if fitted.init_from is None else f"gen_{fitted.init_from:03d}",
+        "num_train": len(train_set),
+        **composition,
+        **scored.curation,
+        "seconds": time.perf_counter() - began,
+        "fit_seconds": fitted_at - began,
+        "sample_seconds": sampled - fitted_at,
+        "metrics_seconds": scored_at - sampled,
+    }
+
+
+def write_generation(gen_dir: Path, store: RunStore, model: Model, drawn: Drawn, kept: ImageSet,
+                     row: dict[str, Any], grid_size: int, environment: dict[str, Any] | None) -> None:
+    """Write everything generation `gen_dir` made, each file atomically, and DONE last."""
+    atomic_write_dir(gen_dir / "model", model.save)
+    atomic_write(gen_dir / "samples.npz", kept.save)
+    atomic_write(gen_dir / "strip.npz", drawn.strip.save)
+    if drawn.null_draws is not None:
+        atomic_write(gen_dir / NULL_FILE, drawn.null_draws.save)
+    save_png(grid_image(drawn.samples.images[:grid_size], title=f"generation {row['generation']}"),
+             gen_dir / "grid.png")
+    store.write_json(gen_dir / "metrics.json", row)
+    if environment is not None:
+        store.write_json(gen_dir / ENVIRONMENT_FILE, environment)
+    faults.reached("before_done")
+    store.mark_done(row["generation"])
+
+
 def run(
     *,
     store: RunStore,
@@ -174,123 +335,50 @@ def run(
     """Train generations up to `generation`, after the last finished one (resume.prepare has cleaned the run dir
     of anything after it); returns all rows. Every process trains its share of each batch; the main process
     alone samples, scores and writes, and the others read its samples back from disk."""
-    main = processes is None or processes.is_main_process
+    on_main = MainOnly(processes)
     start = store.num_done()
     if start > generation:
-        if main:
+        if on_main.main:
             log.info("chain already has generations 0..%d in %s; nothing to do (raise generation= to extend)",
                      start - 1, store.root)
         return store.rows()
-    if start and main:
+    if start and on_main.main:
         log.info("resuming %s after generation %d", store.root, start - 1)
     synthetic = [store.read_samples(g) for g in range(start)]
-    nulls = [store.read_null(g) for g in range(start)] if main else []
-    # a conditional model samples from class labels (validate_data has checked they match the dataset's)
-    num_classes = make_model().num_classes
-    strip_labels = (torch.arange(strip_seeds) % num_classes) if num_classes else None
+    nulls = [store.read_null(g) for g in range(start)] if on_main.main else []
 
     for g in range(start, generation + 1):
-        began = time.perf_counter()
-        seeds = generation_seeds(seed, g)
-        gen_dir = store.gen_dir(g)
-
+        clock = [time.perf_counter()]
+        # Training set: the real pool at generation 0, the regime's mix of real data and earlier samples after.
         train_set, composition = training_set(g, splits.train, synthetic, regime, seed)
-
-        # Fit (every process: data-parallel under accelerate): from new weights, or from a finished generation's.
+        # Fit (every process), from new weights, a finished generation's (model.init), or an adopted generation 0.
         family, make = family_for(g) if family_for is not None else (None, make_model)
-        model = make()
-        init, init_from = starting_point(model, g, store)
-        start_at = {} if init_from is None else {"init_from": store.gen_dir(init_from) / "model"}
-        try:
-            if g == 0 and adopted_fit is not None:  # the same fit another chain made: its weights and its numbers
-                model = type(model).load(adopted_fit / "model", accelerator=getattr(model, "accelerator", None))
-                fit_stats = adopted_fit_stats(adopted_fit)
-            else:
-                fit_stats = model.fit(train_set, seed=seeds["fit"], **start_at)
-        except TrainingDiverged as e:  # nothing of this generation is on disk yet; earlier ones stay as they are
-            e.generation = g
-            raise
-        fitted = time.perf_counter()
-
-        failure = None
-        if main:
-            try:
-                # Sample candidates for the next generation's data (enough for curation to keep num_synthetic).
-                num_candidates = regime.num_candidates(num_synthetic)
-                labels = condition_labels(conditions, splits.train, train_set, num_candidates, seeds["labels"]) \
-                    if num_classes else None
-                samples = model.sample(num_candidates, seed=seeds["sample"], labels=labels)
-                strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
-                # Null draws: what the next generations' memorization compares with (never trained on; curated as
-                # the samples are, so they come from the distribution the next generation trains on).
-                null_draws = None
-                if num_null:
-                    ns = null_seeds(seed, g)
-                    count = regime.num_candidates(num_null)
-                    null_labels = condition_labels(conditions, splits.train, train_set, count, ns["labels"]) \
-                        if num_classes else None
-                    null_draws = model.sample(count, seed=ns["sample"], labels=null_labels)
-                    probs = predict(null_draws) if predict is not None and count > num_null else None
-                    null_draws, _ = regime.curate(null_draws, probs, num_null)
-                sampled = time.perf_counter()
-
-                # Score (memorization against this generation's training set, with its null); unconditional samples
-                # carry the classifier's predicted labels from here on (none without a classifier).
-                null = null_set(g, composition, splits.heldout, nulls, num_null or len(splits.heldout), seed)
-                if null is None and num_null:
-                    log.warning("gen %d: a generation it trains on was made before memorization had a null "
-                                "(gen_XXX/%s, kit 0.3): its memorization_ratio stays empty", g, NULL_FILE)
-                evaluation = score(samples, train_set, null=null)
-                member_scores = score_members(score, samples, train_set)  # chain.population: each member's share
-                if samples.labels is None and evaluation.probs is not None:
-                    samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
-                samples.class_names = splits.train.class_names
-                # Metrics describe the raw candidates; the next generation trains on what curation keeps.
-                kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
-                scored = time.perf_counter()
-
-                # Write the generation, DONE last.
-                atomic_write_dir(gen_dir / "model", model.save)
-                atomic_write(gen_dir / "samples.npz", kept.save)
-                atomic_write(gen_dir / "strip.npz", strip.save)
-                if null_draws is not None:
-                    atomic_write(gen_dir / NULL_FILE, null_draws.save)
-                save_png(grid_image(samples.images[:grid_size], title=f"generation {g}"), gen_dir / "grid.png")
-                row = {
-                    "generation": g,
-                    **({} if family is None else {"family": family}),
-                    **evaluation.row,
-                    **member_scores,
-                    "train_loss": fit_stats.get("train_loss"),
-                    "train_steps": fit_stats.get("train_steps"),
-                    **{k: v for k, v in fit_stats.items() if k.startswith("model_")},  # what the fit reports of itself
-                    "init": init,
-                    "init_from": None if init_from is None else f"gen_{init_from:03d}",
-                    "num_train": len(train_set),
-                    **composition,
-                    **curation,
-                    "seconds": time.perf_counter() - began,
-                    "fit_seconds": fitted - began,
-                    "sample_seconds": sampled - fitted,
-                    "metrics_seconds": scored - sampled,
-                }
-                store.write_json(gen_dir / "metrics.json", row)
-                if environment is not None:
-                    store.write_json(gen_dir / ENVIRONMENT_FILE, environment)
-                faults.reached("before_done")
-                store.mark_done(g)
-            except Exception as e:  # raised below, once the other processes know
-                failure = e
-
+        fitted = fit(g, make, family, train_set, store, generation_seeds(seed, g)["fit"],
+                     adopted=adopted_fit if g == 0 else None)
+        clock.append(time.perf_counter())
+        # Sample (main).
+        drawn = on_main(draw, fitted.model, g, seed, regime=regime, real=splits.train, train_set=train_set,
+                        num_synthetic=num_synthetic, num_null=num_null, conditions=conditions,
+                        strip_seeds=strip_seeds, predict=predict)
+        clock.append(time.perf_counter())
+        # Score, then curate what the next generation trains on (main).
+        scored = on_main(score_and_curate, g, drawn.samples if drawn else None, score=score, regime=regime,
+                         splits=splits, train_set=train_set, composition=composition, nulls=nulls,
+                         num_null=num_null, num_synthetic=num_synthetic, seed=seed)
+        clock.append(time.perf_counter())
+        # Write the generation, DONE last (main).
+        row = on_main(generation_row, g, fitted, scored, train_set, composition, clock)
+        on_main(write_generation, store.gen_dir(g), store, fitted.model, drawn, scored.kept if scored else None,
+                row, grid_size, environment)
         # Done: the other processes read the generation's samples from disk once the main one has written them.
-        barrier(processes, failure)
-        if not main:
+        on_main.barrier()
+        if not on_main.main:
             synthetic.append(store.read_samples(g))
             continue
         faults.reached("after_done")
         store.write_tables()
-        synthetic.append(kept)
-        nulls.append(null_draws)
+        synthetic.append(scored.kept)
+        nulls.append(drawn.null_draws)
         log.info(summary_line(row, generation))
         if after_generation is not None:
             after_generation(g, row)

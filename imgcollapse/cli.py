@@ -36,7 +36,7 @@ from imgcollapse.errors import (
     UserError,
     WriteFailed,
 )
-from imgcollapse.jobs import FAILED, failed_jobs, write_failed
+from imgcollapse.store import FAILED, failed_jobs, write_failed
 
 log = logging.getLogger("imgcollapse")
 

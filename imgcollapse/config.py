@@ -28,6 +28,7 @@ from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from imgcollapse import metric_facts
 from imgcollapse.data import DatasetConfig
 from imgcollapse.data.digits import DigitsConfig
 from imgcollapse.data.folder import FolderConfig
@@ -53,7 +54,7 @@ from imgcollapse.tracking import LoggerConfig
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped inside the package: a wheel finds it
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # not chosen by users of a chain: Hydra's own, typed schemas, debug sizes, studies (imgcollapse-study study=NAME)
-HIDDEN_GROUPS = ("hydra", "schema", "debug_model", "study")
+HIDDEN_GROUPS = ("hydra", "schema", "debug_model", "debug_sampling", "study")
 
 
 @dataclass
@@ -232,7 +233,9 @@ def validate(cfg: DictConfig) -> Config:
         names = getattr(config.chain, key)
         if names is not None:
             setattr(config.chain, key, [model_kind(m) if n == "model" else n for n in names])
-    for family in family_configs(config).values():
+    families = family_configs(config)
+    s.check_read(sampling_read(families), sampling_defaults())
+    for family in families.values():
         _check_sampling_for_model(family, s)
         if isinstance(family, DDPMConfig):
             family.check_image_size(d.image_size)
@@ -332,11 +335,9 @@ def family_configs(config: Config) -> dict[str, Any]:
                 "preset's defaults")
         families[name] = found[name]
     if key == "chain.population":  # members' scores are columns `fid_<name>`: a name must not make a metric's
-        from imgcollapse.report.metric_info import MEMBER_COLUMNS, METRICS, SPACES
-
         for name in families:
-            taken = [f"{c}_{name}" for c in MEMBER_COLUMNS if f"{c}_{name}" in METRICS]
-            require(not taken and f"_{name}" not in SPACES and name not in ("lo", "hi", "sd"), key, names,
+            taken = [f"{c}_{name}" for c in metric_facts.MEMBER_COLUMNS if f"{c}_{name}" in metric_facts.FACTS]
+            require(not taken and f"_{name}" not in metric_facts.SPACES and name not in ("lo", "hi", "sd"), key, names,
                     f"member names whose columns (fid_<name>, ...) are not the metrics' own ({name!r} would make "
                     f"{', '.join(taken) or f'fid_{name}'}, a metric's column): rename it, e.g. "
                     f"+model@families.{name}_model=...")
@@ -360,13 +361,31 @@ def _require_schema(key: str, config: Any) -> None:
     target(key, config)
 
 
+def sampling_defaults() -> dict[str, Any]:
+    """The one default of each `sampling.*` key: conf/config.yaml's."""
+    return dict(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")["sampling"]))
+
+
+def sampling_read(families: dict[str, Any]) -> dict[str, list[str]]:
+    """{sampling key: the families that read it} (their `SAMPLING_KEYS`; the chain reads `conditions` for a
+    class-conditional model); a family that does not say what it reads (a user's own model) reads every key."""
+    read: dict[str, list[str]] = {}
+    for name, family in families.items():
+        cls = target("model", family)
+        keys = getattr(cls, "SAMPLING_KEYS", None)
+        if keys is None:
+            keys = tuple(f.name for f in dataclasses.fields(SamplingConfig))
+        keys = (*keys, "conditions") if getattr(family, "num_classes", None) else keys
+        for key in keys:
+            read.setdefault(key, []).append(name)
+    return read
+
+
 def _check_sampling_for_model(m: Any, s: SamplingConfig) -> None:
-    """Sampling bias must be one the configured model understands: guidance or temperature, not both."""
+    """Guidance needs a class-conditional model that reads it."""
     keys = getattr(target("model", m), "SAMPLING_KEYS", ())
     require(s.guidance == 0 or ("guidance" in keys and bool(getattr(m, "num_classes", None))), "sampling.guidance",
             s.guidance, "0 unless the model is class-conditional (model=ddpm with model.num_classes set)")
-    require(s.temperature == 1 or "temperature" in keys, "sampling.temperature", s.temperature,
-            "1.0 for this model, which has no temperature (diffusion's sampling bias is sampling.guidance)")
 
 
 def _check_training_sets(config: Config, m: Any) -> None:

@@ -26,6 +26,8 @@ HIGHER, LOWER, ONE = "higher", "lower", "one"
 KINDS = ("distortion", "homogeneity", "tails", "copying", "contraction")
 SPACES = {"_inception": "Inception-v3 features", "_pixel": "pixels", "": "classifier features"}  # suffix -> space
 DIVERSITY = ("homogeneity", "tails", "contraction")
+# what a population's members are each scored on (`fid_<member>`): the chain scores them, the report draws them
+MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
 
 
 @dataclass(frozen=True)

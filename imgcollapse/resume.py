@@ -286,8 +286,8 @@ def wait_for_generation0(source: Path, poll_s: float = 0.5, grace_s: float = SHA
     source has failed (FAILED), or no live process has held the source for `grace_s`."""
     import time
 
-    from imgcollapse.jobs import FAILED
     from imgcollapse.lock import is_held
+    from imgcollapse.store import FAILED
 
     store, waited, unheld_since = RunStore(source), False, time.monotonic()
     while not store.is_done(0) and not (source / FAILED).exists():

@@ -27,7 +27,6 @@ from imgcollapse import chain, cli, faults, progress, resume
 from imgcollapse._version import __version__
 from imgcollapse.config import Config, build, family_configs, register, validate, validate_data
 from imgcollapse.data import Splits
-from imgcollapse.launch import hydra_launcher, resolve_threads
 from imgcollapse.lock import RunLock
 from imgcollapse.metrics import Metrics, evaluate, setup_metrics
 from imgcollapse.metrics.calibration import FILE as CALIBRATION_FILE
@@ -37,6 +36,7 @@ from imgcollapse.models.train import enable_tf32, mixed_precision
 from imgcollapse.report import header
 from imgcollapse.report.run_report import build_run_report
 from imgcollapse.store import RunStore
+from imgcollapse.threads import hydra_launcher, resolve_threads
 from imgcollapse.tracking import Tracker, accelerator_kwargs, sweep_group
 
 log = logging.getLogger("imgcollapse")
@@ -133,17 +133,13 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
 
     # Resume (main): what a killed writer left is removed, and a rerun is checked against the run's record.
     # Data, split once: the main process first (it may download or decode into a cache the others then read).
-    # Under accelerate launch a failure of the main process reaches the others at the barrier (chain.barrier).
+    # Under accelerate launch a failure of the main process reaches the others at the next barrier (chain.MainOnly).
     resolved = OmegaConf.to_container(cfg, resolve=True)
     processes = accelerator if accelerator.num_processes > 1 else None
-    failure = None
-    if main:
-        try:
-            opened = resume.open_run(store, resolved, environment, mode=config.resume, generation=config.generation)
-            splits: Splits = build(config.dataset)
-        except Exception as e:
-            failure = e
-    chain.barrier(processes, failure)
+    on_main = chain.MainOnly(processes)
+    opened = on_main(resume.open_run, store, resolved, environment, mode=config.resume, generation=config.generation)
+    splits: Splits = on_main(build, config.dataset)
+    on_main.barrier()
     if not main:
         splits = build(config.dataset)
     log.info("dataset: %d training images, %d held out, shape %s", len(splits.train), len(splits.heldout),
@@ -151,38 +147,28 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
 
     # Metrics (main): the checks that need the data, feature extractors with held-out reference statistics (all
     # cached), the run's record.
-    metrics: Metrics | None = None
-    if main:
-        try:
-            metrics = _metrics_and_record(config, resolved, opened, splits, store, environment, accelerator.device)
-        except Exception as e:
-            failure = e
+    metrics: Metrics | None = on_main(_metrics_and_record, config, resolved, opened, splits, store, environment,
+                                      accelerator.device)
 
-    # Model and regime, chosen by config.
+    # Model and regime, chosen by config; curation runs on the main process (curation=verify trains or reads its
+    # verifier there).
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime)
     family_for = _families(config, splits, accelerator)
-    if main and failure is None:  # curation runs on the main process; curation=verify trains (or reads) its verifier
-        try:
-            regime.setup(splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
-                         conditional=bool(getattr(config.model, "num_classes", None)),
-                         num_synthetic=config.num_synthetic, generation=config.generation)
-        except Exception as e:
-            failure = e
-    adopted_fit = None  # a study's arm: generation 0 (or its model) is another chain's, once config, data and
-    # numeric settings match
-    if main and failure is None and config.chain.share_gen0 and store.num_done() == 0:
-        try:
-            adopted_fit = resume.adopt_generation0(store, Path(config.chain.share_gen0), resolved, environment,
-                                                   splits.fingerprint())
-        except Exception as e:
-            failure = e
+    on_main(regime.setup, splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
+            conditional=bool(getattr(config.model, "num_classes", None)), num_synthetic=config.num_synthetic,
+            generation=config.generation)
+    # A study's arm: generation 0 (or its model) is another chain's, once config, data and numeric settings match.
+    adopted_fit = None
+    if config.chain.share_gen0 and store.num_done() == 0:
+        adopted_fit = on_main(resume.adopt_generation0, store, Path(config.chain.share_gen0), resolved, environment,
+                              splits.fingerprint())
     if processes is not None:  # every process loads the adopted model, as every process would have fitted it
         adopted_fit = broadcast_object_list([adopted_fit])[0]
     tracker = Tracker(accelerator, config.logger.kind, images=config.logger.images, run_dir=run_dir,
                       project=config.logger.project, group=sweep_group())
-    chain.barrier(processes, failure)  # the other processes wait for the checks and the metrics set-up
+    on_main.barrier()  # the other processes wait for the checks and the metrics set-up
     tracker.start(resolved)
     reporter = Reporter(run_dir, tracker, config.report.redraw_seconds, draw=config.report.draw)
     progress.begin_chain(store.num_done(), config.generation)

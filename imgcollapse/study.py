@@ -43,9 +43,8 @@ from imgcollapse.errors import (
     WriteFailed,
     exit_codes_text,
 )
-from imgcollapse.jobs import FAILED, read_failed
 from imgcollapse.progress import StudyWatch
-from imgcollapse.store import RunStore, atomic_write_text, to_json
+from imgcollapse.store import FAILED, RunStore, atomic_write_text, read_failed, to_json
 
 log = logging.getLogger("imgcollapse.study")
 
@@ -328,7 +327,7 @@ def _threads_and_launcher(study: StudyConfig, launcher_args: list[str], num_chai
                                                                                                    list[str]]:
     """(torch threads every chain runs with, the launcher's overrides). One thread count for every chain, so an
     adopted generation 0 was made under the numeric settings of the chain adopting it."""
-    from imgcollapse.launch import available_cores
+    from imgcollapse.threads import available_cores
 
     chosen = next((a.split("=", 1)[1] for a in launcher_args if a.startswith("hydra/launcher=")), study.launcher)
     args = [a for a in launcher_args if not a.startswith("hydra/launcher=")]

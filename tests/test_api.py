@@ -16,7 +16,7 @@ import torch
 
 import imgcollapse
 from imgcollapse.data import ImageSet, Splits
-from imgcollapse.errors import ConfigError, UserError
+from imgcollapse.errors import ConfigError, DamagedFile, UserError
 
 
 # A user's dataset: a function of its config (no schema of its own), returning the two splits --------------------
@@ -149,3 +149,65 @@ def test_a_users_typed_model_config_is_checked_like_the_kits(tmp_path: Path, my_
 def test_load_run_refuses_what_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is not a run directory"):
         imgcollapse.load_run(tmp_path)
+
+
+# A generation's model where families take turns or live side by side ----------------------------------------------
+FAST = ("debug=smoke", "generation=1", "threads=1", "report.draw=false", "metrics.bootstrap=0", "metrics.subsets=1",
+        "metrics.kid_subsets=1", "model=gmm", "+model@families.vae=vae", "+debug_model@families.vae=smoke_vae")
+
+
+def _samples(run_dir: Path, generation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A generation's saved samples and collapse strip (replace keeps every sample: no curation)."""
+    gen_dir = run_dir / f"gen_{generation:03d}"
+    return ImageSet.load(gen_dir / "samples.npz").images, ImageSet.load(gen_dir / "strip.npz").images
+
+
+def _draws(model: Any, generation: int, n: int, strip: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the chain (seed 0) drew from generation `generation`'s model: its samples and its strip."""
+    from imgcollapse.chain import generation_seeds, strip_seed
+
+    return (model.sample(n, seed=generation_seeds(0, generation)["sample"]).images,
+            model.sample(strip, seed=strip_seed(0)).images)
+
+
+def test_a_population_generation_loads_as_the_population_that_drew_its_samples(tmp_path: Path) -> None:
+    from conftest import run_chain
+
+    from imgcollapse.models.gmm import GMM
+    from imgcollapse.models.population import POPULATION_FILE, Population
+    from imgcollapse.models.vae import VAE
+
+    run_dir = tmp_path / "run"
+    run_chain(run_dir, *FAST, "chain.population=[gmm,vae]")
+    for g in (0, 1):
+        model = imgcollapse.load_model(run_dir, g)
+        assert isinstance(model, Population) and model.labels() == ["gmm", "vae"]
+        assert [type(m) for m in model.models] == [GMM, VAE]
+        samples, strip = _samples(run_dir, g)
+        drawn, drawn_strip = _draws(model, g, len(samples), len(strip))
+        assert torch.equal(drawn, samples) and torch.equal(drawn_strip, strip)
+    (run_dir / "gen_001" / "model" / POPULATION_FILE).write_text("{\"members\": ")  # truncated
+    with pytest.raises(DamagedFile, match=f"gen_001/model/{POPULATION_FILE} cannot be read"):
+        imgcollapse.load_model(run_dir, 1)
+
+
+def test_families_in_turn_load_each_generation_as_its_own_familys_model(tmp_path: Path) -> None:
+    from conftest import run_chain
+
+    from imgcollapse.models.gmm import GMM
+    from imgcollapse.models.vae import VAE
+
+    run_dir = tmp_path / "run"
+    run_chain(run_dir, *FAST, "chain.models=[model,vae]")  # `model`: model's own family (gmm)
+    for g, family in ((0, GMM), (1, VAE)):
+        model = imgcollapse.load_model(run_dir, g)
+        assert type(model) is family
+        samples, strip = _samples(run_dir, g)
+        drawn, drawn_strip = _draws(model, g, len(samples), len(strip))
+        assert torch.equal(drawn, samples) and torch.equal(drawn_strip, strip)
+    # a row without its family column: the config's schedule says whose generation it is
+    row_file = run_dir / "gen_001" / "metrics.json"
+    row = json.loads(row_file.read_text())
+    assert row.pop("family") == "vae"
+    row_file.write_text(json.dumps(row))
+    assert type(imgcollapse.load_model(run_dir, 1)) is VAE

@@ -129,3 +129,42 @@ def test_vae_learns(digits, likelihood):
     short = tiny("vae", (1, 8, 8), train_steps=5, likelihood=likelihood)
     longer = tiny("vae", (1, 8, 8), train_steps=150, lr=5e-3, likelihood=likelihood)
     assert longer.fit(digits, seed=0)["train_loss"] < short.fit(digits, seed=0)["train_loss"] - 0.02
+
+
+# A population (chain.population) saved and loaded back ------------------------------------------------------------
+def test_a_saved_population_loads_back_and_samples_the_same_images(digits, tmp_path):
+    import json
+
+    from imgcollapse.errors import DamagedFile
+    from imgcollapse.models.population import POPULATION_FILE, Population
+
+    population = Population([("gmm", tiny("gmm", (1, 8, 8))), ("vae", tiny("vae", (1, 8, 8), train_steps=3)),
+                             ("gmm", tiny("gmm", (1, 8, 8), n_components=2))])
+    population.fit(digits.subset(np.arange(200)), seed=4)
+    population.save(tmp_path / "model")
+    again = Population.load(tmp_path / "model")
+    assert again.names == ["gmm", "vae", "gmm"] and again.labels() == ["gmm0", "vae", "gmm2"]
+    assert [type(m).__name__ for m in again.models] == ["GMM", "VAE", "GMM"]
+    assert again.models[2].config.n_components == 2  # each member its own config, in the saved order
+    first, loaded = population.sample(11, seed=7), again.sample(11, seed=7)
+    assert torch.equal(first.images, loaded.images)
+    assert loaded.members == first.members == [("gmm0", 0, 4), ("vae", 4, 8), ("gmm2", 8, 11)]
+    assert loaded.subset([0, 1]).members == [] and ImageSet(loaded.images).members == []  # blocks of these only
+
+    roster = tmp_path / "model" / POPULATION_FILE
+    record = json.loads(roster.read_text())
+    for damage in ("{\"members\": [", "{}", json.dumps({"members": []}),
+                   json.dumps({"members": [{**record["members"][0], "class": "imgcollapse.models.gmm.Nope"}]}),
+                   json.dumps({"members": [{**record["members"][0], "folder": "../elsewhere"}]})):
+        roster.write_text(damage)
+        with pytest.raises(DamagedFile, match=POPULATION_FILE) as e:
+            Population.load(tmp_path / "model")
+        assert e.value.path == roster
+    roster.unlink()
+    with pytest.raises(DamagedFile, match="No such file"):
+        Population.load(tmp_path / "model")
+
+
+def test_member_blocks_outside_the_images_are_refused():
+    with pytest.raises(ValueError, match=r"member 'vae'.s block \[2, 5\) is not within 4 images"):
+        ImageSet(torch.zeros((4, 1, 2, 2), dtype=torch.uint8), members=[("gmm", 0, 2), ("vae", 2, 5)])

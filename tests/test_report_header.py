@@ -42,3 +42,17 @@ def test_titles_and_natural_ranges():
     # check's quantity) and its compute (train_steps, what a budget=epochs chain grows) are drawn with the results
     assert metric_info.is_housekeeping("model_train_loss_vae") and not metric_info.is_housekeeping("train_steps")
     assert not metric_info.is_housekeeping("model_variance") and not metric_info.is_housekeeping("fid_vae")
+
+
+def test_real_grid_rebuilt_from_a_recorded_dataset_config(tmp_path):
+    """A run recorded before real_grid.png existed gets it from its dataset's recorded config (no network), and a
+    dataset that needs a download is left out."""
+    from omegaconf import OmegaConf
+
+    from imgcollapse.config import compose
+    from imgcollapse.report import header
+
+    dataset = OmegaConf.to_container(compose("debug=smoke").dataset, resolve=True)
+    path = header.rebuild_real_grid(tmp_path, {"dataset": dataset, "report": {"grid_size": 16}})
+    assert path == tmp_path / header.REAL_GRID and path.stat().st_size > 0
+    assert header.rebuild_real_grid(tmp_path / "other", {"dataset": {**dataset, "download": True}}) is None

@@ -68,7 +68,12 @@ BAD = [
     (("model.num_classes=10", "sampling.guidance=-1"), "sampling.guidance", -1.0, "≥ 0"),
     (("sampling.guidance=2",), "sampling.guidance", 2.0, "unless the model is class-conditional"),
     (("model=vae", "sampling.temperature=0"), "sampling.temperature", 0.0, "> 0"),
-    (("sampling.temperature=0.5",), "sampling.temperature", 0.5, "1.0 for this model, which has no temperature"),
+    # a key no model of the chain reads is refused (it would be ignored), naming the keys that are read
+    (("sampling.temperature=0.5",), "sampling.temperature", 0.5, "1.0 (its default): no model this chain trains reads"),
+    (("model=vae", "sampling.steps=50"), "sampling.steps", 50, "batch_size (vae), temperature (vae)"),
+    (("model=vae", "sampling.sampler=ddim"), "sampling.sampler", "ddim", "no model this chain trains reads it"),
+    (("model=gmm", "sampling.batch_size=64"), "sampling.batch_size", 64, "temperature (gmm)"),
+    (("sampling.conditions=uniform",), "sampling.conditions", "uniform", "no model this chain trains reads it"),
     (("sampling.conditions=rare",), "sampling.conditions", "rare", "['real', 'uniform', 'train']"),
     # Regimes
     (("regime=fresh", "regime.real_fraction=-0.1"), "regime.real_fraction", -0.1, "[0, 1]"),

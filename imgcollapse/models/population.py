@@ -4,19 +4,22 @@ training set; their samples, pooled, are the generation's samples (what the regi
 The population is one model to the chain: `fit` fits each member with its own seed, `sample(n)` gives each
 member a contiguous block of the n images (image i still depends only on (seed, i)) and records which member
 made which block (`ImageSet.members`), so the chain can score each member beside the pool. `save` writes one
-directory per member plus population.json.
+directory per member plus population.json; `Population.load` reads them back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import get_class
 
 from imgcollapse.data import ImageSet
+from imgcollapse.errors import DamagedFile
 
 POPULATION_FILE = "population.json"
 
@@ -70,9 +73,7 @@ class Population:
                 parts.append(model.sample(stop - start, seed=member_seed(seed, i),
                                           labels=labels[start:stop] if labels is not None else None))
             spans.append((label, start, stop))
-        pooled = ImageSet.concat(parts)
-        pooled.members = spans  # type: ignore[attr-defined]  (read once by the chain, right after sampling)
-        return pooled
+        return dataclasses.replace(ImageSet.concat(parts), members=spans)
 
     def save(self, path: Path) -> None:
         """One directory per member (member_<i>_<family>/, each loadable by its family's `load`) and the roster."""
@@ -85,3 +86,29 @@ class Population:
             kind = f"{type(model).__module__}.{type(model).__name__}"
             roster.append({"family": name, "folder": folder, "class": kind})
         (path / POPULATION_FILE).write_text(json.dumps({"members": roster}, indent=1))
+
+    @classmethod
+    def load(cls, path: Path, accelerator: Any = None) -> Population:
+        """The population `save` wrote: each member rebuilt by its class's `load`, in the saved order (which fixes
+        each member's seed and block, so it samples what the saved one did). DamagedFile for a bad population.json."""
+        path = Path(path)
+        roster_file = path / POPULATION_FILE
+        what_to_do = "Restore it from a backup of the model directory (Population.save writes it)"
+        try:
+            roster = json.loads(roster_file.read_text())["members"]
+            entries = [(str(m["family"]), str(m["folder"]), str(m["class"])) for m in roster]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise DamagedFile(roster_file, e, what_to_do) from e
+        if not entries:
+            raise DamagedFile(roster_file, "no members", what_to_do)
+        members = []
+        for family, folder, kind in entries:
+            if Path(folder).name != folder or folder in ("", ".", ".."):  # a roster names its own subfolders only
+                raise DamagedFile(roster_file, f"member folder {folder!r} is not a folder of {path}", what_to_do)
+            try:
+                model_class = get_class(kind)
+            except Exception as e:  # Hydra wraps ImportError and AttributeError in its own
+                raise DamagedFile(roster_file, f"member {family!r}'s class {kind} cannot be imported ({e})",
+                                  "Install the package that defines it, or restore the file") from e
+            members.append((family, model_class.load(path / folder, accelerator=accelerator)))
+        return cls(members)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from imgcollapse.report import page
 
@@ -92,9 +93,9 @@ def rebuild_real_grid(root: Path, config: Mapping[str, Any]) -> Path | None:
     if not dataset.get("_target_") or dataset.get("download"):
         return None
     try:
-        from imgcollapse.config import PluginConfig, build
+        from hydra.utils import get_object
 
-        splits = build(PluginConfig(dataset))  # the loader reads its keys as attributes
+        splits = get_object(dataset["_target_"])(OmegaConf.create(dataset))  # the loader reads keys as attributes
         grid_size = int((config.get("report") or {}).get("grid_size") or 64)
         write_real_grid(splits.train.images[:grid_size], path)
         return path

@@ -19,8 +19,7 @@ Info = metric_facts.Fact
 METRICS = metric_facts.FACTS
 HOUSEKEEPING_PREFIXES = ("num_", "share_gen_", "model_train_loss_")  # training-set sizes and sources, members' losses
 HOUSEKEEPING = ("train_loss",)
-# what a population's members are each scored on (`fid_<member>`): the run report draws them in these panels
-MEMBER_COLUMNS = ("fid", "kid", "precision", "recall", "density", "coverage", "confidence", "class_kl")
+MEMBER_COLUMNS = metric_facts.MEMBER_COLUMNS  # a population member's own panels in the run report
 
 
 split = metric_facts.split

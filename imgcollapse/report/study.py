@@ -355,8 +355,7 @@ def _false_text(found: Mapping[str, Any]) -> str:
 
 def missing_chains(root: Path, record: Mapping[str, Any]) -> list[str]:
     """One line per chain that has not reached its last generation (or failed)."""
-    from imgcollapse.jobs import read_failed
-    from imgcollapse.store import RunStore
+    from imgcollapse.store import RunStore, read_failed
 
     out = []
     for c in record["chains"]:

@@ -23,9 +23,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from imgcollapse.jobs import collect_failed, read_failed
 from imgcollapse.report import page
-from imgcollapse.store import atomic_write_text, csv_text
+from imgcollapse.store import atomic_write_text, collect_failed, csv_text, read_failed
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Parallel jobs on one machine: how many run at once under the Hydra launcher, and the torch threads each gets.
+"""Torch threads per job: how many jobs run at once under the Hydra launcher, and the cores each gets.
 
 Two torch processes with 2 threads each on 2 cores run 8x slower than one, so `threads: null` divides the
 cores among the jobs that run at the same time: joblib runs `n_jobs` at once; a submitit job gets

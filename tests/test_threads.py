@@ -7,7 +7,7 @@ from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 
 from imgcollapse.config import register
-from imgcollapse.launch import joblib_concurrency, resolve_threads
+from imgcollapse.threads import joblib_concurrency, resolve_threads
 
 
 @pytest.mark.parametrize(
