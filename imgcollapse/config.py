@@ -38,7 +38,6 @@ from imgcollapse.metrics import MetricsConfig
 from imgcollapse.models import SamplingConfig
 from imgcollapse.models.ddpm import DDPMConfig
 from imgcollapse.models.gmm import GMMConfig
-from imgcollapse.models.train import TrainingConfig
 from imgcollapse.models.vae import VAEConfig
 from imgcollapse.regimes import (
     AccumulateConfig,
@@ -235,13 +234,10 @@ def validate(cfg: DictConfig) -> Config:
             setattr(config.chain, key, [model_kind(m) if n == "model" else n for n in names])
     families = family_configs(config)
     s.check_read(sampling_read(families), sampling_defaults())
-    for family in families.values():
+    for family in families.values():  # each family's own fit with the data, the sampling and the training sets
         _check_sampling_for_model(family, s)
-        if isinstance(family, DDPMConfig):
-            family.check_image_size(d.image_size)
-            family.check_sampling(s)
-        if isinstance(family, GMMConfig):
-            family.check_pixels(d.channels * d.image_size**2)
+        if hasattr(family, "check_chain"):
+            family.check_chain(image_size=d.image_size, channels=d.channels, sampling=s)
         _check_training_sets(config, family)
     config.metrics.check_sizes(config.num_synthetic)
     return config
@@ -398,12 +394,9 @@ def _check_training_sets(config: Config, m: Any) -> None:
     if sized is None:  # it grows: never smaller than generation 0's
         return
     key, size = sized
-    why = f"each generation after 0 trains on {key}={size} images under regime={_regime_name(r)}"
-    if isinstance(m, TrainingConfig):
-        require(size >= m.batch_size, key, size,
-                f"at least model.batch_size={m.batch_size}: {why}, and a batch should not repeat them")
-    if isinstance(m, GMMConfig):
-        m.check_training_size(key, size, why)
+    if hasattr(m, "check_training_size"):
+        m.check_training_size(key, size, f"each generation after 0 trains on {key}={size} images under "
+                                         f"regime={_regime_name(r)}")
 
 
 def _regime_name(r: RegimeConfig) -> str:
@@ -420,40 +413,11 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
             "cannot be conditioned on them")
     require(not wanted or wanted == num_classes, "model.num_classes", wanted,
             f"null (unconditional) or the dataset's class count, {num_classes}")
-    if isinstance(m, GMMConfig):  # generation 0 fits the real pool
-        require(m.n_components <= num_train, "model.n_components", m.n_components,
-                f"at most the training pool's {num_train} images")
-        require(m.pca_components is None or m.pca_components <= num_train, "model.pca_components",
-                m.pca_components, f"null or at most the training pool's {num_train} images")
+    if hasattr(m, "check_data"):  # generation 0 fits the real pool
+        m.check_data(num_train)
     extractors = config.metrics.extractors
     has_classifier = num_classes is not None and (extractors == "auto" or "classifier" in extractors)
-    require(r.curation in ("none", "verify") or has_classifier, "regime.curation", r.curation,
-            "'none' here: this curation's judge is the metrics classifier, which needs labelled data and "
-            "'classifier' in metrics.extractors")
-    require(r.curation != "verify" or num_classes is not None, "regime.curation", r.curation,
-            "'none' here: the verifier is trained on the real pool's class labels, and this dataset has none")
-    require(r.curation != "verify" or wanted or r.verify_threshold > 0, "regime.verify_threshold",
-            r.verify_threshold, "> 0 for an unconditional model, which asks for no class: the verifier then accepts "
-            "what it is this sure of (e.g. 0.9)")
-    if isinstance(r, AccumulateConfig):
-        pool = num_train + config.num_synthetic  # what accumulate draws from at generation 1, its smallest
-        require(r.subsample is None or r.subsample <= pool, "regime.subsample", r.subsample,
-                f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
-                f"num_synthetic={config.num_synthetic} samples")
-    if isinstance(r, FreshConfig) and r.first_real is not None:
-        require(r.first_real <= num_train, "regime.first_real", r.first_real,
-                f"null (the whole pool) or at most the real pool's {num_train} images")
-        if isinstance(m, TrainingConfig):
-            require(r.first_real >= m.batch_size, "regime.first_real", r.first_real,
-                    f"at least model.batch_size={m.batch_size}: generation 0 trains on that many real images")
-        if isinstance(m, GMMConfig):
-            m.check_training_size("regime.first_real", r.first_real, "generation 0 trains on that many real images")
-    if isinstance(r, RealPlusConfig):
-        wanted = r.num_synthetic_used(num_train)
-        require(wanted <= config.num_synthetic, "regime.synthetic_ratio", r.synthetic_ratio,
-                f"at most {config.num_synthetic / num_train:.4g}: each training set takes synthetic_ratio x the real "
-                f"pool's {num_train} images = {wanted} samples, and each generation makes num_synthetic="
-                f"{config.num_synthetic} (raise num_synthetic for a larger ratio)")
-
+    r.check_data(num_train=num_train, num_classes=num_classes, num_synthetic=config.num_synthetic, model=m,
+                 has_classifier=has_classifier)
 
 __all__ = ["Config", "DatasetConfig", "build", "compose", "register", "validate", "validate_data"]

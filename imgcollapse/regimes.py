@@ -35,6 +35,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +79,19 @@ class RegimeConfig:
         than generation 0's real pool)."""
         return "num_synthetic", num_synthetic
 
+    def check_data(self, *, num_train: int, num_classes: int | None, num_synthetic: int, model: Any,
+                   has_classifier: bool) -> None:
+        """Checks that need the loaded data (the real pool's size and class count) and the chain's model config
+        (`model.check_training_size` where it has one): curation's judge must exist."""
+        require(self.curation in ("none", "verify") or has_classifier, "regime.curation", self.curation,
+                "'none' here: this curation's judge is the metrics classifier, which needs labelled data and "
+                "'classifier' in metrics.extractors")
+        require(self.curation != "verify" or num_classes is not None, "regime.curation", self.curation,
+                "'none' here: the verifier is trained on the real pool's class labels, and this dataset has none")
+        require(self.curation != "verify" or getattr(model, "num_classes", None) or self.verify_threshold > 0,
+                "regime.verify_threshold", self.verify_threshold, "> 0 for an unconditional model, which asks for "
+                "no class: the verifier then accepts what it is this sure of (e.g. 0.9)")
+
 
 @dataclass
 class ReplaceConfig(RegimeConfig):
@@ -96,6 +110,13 @@ class AccumulateConfig(RegimeConfig):
 
     def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
         return None if self.subsample is None else ("regime.subsample", self.subsample)
+
+    def check_data(self, *, num_train: int, num_synthetic: int, **chain: Any) -> None:
+        super().check_data(num_train=num_train, num_synthetic=num_synthetic, **chain)
+        pool = num_train + num_synthetic  # what generation 1 draws from, the smallest pool
+        require(self.subsample is None or self.subsample <= pool, "regime.subsample", self.subsample,
+                f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
+                f"num_synthetic={num_synthetic} samples")
 
 
 @dataclass
@@ -124,6 +145,14 @@ class RealPlusConfig(RegimeConfig):
         """How many of the last generation's samples each training set takes: lambda x the real pool."""
         return round(self.synthetic_ratio * num_real)
 
+    def check_data(self, *, num_train: int, num_synthetic: int, **chain: Any) -> None:
+        super().check_data(num_train=num_train, num_synthetic=num_synthetic, **chain)
+        wanted = self.num_synthetic_used(num_train)
+        require(wanted <= num_synthetic, "regime.synthetic_ratio", self.synthetic_ratio,
+                f"at most {num_synthetic / num_train:.4g}: each training set takes synthetic_ratio x the real "
+                f"pool's {num_train} images = {wanted} samples, and each generation makes num_synthetic="
+                f"{num_synthetic} (raise num_synthetic for a larger ratio)")
+
 
 @dataclass
 class FreshConfig(MixConfig):
@@ -134,6 +163,16 @@ class FreshConfig(MixConfig):
         super().check()
         require(self.first_real is None or self.first_real > 0, "regime.first_real", self.first_real,
                 "null (the whole real pool) or an integer > 0")
+
+    def check_data(self, *, num_train: int, model: Any, **chain: Any) -> None:
+        super().check_data(num_train=num_train, model=model, **chain)
+        if self.first_real is None:
+            return
+        require(self.first_real <= num_train, "regime.first_real", self.first_real,
+                f"null (the whole pool) or at most the real pool's {num_train} images")
+        if hasattr(model, "check_training_size"):
+            model.check_training_size("regime.first_real", self.first_real,
+                                      "generation 0 trains on that many real images")
 
 
 @dataclass

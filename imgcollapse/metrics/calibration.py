@@ -32,16 +32,10 @@ from scipy.stats import spearmanr
 from imgcollapse.data import ImageSet, Splits
 from imgcollapse.data.transforms import floor_split
 from imgcollapse.metric_facts import badness, split, worse
-from imgcollapse.metrics import (
-    CLASS_COLUMNS,
-    SET_COLUMNS,
-    SUFFIX,
-    Metrics,
-    evaluate,
-    interval_columns,
-    tail_classes,
-    without,
-)
+from imgcollapse.metrics.columns import CLASS_COLUMNS, SET_COLUMNS, SUFFIX, interval_columns
+from imgcollapse.metrics.evaluation import evaluate, without
+from imgcollapse.metrics.scores import tail_classes
+from imgcollapse.metrics.spaces import Metrics
 from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)

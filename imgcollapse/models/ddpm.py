@@ -92,6 +92,11 @@ class DDPMConfig(TrainingConfig):
         require(self.num_train_timesteps >= 2, "model.num_train_timesteps", self.num_train_timesteps,
                 "an integer ≥ 2")
 
+    def check_chain(self, *, image_size: int, channels: int, sampling: SamplingConfig) -> None:
+        """Its fit with the rest of the chain: the UNet's downsampling divides the image; enough timesteps."""
+        self.check_image_size(image_size)
+        self.check_sampling(sampling)
+
     def check_sampling(self, sampling: SamplingConfig) -> None:
         """Sampling keys that must fit this model."""
         require(sampling.steps <= self.num_train_timesteps, "sampling.steps", sampling.steps,

@@ -118,6 +118,17 @@ class GMMConfig:
         require(self.max_iter > 0, "model.max_iter", self.max_iter, "an integer > 0")
         require(self.n_init > 0, "model.n_init", self.n_init, "an integer > 0")
 
+    def check_chain(self, *, image_size: int, channels: int, sampling: SamplingConfig) -> None:
+        """Its fit with the rest of the chain: PCA and covariance sized by the image's pixels."""
+        self.check_pixels(channels * image_size**2)
+
+    def check_data(self, num_train: int) -> None:
+        """Generation 0 fits the real pool: it must hold the components and PCA dimensions."""
+        require(self.n_components <= num_train, "model.n_components", self.n_components,
+                f"at most the training pool's {num_train} images")
+        require(self.pca_components is None or self.pca_components <= num_train, "model.pca_components",
+                self.pca_components, f"null or at most the training pool's {num_train} images")
+
     def check_pixels(self, pixels: int) -> None:
         """PCA within the image's pixels; a full or tied covariance small enough to fit in memory."""
         require(self.pca_components is None or 0 < self.pca_components <= pixels, "model.pca_components",

@@ -46,6 +46,12 @@ class TrainingConfig:
     epochs: float | None = MISSING  # budget=epochs: passes over the training set per fit
     finetune_epochs: float | None = MISSING  # budget=epochs: passes of a fine-tune (None: epochs)
 
+    def check_training_size(self, key: str, size: int, why: str) -> None:
+        """A training set of `size` images (named by config `key`) must hold a batch, and a batch should not repeat
+        images."""
+        require(size >= self.batch_size, key, size,
+                f"at least model.batch_size={self.batch_size}: {why}, and a batch should not repeat them")
+
     def check(self) -> None:
         """Ranges of the shared training keys (ConfigError naming the key)."""
         require(len(self.block_out_channels) > 0 and all(c > 0 for c in self.block_out_channels),
