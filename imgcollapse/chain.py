@@ -143,7 +143,7 @@ def score_members(score: Callable[[ImageSet, ImageSet], Any], samples: ImageSet,
     """A population's members scored on their own blocks of the pooled samples (`<column>_<member>`); {} for one
     model."""
     out: dict[str, Any] = {}
-    for label, start, stop in getattr(samples, "members", ()):
+    for label, start, stop in samples.members:
         row = score(samples.subset(np.arange(start, stop)), train_set).row
         out.update({f"{c}_{label}": row.get(c) for c in MEMBER_COLUMNS if c in row})
     return out
@@ -223,9 +223,9 @@ def fit(g: int, make: Callable[[], Model], family: str | None, train_set: ImageS
 
 
 def draw(model: Model, g: int, seed: int, *, regime: Regime, real: ImageSet, train_set: ImageSet,
-         num_synthetic: int, num_null: int, conditions: str, strip_seeds: int,
+         num_null: int, conditions: str, strip_seeds: int,
          predict: Callable[[ImageSet], Any] | None) -> Drawn:
-    """Sample the candidates (enough for curation to keep num_synthetic), the strip, and the null draws: samples
+    """Sample the candidates (enough for curation to keep the regime's num_synthetic), the strip, and the null draws:
     no later generation trains on, curated as the samples are, so they come from the distribution it trains on."""
     seeds = generation_seeds(seed, g)
     # a conditional model samples from class labels (validate_data has checked they match the dataset's)
@@ -234,8 +234,8 @@ def draw(model: Model, g: int, seed: int, *, regime: Regime, real: ImageSet, tra
     def labels(n: int, label_seed: int) -> torch.Tensor | None:
         return condition_labels(conditions, real, train_set, n, label_seed) if conditional else None
 
-    samples = model.sample(regime.num_candidates(num_synthetic), seed=seeds["sample"],
-                           labels=labels(regime.num_candidates(num_synthetic), seeds["labels"]))
+    samples = model.sample(regime.num_candidates(), seed=seeds["sample"],
+                           labels=labels(regime.num_candidates(), seeds["labels"]))
     strip_labels = torch.arange(strip_seeds) % model.num_classes if conditional else None
     strip = model.sample(strip_seeds, seed=strip_seed(seed), labels=strip_labels)
     null_draws = None
@@ -249,7 +249,7 @@ def draw(model: Model, g: int, seed: int, *, regime: Regime, real: ImageSet, tra
 
 def score_and_curate(g: int, samples: ImageSet, *, score: Callable[..., Evaluation], regime: Regime,
                      splits: Splits, train_set: ImageSet, composition: dict[str, float],
-                     nulls: list[ImageSet | None], num_null: int, num_synthetic: int, seed: int) -> Scored:
+                     nulls: list[ImageSet | None], num_null: int, seed: int) -> Scored:
     """Score the candidates (memorization against this generation's training set, with its null), then curate:
     the metrics describe the raw candidates, the next generation trains on what curation keeps. Unconditional
     samples carry the metrics classifier's predicted labels from here on (none without a classifier)."""
@@ -262,7 +262,7 @@ def score_and_curate(g: int, samples: ImageSet, *, score: Callable[..., Evaluati
     if samples.labels is None and evaluation.probs is not None:
         samples.labels = torch.from_numpy(evaluation.probs.argmax(1)).long()
     samples.class_names = splits.train.class_names
-    kept, curation = regime.curate(samples, evaluation.probs, num_synthetic)
+    kept, curation = regime.curate(samples, evaluation.probs)
     return Scored(evaluation, member_scores, kept, curation)
 
 
@@ -313,14 +313,13 @@ def run(
     store: RunStore,
     splits: Splits,
     make_model: Callable[[], Model],  # a fresh, untrained model of the configured kind
-    regime: Regime,
+    regime: Regime,  # builds each training set, and keeps num_synthetic of each generation's samples
     score: Callable[..., Evaluation] | None,  # metrics of (samples, training set, null=) against held-out
     # data; None on the processes that only help train
     predict: Callable[[ImageSet], Any] | None = None,  # the metrics classifier's probabilities (null curation)
     num_null: int = 0,  # memorization's null draws each generation makes for the ones that train on its samples
     generation: int,  # the last generation to train
     seed: int,
-    num_synthetic: int,  # samples each generation makes for the next
     conditions: str = "real",  # class frequencies a conditional model samples with (CONDITIONS)
     grid_size: int = 64,
     strip_seeds: int = 8,
@@ -358,13 +357,12 @@ def run(
         clock.append(time.perf_counter())
         # Sample (main).
         drawn = on_main(draw, fitted.model, g, seed, regime=regime, real=splits.train, train_set=train_set,
-                        num_synthetic=num_synthetic, num_null=num_null, conditions=conditions,
-                        strip_seeds=strip_seeds, predict=predict)
+                        num_null=num_null, conditions=conditions, strip_seeds=strip_seeds, predict=predict)
         clock.append(time.perf_counter())
         # Score, then curate what the next generation trains on (main).
         scored = on_main(score_and_curate, g, drawn.samples if drawn else None, score=score, regime=regime,
                          splits=splits, train_set=train_set, composition=composition, nulls=nulls,
-                         num_null=num_null, num_synthetic=num_synthetic, seed=seed)
+                         num_null=num_null, seed=seed)
         clock.append(time.perf_counter())
         # Write the generation, DONE last (main).
         row = on_main(generation_row, g, fitted, scored, train_set, composition, clock)

@@ -34,6 +34,10 @@ from typing import Any
 from imgcollapse._version import __version__, version_line
 from imgcollapse.errors import EXIT_DONE, EXIT_USER, EXIT_WRITE, UserError, WriteFailed, exit_codes_text
 from imgcollapse.metric_facts import RULER_VERSION
+from imgcollapse.report.header import machine
+from imgcollapse.report.run_report import read_run, real_floor
+from imgcollapse.report.study import build_study_report, claims_markdown, claims_summary_markdown
+from imgcollapse.store import atomic_write_text
 
 log = logging.getLogger("imgcollapse.recorded")
 
@@ -76,8 +80,6 @@ def number_text(value: Any, fmt: str | None = None) -> str:
 
 # Recording ------------------------------------------------------------------------------------------------------
 def _machine() -> dict[str, Any]:
-    from imgcollapse.report.header import machine
-
     return machine()
 
 
@@ -96,8 +98,6 @@ def _ruler_of(run_json: Mapping[str, Any], run_dir: Path) -> int:
 
 def write_result(name: str, result: Mapping[str, Any]) -> Path:
     """results/NAME.json, atomically."""
-    from imgcollapse.store import atomic_write_text
-
     path = ROOT / RESULTS / f"{name}.json"
     path.parent.mkdir(exist_ok=True)
     atomic_write_text(path, json.dumps(result, indent=1, ensure_ascii=False, sort_keys=False) + "\n")
@@ -120,8 +120,6 @@ def record_run(name: str, run_dir: Path, command: str | None = None) -> dict[str
     """A chain's numbers: every finished generation's scores (`gen.G.COLUMN`), their range over generations
     (`min.COLUMN`, `max.COLUMN`), the real floor (`floor.COLUMN`), the wall time of its generations (`seconds`) and
     the README's table (`table`)."""
-    from imgcollapse.report.run_report import read_run, real_floor
-
     run_dir = Path(run_dir)
     record = read_run(run_dir)
     if not record.done:
@@ -173,8 +171,6 @@ def chain_table(rows: Sequence[Mapping[str, Any]], floor: Mapping[str, Any]) -> 
 def record_study(name: str, study_dir: Path, command: str | None = None, label: str | None = None) -> dict:
     """A study's numbers: each claim's verdict (`claim.NAME.verdict`), why (`claim.NAME.why`), n, the wall time of
     its invocations (`seconds`); tables: `summary` (claim, verdict, why) and `claims` (every test)."""
-    from imgcollapse.report.study import build_study_report, claims_markdown, claims_summary_markdown
-
     study_dir = Path(study_dir)
     record = json.loads((study_dir / "study.json").read_text())
     if not record.get("chains"):

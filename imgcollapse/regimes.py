@@ -186,9 +186,12 @@ class Regime:
     Config: type[RegimeConfig] = RegimeConfig
     kind = "regime"  # the conf/regime/ name, for messages
     by_source = False  # whether rows record the share each earlier generation holds (only accumulate mixes several)
+    first_set_is_pool = True  # generation 0 trains on the whole real pool, whatever the regime's keys (resume: the
+    # chains of a study that differ only in those keys share generation 0)
 
-    def __init__(self, config: RegimeConfig) -> None:
+    def __init__(self, config: RegimeConfig, num_synthetic: int | None = None) -> None:
         self.config = config
+        self.num_synthetic = num_synthetic  # what curation keeps of each generation's samples (top-level key)
         self.verifier = None  # curation=verify: set by `setup`
         self.conditional = False  # whether candidates' labels are the classes they were asked for
 
@@ -197,10 +200,10 @@ class Regime:
         return real, {"num_real": len(real), "num_synthetic": 0}
 
     def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
-              num_synthetic: int | None = None, generation: int | None = None) -> None:
+              generation: int | None = None) -> None:
         """What the regime needs before the chain runs: with curation=verify, the independent verifier (trained on
         the real pool, or read from its cache). `conditional`: the model samples the classes it is asked for;
-        `num_synthetic`, `generation`: the chain's sizes, for a regime that plans ahead (fresh)."""
+        `generation`: the chain's last, for a regime that plans ahead (fresh)."""
         self.conditional = conditional
         if self.config.curation == "verify":
             from imgcollapse.verifier import load_or_train_verifier
@@ -222,13 +225,16 @@ class Regime:
         raise NotImplementedError
 
     # Curation -----------------------------------------------------------------------------------
-    def num_candidates(self, num_synthetic: int) -> int:
-        """How many samples the model makes so that curation can keep `num_synthetic` of them."""
-        c = self.config
-        return num_synthetic if c.curation == "none" else math.ceil(num_synthetic / c.keep_fraction)
+    def num_candidates(self, n: int | None = None) -> int:
+        """How many samples the model makes so that curation can keep `n` of them (default: num_synthetic)."""
+        n = self.num_synthetic if n is None else n
+        return n if self.config.curation == "none" else math.ceil(n / self.config.keep_fraction)
 
-    def curate(self, candidates: ImageSet, probs: np.ndarray | None, n: int) -> tuple[ImageSet, dict[str, float]]:
-        """The `n` candidates the verifier scores highest (in their original order) and curation stats."""
+    def curate(self, candidates: ImageSet, probs: np.ndarray | None, n: int | None = None
+               ) -> tuple[ImageSet, dict[str, float]]:
+        """The `n` candidates (default: num_synthetic) the verifier scores highest, in their original order, and
+        curation stats."""
+        n = self.num_synthetic if n is None else n
         if self.config.curation == "none":
             return candidates.subset(np.arange(n)), {}
         if self.config.curation == "verify":
@@ -299,6 +305,7 @@ class Fresh(Regime):
     Config = FreshConfig
     kind = "fresh"
     records_reuse = True  # rows count the real images an earlier generation trained on (num_real_reused)
+    first_set_is_pool = False  # generation 0 trains on regime.first_real of the pool
 
     def _first_count(self, num_pool: int) -> int:
         first = self.config.first_real
@@ -350,8 +357,9 @@ class Fresh(Regime):
         return (num_pool - self._first_count(num_pool)) // per if per else 10**9
 
     def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
-              num_synthetic: int | None = None, generation: int | None = None) -> None:
-        super().setup(train, heldout, cache_dir, conditional, num_synthetic, generation)
+              generation: int | None = None) -> None:
+        super().setup(train, heldout, cache_dir, conditional, generation)
+        num_synthetic = self.num_synthetic
         if not self.records_reuse or num_synthetic is None:
             return
         n, n0 = len(train), self._first_count(len(train))
@@ -375,6 +383,7 @@ class Augment(Fresh):
     Config = AugmentConfig
     kind = "augment"
     records_reuse = False  # the same real subset every generation is the point
+    first_set_is_pool = True
 
     def first_set(self, real: ImageSet, seed: int) -> tuple[ImageSet, dict[str, float]]:
         return Regime.first_set(self, real, seed)

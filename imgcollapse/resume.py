@@ -12,16 +12,19 @@ differences, unless `resume=force`, which continues with the new values and appe
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_object
+
 from imgcollapse.errors import DamagedFile, UserError
-from imgcollapse.store import ENVIRONMENT_FILE, RunStore
+from imgcollapse.lock import is_held
+from imgcollapse.store import ENVIRONMENT_FILE, FAILED, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,6 @@ LATER_ONLY = ("model.init", "model.finetune_steps", "model.finetune_lr", "model.
 # Regime keys generation 0 reads: its curation (the samples it keeps for generation 1), and fresh's first draw
 CURATION_KEYS = ("regime.curation", "regime.keep_fraction", "regime.verify_threshold", "regime.verifier_seed",
                  "regime.verifier_epochs")
-POOL_FIRST = ("imgcollapse.regimes.Replace", "imgcollapse.regimes.Accumulate", "imgcollapse.regimes.RealPlus",
-              "imgcollapse.regimes.Augment")  # regimes whose generation 0 trains on the whole real pool
 SHARED_FILE = "shared_gen0.json"  # in an adopting run dir: where its generation 0 came from
 
 
@@ -242,22 +243,38 @@ def check_environment(store: RunStore, now: Mapping[str, Any], *, mode: str,
 
 
 # Adopting another run's generation 0 (studies) ----------------------------------------------------
+def _component(target: Any) -> Any:
+    """The class a `_target_` names, or None where it does not import (a signature then keeps every key)."""
+    try:
+        return get_object(target) if isinstance(target, str) else None
+    except Exception:  # Hydra wraps ImportError and AttributeError in its own
+        return None
+
+
+def generation0_steps(flat: Mapping[str, Any], pool_size: int | None) -> int | None:
+    """The optimizer steps generation 0 trains for on a pool of `pool_size`, as the model's own config sizes a fit
+    from scratch (`fit_budget`); None where the model has no budget (a run from before budgets, a GMM)."""
+    config_class = getattr(_component(flat.get("model._target_")), "Config", None)
+    if pool_size is None or flat.get("model.budget") is None or not hasattr(config_class, "fit_budget"):
+        return None
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.") and k[len("model."):] in names}
+    return config_class(**values).fit_budget(pool_size, finetune=False).steps
+
+
 def generation0_signature(resolved: Mapping[str, Any], pool_size: int | None = None) -> dict[str, Any]:
     """The keys of a resolved config that generation 0's files depend on: two configs with equal signatures (and
     equal data and numeric settings) make bit-identical generations 0. Conservative: a key left in that gen 0
     does not read costs a shared generation, never a wrong one. With the real pool's size, a compute budget is
     replaced by the optimizer steps it gives generation 0 (budget=epochs sized to match budget=steps shares)."""
     flat = {k: v for k, v in flatten(resolved).items() if not is_ignored(k) and k not in LATER_ONLY}
-    if pool_size is not None and flat.get("model.budget") in ("steps", "epochs") and "model.train_steps" in flat:
-        if flat["model.budget"] == "steps":
-            steps = flat["model.train_steps"]
-        else:  # as TrainingConfig.fit_budget sizes a fit from scratch
-            steps = math.ceil(flat["model.epochs"] * pool_size / flat["model.batch_size"])
+    steps = generation0_steps(flat, pool_size)
+    if steps is not None:
         for key in ("model.budget", "model.epochs", "model.train_steps"):
-            flat.pop(key)
+            flat.pop(key, None)
         flat["model.(generation 0 steps)"] = steps
-    regime = flat.get("regime._target_")
-    if regime in POOL_FIRST:  # the rest of the regime shapes later generations' training sets only
+    if getattr(_component(flat.get("regime._target_")), "first_set_is_pool", False):
+        # the rest of the regime shapes later generations' training sets only
         flat = {k: v for k, v in flat.items() if not k.startswith("regime.") or k in CURATION_KEYS}
         flat["regime._target_"] = "(generation 0: the whole real pool)"
     if flat.get("regime.curation") == "none":  # nothing curated: the curation's settings are never read
@@ -285,9 +302,6 @@ def wait_for_generation0(source: Path, poll_s: float = 0.5, grace_s: float = SHA
     the chains that adopt its generation 0, so they may start while it trains). Returns once it is done, the
     source has failed (FAILED), or no live process has held the source for `grace_s`."""
     import time
-
-    from imgcollapse.lock import is_held
-    from imgcollapse.store import FAILED
 
     store, waited, unheld_since = RunStore(source), False, time.monotonic()
     while not store.is_done(0) and not (source / FAILED).exists():

@@ -32,6 +32,7 @@ from imgcollapse.metrics import Metrics, evaluate, setup_metrics
 from imgcollapse.metrics.calibration import FILE as CALIBRATION_FILE
 from imgcollapse.metrics.calibration import load_or_calibrate
 from imgcollapse.metrics.calibration import write_json as write_calibration
+from imgcollapse.models.population import Population
 from imgcollapse.models.train import enable_tf32, mixed_precision
 from imgcollapse.report import header
 from imgcollapse.report.run_report import build_run_report
@@ -154,11 +155,10 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     # verifier there).
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
-    regime = build(config.regime)
+    regime = build(config.regime, num_synthetic=config.num_synthetic)  # the regime's sample count
     family_for = _families(config, splits, accelerator)
     on_main(regime.setup, splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
-            conditional=bool(getattr(config.model, "num_classes", None)), num_synthetic=config.num_synthetic,
-            generation=config.generation)
+            conditional=bool(getattr(config.model, "num_classes", None)), generation=config.generation)
     # A study's arm: generation 0 (or its model) is another chain's, once config, data and numeric settings match.
     adopted_fit = None
     if config.chain.share_gen0 and store.num_done() == 0:
@@ -179,7 +179,7 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
             score=functools.partial(evaluate, metrics=metrics) if main else None,
             predict=metrics.predict if metrics is not None else None,
             num_null=(config.metrics.num_null or len(splits.heldout)) if main else 0,
-            generation=config.generation, seed=config.seed, num_synthetic=config.num_synthetic,
+            generation=config.generation, seed=config.seed,
             conditions=config.sampling.conditions,
             grid_size=config.report.grid_size, strip_seeds=config.report.strip_seeds, environment=environment,
             after_generation=reporter,
@@ -208,8 +208,6 @@ def _families(config: Config, splits: Splits, accelerator: Accelerator) -> Any:
     makers = {name: functools.partial(build, family, image_shape=splits.train.shape, sampling=config.sampling,
                                       accelerator=accelerator) for name, family in family_configs(config).items()}
     if config.chain.population is not None:
-        from imgcollapse.models.population import Population
-
         members = list(config.chain.population)
         return lambda g: ("population", lambda: Population([(name, makers[name]()) for name in members]))
     names = list(config.chain.models)

@@ -33,6 +33,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from imgcollapse._version import version_line
+from imgcollapse.cli import describe_config_error
+from imgcollapse.config import CONF_DIR, SCHEMAS, build, compose, model_kind, validate
 from imgcollapse.errors import (
     EXIT_DONE,
     EXIT_INTERRUPTED,
@@ -44,7 +46,12 @@ from imgcollapse.errors import (
     exit_codes_text,
 )
 from imgcollapse.progress import StudyWatch
+from imgcollapse.report.study import build_study_report
+from imgcollapse.resume import fit0_signature, generation0_signature
 from imgcollapse.store import FAILED, RunStore, atomic_write_text, read_failed, to_json
+from imgcollapse.threads import available_cores
+from imgcollapse.verdicts.plan import plan_hash, register_plan
+from imgcollapse.verdicts.rules import check_claims
 
 log = logging.getLogger("imgcollapse.study")
 
@@ -120,8 +127,6 @@ def load_study(overrides: list[str]) -> tuple[StudyConfig, dict[str, Any]]:
     """The study `study=NAME study.KEY=VALUE ...` composes (conf/study_config.yaml), typed and checked."""
     from hydra import compose, initialize_config_dir
 
-    from imgcollapse.config import CONF_DIR
-
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="study_config", overrides=overrides)
@@ -188,8 +193,6 @@ def check_study(study: StudyConfig) -> None:
     if not study.arms:
         raise ConfigError("study.arms", study.arms, "at least one arm: {name: [overrides]}")
     arms = {a.name: a.generation for a in arms_of(study)}
-    from imgcollapse.config import SCHEMAS
-
     for name, spec in study.arms.items():
         kinds = set((spec.get("by_model") or {}) if isinstance(spec, dict) else {})
         if unknown := kinds - set(SCHEMAS["model"]):
@@ -205,8 +208,6 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError("study.draw", study.draw, f"one of {list(DRAW)}")
     if study.jobs is not None and study.jobs < 1:
         raise ConfigError("study.jobs", study.jobs, "null (one chain per core) or an integer >= 1")
-    from imgcollapse.verdicts.rules import check_claims
-
     check_claims(study.claims, study.rule, arms)
 
 
@@ -225,8 +226,6 @@ def study_dir(study: StudyConfig, common: list[str]) -> Path:
 def signature_key(resolved: dict[str, Any], pool_size: int | None, fit: bool = False) -> str:
     """A short hash of the generation-0 signature (`fit`: of its fit's): chains with equal keys can share generation
     0 (its model)."""
-    from imgcollapse.resume import fit0_signature, generation0_signature
-
     signature = (fit0_signature if fit else generation0_signature)(resolved, pool_size)
     return hashlib.sha256(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -234,16 +233,12 @@ def signature_key(resolved: dict[str, Any], pool_size: int | None, fit: bool = F
 def study_model(study: StudyConfig, common: list[str]) -> str:
     """The model kind every arm starts from (ddpm, vae, gmm): the config of the study's and the command line's
     overrides."""
-    from imgcollapse.config import compose, model_kind, validate
-
     return model_kind(validate(compose(*study.overrides, *common)).model)
 
 
 def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Chain]:
     """Every arm × seed as a chain, each arm's overrides composed and checked once (a seed changes no other key);
     the first chain of each generation-0 signature (per seed) trains it, the others adopt it."""
-    from imgcollapse.config import build, compose, validate
-
     chains, leaders, fitters, pools = [], {}, {}, {}
     arms = arms_of(study, study_model(study, common))
     seeds = seed_list(study.seeds)
@@ -256,8 +251,6 @@ def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Cha
             raise UserError(f"arm {arm.name}: {e}") from e
         except Exception as e:  # Hydra's composition errors: an unknown key or group
             if type(e).__module__.startswith(("hydra", "omegaconf")):
-                from imgcollapse.cli import describe_config_error
-
                 raise UserError(f"arm {arm.name}: {describe_config_error(e)}") from e
             raise
         resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -327,8 +320,6 @@ def _threads_and_launcher(study: StudyConfig, launcher_args: list[str], num_chai
                                                                                                    list[str]]:
     """(torch threads every chain runs with, the launcher's overrides). One thread count for every chain, so an
     adopted generation 0 was made under the numeric settings of the chain adopting it."""
-    from imgcollapse.threads import available_cores
-
     chosen = next((a.split("=", 1)[1] for a in launcher_args if a.startswith("hydra/launcher=")), study.launcher)
     args = [a for a in launcher_args if not a.startswith("hydra/launcher=")]
     if chosen == "basic":  # one chain at a time: every core
@@ -400,8 +391,6 @@ def run_study(argv: list[str]) -> Path:
     if previous.get("chains") and [c["run_dir"] for c in previous["chains"]] != [c.run_dir for c in chains]:
         log.warning("%s was planned with other arms or seeds; chains that are in both resume", root)
     any_data = any(RunStore(root / c.run_dir).num_done() > 0 for c in chains)
-    from imgcollapse.verdicts.plan import plan_hash, register_plan
-
     plan_record = register_plan(previous, plan_hash(raw, common), any_data)
     if plan_record["changes"] and plan_record["changes"][-1]["after_data"]:
         log.warning("%s: the plan (arms, seeds, horizon, claims or rules) changed after chains ran: its verdicts will "
@@ -432,8 +421,6 @@ def run_study(argv: list[str]) -> Path:
     record["runs"].append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "seconds": seconds,
                            "chains_run": len(todo), "exit_status": status})
     atomic_write_text(record_path, to_json(record))
-
-    from imgcollapse.report.study import build_study_report
 
     result = build_study_report(root)
     failed = [(c.run_dir, found) for c in chains if (found := read_failed(root / c.run_dir))]
@@ -468,8 +455,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_DONE
     if {"-h", "--help"} & set(argv):
         print(__doc__)
-        from imgcollapse.config import CONF_DIR
-
         print("studies:", ", ".join(sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))))
         print(exit_codes_text(), "A study exits with its first failed chain's code once every other chain has run.",
               sep="\n")
@@ -490,8 +475,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     except Exception as e:  # Hydra's composition errors of the study itself
         if type(e).__module__.startswith(("hydra", "omegaconf")):
-            from imgcollapse.cli import describe_config_error
-
             log.error("%s", describe_config_error(e))
             return EXIT_USER
         raise

@@ -16,7 +16,8 @@ import torch
 
 import imgcollapse
 from imgcollapse.data import ImageSet, Splits
-from imgcollapse.errors import ConfigError, DamagedFile, UserError
+from imgcollapse.errors import ConfigError, DamagedFile, UserError, require
+from imgcollapse.regimes import Regime, RegimeConfig
 
 
 # A user's dataset: a function of its config (no schema of its own), returning the two splits --------------------
@@ -83,6 +84,31 @@ class PixelGaussian:
         return model
 
 
+# A user's regime: its own file and its own YAML, nothing in the kit edited (docs/EXTENDING.md) ---------------------
+@dataclass
+class AnchoredConfig(RegimeConfig):
+    _target_: str = "test_api.Anchored"
+    anchor: int = 50  # real images kept in every training set beside the last generation's samples
+
+    def check(self) -> None:
+        super().check()
+        require(self.anchor >= 0, "regime.anchor", self.anchor, "an integer >= 0")
+
+    def check_data(self, *, num_train: int, **chain: Any) -> None:
+        super().check_data(num_train=num_train, **chain)
+        require(self.anchor <= num_train, "regime.anchor", self.anchor, f"at most the real pool's {num_train}")
+
+
+class Anchored(Regime):
+    """The last generation's samples plus the same `anchor` real images every generation."""
+
+    Config = AnchoredConfig
+    kind = "anchored"
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        return [("real", real.subset(list(range(self.config.anchor)))), (generation - 1, synthetic[-1])]
+
+
 @pytest.fixture
 def my_conf(tmp_path: Path) -> Path:
     """A user's config folder: model/pixels.yaml and dataset/stripes.yaml, nothing registered in the kit."""
@@ -97,6 +123,16 @@ def my_conf(tmp_path: Path) -> Path:
         _target_: test_api.stripes
         seed: 3
         num_images: 400
+    """))
+    (conf / "regime").mkdir()
+    (conf / "regime" / "anchored.yaml").write_text(textwrap.dedent("""\
+        _target_: test_api.Anchored
+        anchor: 40
+        curation: none
+        keep_fraction: 1.0
+        verify_threshold: 0.0
+        verifier_seed: 1
+        verifier_epochs: 1
     """))
     return conf
 
@@ -211,3 +247,20 @@ def test_families_in_turn_load_each_generation_as_its_own_familys_model(tmp_path
     assert row.pop("family") == "vae"
     row_file.write_text(json.dumps(row))
     assert type(imgcollapse.load_model(run_dir, 1)) is VAE
+
+
+def test_a_users_regime_owns_its_keys_and_checks(tmp_path: Path, my_conf: Path, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """A regime added in its own file and YAML trains a chain, and its own checks (one before the data, one that
+    needs it) name its key; the kit's config.py knows nothing of it."""
+    monkeypatch.chdir(tmp_path)
+    base = ("debug=smoke", "generation=1", "threads=1", "report.draw=false", "model=pixels", "dataset=stripes",
+            "regime=anchored", f"hydra.searchpath=[file://{my_conf}]")
+    rows = imgcollapse.run_chain(imgcollapse.compose(*base))
+    rows = rows.to_dict("records") if hasattr(rows, "to_dict") else rows
+    assert rows[1]["num_real"] == 40 and rows[1]["num_synthetic"] == 64 and rows[1]["num_train"] == 104
+    with pytest.raises(ConfigError, match=r"regime.anchor=-1 .*>= 0"):
+        imgcollapse.run_chain(imgcollapse.compose(*base, "regime.anchor=-1"))
+    with pytest.raises(ConfigError, match=r"regime.anchor=5000 .*at most the real pool's 300"):
+        imgcollapse.run_chain(imgcollapse.compose(*base, "regime.anchor=5000", "seed=1"))
+    assert "anchored" not in Path(imgcollapse.config.__file__).read_text().lower()

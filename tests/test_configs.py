@@ -128,3 +128,26 @@ def test_sampling_bias_each_model_understands_is_accepted():
     validate(compose_config("model=vae", "sampling.temperature=0.5"))
     validate(compose_config("model=gmm", "sampling.temperature=0.5"))
     validate(compose_config("model.num_classes=10", "sampling.guidance=2.0"))
+
+
+@pytest.mark.parametrize("overrides", [
+    ("seed=3", "generation=4"),
+    ("model=vae", "model.lr=0.01", "sampling.temperature=0.5", "regime=accumulate", "regime.subsample=300"),
+    ("debug=smoke", "model.block_out_channels=[16,16]", "metrics.extractors=[classifier]", "threads=null"),
+    ("model=gmm", "model.pca_components=null", "num_synthetic=64", "dataset.long_tail=0.5"),
+    ("experiment=mad_sampling_bias", "sampling.guidance=3.0", "regime.curation=reward"),
+])
+def test_the_suites_shortcut_composes_the_tree_hydra_composes(overrides, monkeypatch):
+    """conftest.compose_config sets plain values on a cached composition: the tree must be Hydra's, value and type."""
+    import conftest
+
+    from imgcollapse.config import compose
+
+    compose_config(*overrides)  # the group choices' tree, cached
+    calls = []
+    monkeypatch.setattr(conftest, "compose", lambda *o: calls.append(o) or compose(*o))
+    fast = compose_config(*overrides)
+    assert calls == []  # the shortcut, not a fallback to Hydra
+    real = compose(*overrides)
+    assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(real)
+    assert OmegaConf.to_object(fast) == OmegaConf.to_object(real)

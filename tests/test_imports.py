@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "imgcollapse"
@@ -63,3 +64,47 @@ def test_components_do_not_import_the_run_layer():
     for module, imports in import_graph().items():
         if module.startswith(("imgcollapse.data", "imgcollapse.models", "imgcollapse.metrics", "imgcollapse.regimes")):
             assert not imports & run_layer, (module, imports & run_layer)
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
+
+
+def layer_table() -> list[tuple[str, list[str]]]:
+    """(layer, the backticked paths of its row) of docs/ARCHITECTURE.md's module table, top layer first."""
+    text = ARCHITECTURE.read_text()
+    section = text.split("## The modules (imports point down only)")[1].split("\n## ")[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return [(cells[1].strip(), re.findall(r"`([^`]+)`", cells[2])) for cells in rows[1:]]
+
+
+def layer_of(module: str, table: list[tuple[str, list[str]]]) -> int | None:
+    """The row index of `module` in the table: the most specific path that names it (a file beats its folder)."""
+    best: tuple[int, int] | None = None  # (specificity, row)
+    for row, (_, paths) in enumerate(table):
+        for path in paths:
+            name = "imgcollapse" if path == "__init__.py" else \
+                "imgcollapse." + path.removesuffix(".py").removesuffix("/").replace("/", ".")
+            exact = module == name
+            if exact or (path.endswith("/") and module.startswith(name + ".")):
+                rank = (2 if exact and not path.endswith("/") else 1, row)
+                best = rank if best is None or rank[0] > best[0] else best
+    return None if best is None else best[1]
+
+
+def test_the_architecture_table_names_every_module_and_only_real_ones():
+    """docs/ARCHITECTURE.md stays true: every module of the package is in a row, every path in a row exists."""
+    table = layer_table()
+    assert [layer for layer, _ in table][:2] == ["package", "study"] and table[-1][0] == "bottom"
+    for _, paths in table:
+        for path in paths:
+            assert (PACKAGE / path).exists(), f"docs/ARCHITECTURE.md names {path}, which imgcollapse/ does not have"
+    unplaced = [m for m in import_graph() if layer_of(m, table) is None]
+    assert not unplaced, f"modules in no row of docs/ARCHITECTURE.md's table: {unplaced}"
+
+
+def test_no_import_points_up_the_layers():
+    """A module imports only its own layer and the ones below (docs/ARCHITECTURE.md's table, top first)."""
+    table = layer_table()
+    upward = [f"{m} ({table[layer_of(m, table)][0]}) -> {t} ({table[layer_of(t, table)][0]})"
+              for m, imports in import_graph().items() for t in imports if layer_of(t, table) < layer_of(m, table)]
+    assert not upward, "imports against the layering:\n" + "\n".join(upward)

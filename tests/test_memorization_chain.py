@@ -70,9 +70,10 @@ def setup(cache_dir):
 
 
 def run_chain(model: type, root: Path, splits, metrics) -> list[dict]:
-    return chain.run(store=RunStore(root), splits=splits, make_model=model, regime=build(conf("regime", "replace")),
+    regime = build(conf("regime", "replace"), num_synthetic=NUM_SYNTHETIC)
+    return chain.run(store=RunStore(root), splits=splits, make_model=model, regime=regime,
                      score=functools.partial(evaluate, metrics=metrics), predict=metrics.predict,
-                     num_null=len(splits.heldout), generation=GENERATIONS, seed=0, num_synthetic=NUM_SYNTHETIC,
+                     num_null=len(splits.heldout), generation=GENERATIONS, seed=0,
                      grid_size=16, strip_seeds=2)
 
 

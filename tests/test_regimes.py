@@ -212,6 +212,7 @@ def test_fresh_with_the_whole_pool_first_is_the_old_draw():
 def test_fresh_says_at_start_how_long_the_pool_lasts(caplog):
     regime = make_regime("fresh", real_fraction=0.5, first_real=100)
     with caplog.at_level("INFO", logger="imgcollapse.regimes"):
-        regime.setup(tagged(0, REAL), tagged(0, 10), None, conditional=False, num_synthetic=SYN, generation=12)
+        regime.num_synthetic = SYN
+        regime.setup(tagged(0, REAL), tagged(0, 10), None, conditional=False, generation=12)
     assert "fresh real images last 10 generations after generation 0, not the 12" in caplog.text
     assert "from generation 11 on" in caplog.text and "num_real_reused" in caplog.text

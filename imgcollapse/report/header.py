@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from imgcollapse.metric_facts import RULER_VERSION
 from imgcollapse.report import page
+from imgcollapse.report.figures import grid_image, save_png
 
 REAL_GRID = "real_grid.png"  # the run dir's grid of real training images, written when the run starts
 SHOWN_VERSIONS = ("imgcollapse", "torch", "diffusers", "accelerate", "python")
@@ -70,16 +72,12 @@ def command() -> str:
 def invocation() -> dict[str, Any]:
     """What run.json records about the command that trains now: command, time, git commit, machine, and the
     metrics' ruler version (a number recorded from the run is stale once the ruler changes)."""
-    from imgcollapse.metric_facts import RULER_VERSION
-
     return {"command": command(), "time": datetime.datetime.now().isoformat(timespec="seconds"),
             "git_commit": git_commit(), "machine": machine(), "ruler": RULER_VERSION}
 
 
 def write_real_grid(images: Any, path: Path) -> None:
     """The grid of real training images the report shows beside generation 0's (same size and layout)."""
-    from imgcollapse.report.figures import grid_image, save_png
-
     save_png(grid_image(images, title="real (training pool)"), path)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from imgcollapse.report import page
-from imgcollapse.store import atomic_write_text, csv_text, to_json
+from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
+from imgcollapse.store import RunStore, atomic_write_text, csv_text, read_failed, to_json
 from imgcollapse.verdicts.judge import judge, number, series, t_interval
 from imgcollapse.verdicts.plan import plan_status
 from imgcollapse.verdicts.rules import CONTRADICTED, SUPPORTED
@@ -37,8 +38,6 @@ def is_study_dir(root: Path) -> bool:
 
 def read_rows(root: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every finished generation of every chain, with `arm`, `seed` and `shared_gen0` (the row was adopted)."""
-    from imgcollapse.store import RunStore
-
     rows = []
     for chain in record["chains"]:
         run = Path(root) / chain["run_dir"]
@@ -257,8 +256,6 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
 
 def build_study_report(root: Path) -> dict[str, Any]:
     """Write study.csv, claims.json, one figure per claim and study.html in the study dir; returns claims.json."""
-    from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
-
     root = Path(root)
     record = json.loads((root / STUDY_FILE).read_text())
     rows = read_rows(root, record)
@@ -355,8 +352,6 @@ def _false_text(found: Mapping[str, Any]) -> str:
 
 def missing_chains(root: Path, record: Mapping[str, Any]) -> list[str]:
     """One line per chain that has not reached its last generation (or failed)."""
-    from imgcollapse.store import RunStore, read_failed
-
     out = []
     for c in record["chains"]:
         run = Path(root) / c["run_dir"]

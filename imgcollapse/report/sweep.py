@@ -24,6 +24,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from imgcollapse.report import page
+from imgcollapse.report.metric_info import is_housekeeping
+from imgcollapse.report.plots import is_companion, numeric_columns, save_figure, save_paper_figures, sweep_figure
+from imgcollapse.report.run_report import build_run_report, is_run_dir
 from imgcollapse.store import atomic_write_text, collect_failed, csv_text, read_failed
 
 log = logging.getLogger(__name__)
@@ -139,9 +142,6 @@ def group_label(values: dict[str, str]) -> str:
 def plot_columns(sweep: Sweep) -> list[str]:
     """The metric columns drawn in sweep.png: numeric, not a swept key, not a per-class/per-source family, not
     housekeeping (times, sizes: in sweep.csv), not a chain's own interval or spread (the band is across seeds)."""
-    from imgcollapse.report.metric_info import is_housekeeping
-    from imgcollapse.report.plots import is_companion, numeric_columns
-
     skip = ("job", "generation", *sweep.keys)
     columns = numeric_columns(sweep.rows, skip=skip)
     return [c for c in columns if not c.startswith(SKIP_PREFIXES) and not is_housekeeping(c)
@@ -227,9 +227,6 @@ def _html(sweep: Sweep, figure: Path | None, metric_bands: dict) -> str:
 def build_sweep_report(root: Path, runs: bool = True) -> Sweep:
     """Write sweep.csv, sweep.png (and vector sweep.pdf/.svg, one and two columns wide) and sweep.html in the multirun
     dir `root` (and each job's report if `runs`)."""
-    from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
-    from imgcollapse.report.run_report import build_run_report, is_run_dir
-
     root = Path(root)
     if runs:
         for job in find_jobs(root):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from imgcollapse._version import version_line
+from imgcollapse.config import CONF_DIR
 from imgcollapse.errors import exit_codes_text
 from imgcollapse.verdicts import stats
 from imgcollapse.verdicts.rules import RULE, claim_combine, normalised
@@ -114,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sims", type=int, default=20_000, help="simulated null studies per cell")
     args = parser.parse_args(argv)
     import yaml
-
-    from imgcollapse.config import CONF_DIR
 
     study = yaml.safe_load((CONF_DIR / "study" / f"{args.study}.yaml").read_text())
     alpha = float({**RULE, **normalised(study.get("rule"))}["alpha"])
