@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints.txt
 TORCH_INDEX ?=
 PIP := $(PY) -m pip install -q -c $(CONSTRAINTS)
 
-.PHONY: setup setup-test smoke run test lint bench constraints clean
+.PHONY: setup setup-test smoke run test test-fast lint bench constraints clean
 
 # Re-install only when the project's dependencies or the tested versions change.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -43,7 +43,11 @@ lint: setup-test
 
 # two workers on the two cores, one torch thread each (tests/conftest.py): 2x faster than one worker with two
 test: lint
-	$(VENV)/bin/pytest -q -n 2 $(ARGS)
+	$(VENV)/bin/pytest -q -n 2 --durations=10 $(ARGS)
+
+# the fast tier: pure functions, configs and checks, no chain (tests marked `slow` left out): about a minute
+test-fast: setup-test
+	$(VENV)/bin/pytest -q -n 2 -m "not slow" $(ARGS)
 
 bench: setup
 	$(PY) scripts/bench.py --out bench.json $(ARGS)

@@ -4,7 +4,7 @@
 #
 #   scripts/time_commands.sh DIR OUT.jsonl [start|test|sizes|all]
 #     start: make setup, make smoke, make run, the GMM claims study (one fresh clone in DIR)
-#     test:  make test (its own fresh clone in DIR-test: the set-up included)
+#     test:  make test (its own fresh clone in DIR-test: the set-up included), then make test-fast there
 #     sizes: the .venv's size in DIR, and its NVIDIA libraries' (start measures them after the set-up)
 #   python -m imgcollapse.recorded record-times first_hour OUT.jsonl     # then: python -m imgcollapse.recorded write
 set -u
@@ -50,4 +50,5 @@ fi
 if [ "$what" = test ] || [ "$what" = all ]; then
     rm -rf "$dest-test" && git clone -q "$repo" "$dest-test" && cd "$dest-test" || exit 1
     timed test make test
+    timed test_fast make test-fast   # the fast tier, once make test has set up the same clone
 fi

@@ -19,6 +19,8 @@ from imgcollapse.data import ImageSet, Splits
 from imgcollapse.errors import ConfigError, DamagedFile, UserError, require
 from imgcollapse.regimes import Regime, RegimeConfig
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 
 # A user's dataset: a function of its config (no schema of its own), returning the two splits --------------------
 def stripes(config: Any) -> Splits:

@@ -27,6 +27,8 @@ from imgcollapse.metrics.calibration import (
     verdict,
 )
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 # the settings the command-line test passes as overrides, so both share one cached calibration
 METRICS = conf("metrics", extractors=["classifier"], classifier_epochs=10, bootstrap=20)
 OVERRIDES = ("metrics.extractors=[classifier]", "metrics.classifier_epochs=10", "metrics.bootstrap=20",

@@ -12,6 +12,8 @@ from conftest import SMOKE_RUN, copy_run, run_chain, run_cli, run_module
 
 from imgcollapse.data import ImageSet
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 SMOKE = ("debug=smoke",)
 
 

@@ -18,6 +18,8 @@ from conftest import REPO, run_cli
 from imgcollapse.config import compose, not_identity
 from imgcollapse.resume import IGNORED
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 TINY = ("debug=smoke", "model=gmm", "threads=1", "report.draw=false")
 
 

@@ -36,6 +36,7 @@ def test_the_groups_are_all_here():
     assert len(EXPERIMENTS) >= 11
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_model_and_regime_instantiates_under_smoke(model, regime):
@@ -47,6 +48,7 @@ def test_every_model_and_regime_instantiates_under_smoke(model, regime):
     assert getattr(built.config, "train_steps", 20) <= 20 and getattr(built.config, "max_iter", 10) <= 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_model_instantiates_at_full_scale(model):
     config, built, _, _ = build_all(f"model={model}")
@@ -54,6 +56,7 @@ def test_every_model_instantiates_at_full_scale(model):
     assert getattr(built.config, "train_steps", 600) >= 600 and getattr(built.config, "max_iter", 100) >= 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug", [None, "smoke"])
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_preset_instantiates(experiment, debug):

@@ -20,6 +20,8 @@ from imgcollapse.data.torchvision_sets import layout
 from imgcollapse.data.transforms import class_counts, long_tail, long_tail_counts
 from imgcollapse.metrics.features import train_classifier
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 
 def load(*overrides: str) -> Splits:
     """Compose, validate and build the dataset exactly as `imgcollapse.run` does."""

@@ -10,6 +10,8 @@ from diffusers import DDIMPipeline, DDPMPipeline
 from imgcollapse.models import noise
 from imgcollapse.models.ddpm import DDPM
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 
 def tiny(guidance: float = 0.0, **kw) -> DDPM:
     kw = {"train_steps": 10, "batch_size": 8, "warmup_steps": 1} | kw

@@ -31,6 +31,8 @@ from imgcollapse.models.train import TrainingDiverged
 from imgcollapse.resume import ResumeRefused
 from imgcollapse.store import WriteFailed
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 # generations 0 and 1, 20 steps, 64 samples in 2 batches; the figures are not drawn (tests/test_report.py draws
 # them): what these tests compare is the data
 CHAIN = ("debug=smoke", "generation=1", "threads=1", "report.draw=false")

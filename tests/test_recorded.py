@@ -106,6 +106,7 @@ def test_numbers_are_written_as_the_docs_print_them(value: object, fmt: str | No
     assert recorded.number_text(value, fmt) == text
 
 
+@pytest.mark.slow
 def test_recording_a_real_chain_and_study_keeps_their_numbers(shared_study: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import csv

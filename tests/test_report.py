@@ -29,6 +29,8 @@ from imgcollapse.report.run_report import build_run_report, class_frequencies, r
 from imgcollapse.report.summary import summary_line
 from imgcollapse.tracking import flatten
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 OUTPUTS = ("collapse_strip.png", "collapse.gif", "curves.png", "housekeeping.png", "classes.png", "real_grid.png",
            "report.html")
 

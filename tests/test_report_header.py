@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from imgcollapse.report import metric_info
+
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
 
 
 def test_header_real_data_and_housekeeping(smoke_run):

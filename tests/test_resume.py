@@ -23,6 +23,8 @@ from imgcollapse.config import UserError
 from imgcollapse.lock import LOCK_FILE, RunDirLocked, RunLock
 from imgcollapse.resume import ABSENT, ResumeRefused, config_differences
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 SMOKE = ("debug=smoke", "threads=1", "report.draw=false")  # the figures: test_report.py
 
 

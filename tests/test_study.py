@@ -18,6 +18,8 @@ from imgcollapse.errors import ConfigError
 from imgcollapse.verdicts.judge import judge, t_interval
 from imgcollapse.verdicts.rules import check_claims, evaluate_rule, parse_rule
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 # Constructed rows ------------------------------------------------------------------------------------------------
 
 
@@ -181,18 +183,29 @@ def test_a_missing_value_never_makes_a_rule_true() -> None:
     assert evaluate_rule(parse_rule("lo > 0 or hi < 0", "k"), {"lo": None, "hi": -1.0}) is True
 
 
-def test_every_shipped_study_plans() -> None:
-    """Every study in conf/study/ loads, and every arm of it composes into a valid chain config."""
-    from imgcollapse.config import CONF_DIR
+SHIPPED_STUDIES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "imgcollapse" / "conf" / "study")
+                         .glob("*.yaml"))
+
+
+def test_the_papers_studies_ship() -> None:
+    assert {"claims", "smoke", "gerstgrasser", "kazdan", "bertrand", "feng", "mad", "shumailov", "null_aa"} <= \
+        set(SHIPPED_STUDIES)
+
+
+@pytest.mark.parametrize("name", SHIPPED_STUDIES)
+def test_every_shipped_study_plans(name: str) -> None:
+    """Every study in conf/study/ loads, and every arm of it composes into a valid chain config (one test per
+    study: the workers share them out)."""
     from imgcollapse.study import load_study, plan, seed_list
 
-    names = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
-    assert {"claims", "smoke", "gerstgrasser", "kazdan", "bertrand", "feng", "mad", "shumailov", "null_aa"} <= \
-        set(names)
-    for name in names:
-        study, _ = load_study([f"study={name}"])
-        chains = plan(study, [], threads=1)
-        assert len(chains) == len(study.arms) * len(seed_list(study.seeds)), name
+    study, _ = load_study([f"study={name}"])
+    chains = plan(study, [], threads=1)
+    assert len(chains) == len(study.arms) * len(seed_list(study.seeds)), name
+
+
+def test_the_claims_study_shares_generation_0_where_it_is_the_same_fit() -> None:
+    from imgcollapse.study import load_study, plan, seed_list
+
     claims, _ = load_study(["study=claims"])
     assert seed_list(claims.seeds) == [3, 4, 5]  # the horizons were chosen on seeds 0-2: none of them is reported
     by_arm = {c.arm: c for c in plan(claims, ["model=gmm"], threads=1) if c.seed == 3}

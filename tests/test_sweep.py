@@ -18,6 +18,8 @@ from PIL import Image
 from imgcollapse.report.plots import panel_grid_pixels
 from imgcollapse.report.sweep import bands, build_sweep_report, collect, plot_columns
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 

@@ -104,6 +104,7 @@ def test_unbiased_estimator_divides_by_n_minus_one(covariance_type):
     assert unbiased.sample(400, seed=0).images.float().std() > mle.sample(400, seed=0).images.float().std()
 
 
+@pytest.mark.slow
 def test_gaussian_theory_preset_runs_the_theorys_loop(tmp_path):
     from conftest import run_chain
 

@@ -15,6 +15,8 @@ from imgcollapse import progress
 from imgcollapse.errors import ConfigError
 from imgcollapse.tracking import init_kwargs, wandb_run_id
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 GMM = ("debug=smoke", "model=gmm", "threads=1", "report.draw=false")
 
 

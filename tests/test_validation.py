@@ -193,6 +193,7 @@ def test_good_configs_pass():
         validate_data(config, 1397, 10)
 
 
+@pytest.mark.slow
 def test_conditional_model_on_an_unlabelled_folder_stops_before_any_training(tmp_path, cache_dir):
     folder = tmp_path / "unlabelled"
     folder.mkdir()
@@ -205,6 +206,7 @@ def test_conditional_model_on_an_unlabelled_folder_stops_before_any_training(tmp
     assert not list((tmp_path / "run").glob("gen_*")) and not (tmp_path / "run" / "run.json").exists()
 
 
+@pytest.mark.slow
 def test_bad_config_through_the_command_line(tmp_path):
     """A check on the loaded data (tests/test_chain.py runs config-only ones through the command line too)."""
     result = run_cli("debug=smoke", "regime=accumulate", "regime.subsample=5000", f"hydra.run.dir={tmp_path / 'run'}",

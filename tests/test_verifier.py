@@ -18,6 +18,8 @@ from imgcollapse.errors import UserError
 from imgcollapse.metrics.features import ClassifierNet, load_or_train_classifier
 from imgcollapse.verifier import Verifier, VerifierNet, load_or_train_verifier
 
+pytestmark = pytest.mark.slow  # runs chains, studies or commands: not in `make test-fast`
+
 PACKAGE = Path(__file__).resolve().parents[1] / "imgcollapse"
 SMOKE = ("debug=smoke", "threads=1", "report.draw=false")
 
