@@ -43,6 +43,7 @@ from omegaconf import MISSING
 
 from imgcollapse.data import ImageSet
 from imgcollapse.errors import UserError, require
+from imgcollapse.verifier import load_or_train_verifier
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,6 @@ class Regime:
         `generation`: the chain's last, for a regime that plans ahead (fresh)."""
         self.conditional = conditional
         if self.config.curation == "verify":
-            from imgcollapse.verifier import load_or_train_verifier
-
             self.verifier = load_or_train_verifier(train, heldout, cache_dir, epochs=self.config.verifier_epochs,
                                                    seed=self.config.verifier_seed)
             log.info("curation verifier: held-out accuracy %.3f (fingerprint %s)", self.verifier.accuracy,
