@@ -417,7 +417,9 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
         m.check_data(num_train)
     extractors = config.metrics.extractors
     has_classifier = num_classes is not None and (extractors == "auto" or "classifier" in extractors)
-    r.check_data(num_train=num_train, num_classes=num_classes, num_synthetic=config.num_synthetic, model=m,
-                 has_classifier=has_classifier)
+    if hasattr(r, "check_data"):  # a user's regime without a `Config` has nothing to check here
+        r.check_data(num_train=num_train, num_classes=num_classes, num_synthetic=config.num_synthetic, model=m,
+                     has_classifier=has_classifier)
+
 
 __all__ = ["Config", "DatasetConfig", "build", "compose", "register", "validate", "validate_data"]
