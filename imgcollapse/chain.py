@@ -1,10 +1,12 @@
-"""The generational loop. For each generation: build the training set, fit, sample, score, draw, mark done.
+"""The generational loop. For each generation: build the training set, fit, draw samples, score and curate them,
+write the generation, mark it done.
 
 Everything a generation produces lands in `gen_XXX/` and counts only once `gen_XXX/DONE` exists, so a
 rerun of the same command resumes after the last finished generation and a larger `generation=`
 extends a finished chain. Each generation's seeds derive from (seed, generation) alone, so a resumed
 generation is the same as one run straight through. Under `accelerate launch` every process runs this same
-loop; the steps only the main process takes (sample, score, write) are marked inline.
+loop; the steps only the main process takes (draw, score, write) go through `MainOnly`, which hands a failure of
+theirs to every process at the next barrier.
 """
 
 from __future__ import annotations
@@ -284,7 +286,7 @@ def generation_row(g: int, fitted: Fitted, scored: Scored, train_set: ImageSet, 
         "num_train": len(train_set),
         **composition,
         **scored.curation,
-        "seconds": time.perf_counter() - began,
+        "seconds": None,  # to DONE: set by write_generation once every file but metrics.json is written
         "fit_seconds": fitted_at - began,
         "sample_seconds": sampled - fitted_at,
         "metrics_seconds": scored_at - sampled,
@@ -292,8 +294,9 @@ def generation_row(g: int, fitted: Fitted, scored: Scored, train_set: ImageSet, 
 
 
 def write_generation(gen_dir: Path, store: RunStore, model: Model, drawn: Drawn, kept: ImageSet,
-                     row: dict[str, Any], grid_size: int, environment: dict[str, Any] | None) -> None:
-    """Write everything generation `gen_dir` made, each file atomically, and DONE last."""
+                     row: dict[str, Any], grid_size: int, environment: dict[str, Any] | None, began: float) -> None:
+    """Write everything generation `gen_dir` made, each file atomically, and DONE last (`began`: the generation's
+    start, for its `seconds`)."""
     atomic_write_dir(gen_dir / "model", model.save)
     atomic_write(gen_dir / "samples.npz", kept.save)
     atomic_write(gen_dir / "strip.npz", drawn.strip.save)
@@ -301,6 +304,7 @@ def write_generation(gen_dir: Path, store: RunStore, model: Model, drawn: Drawn,
         atomic_write(gen_dir / NULL_FILE, drawn.null_draws.save)
     save_png(grid_image(drawn.samples.images[:grid_size], title=f"generation {row['generation']}"),
              gen_dir / "grid.png")
+    row["seconds"] = time.perf_counter() - began
     store.write_json(gen_dir / "metrics.json", row)
     if environment is not None:
         store.write_json(gen_dir / ENVIRONMENT_FILE, environment)
@@ -367,7 +371,7 @@ def run(
         # Write the generation, DONE last (main).
         row = on_main(generation_row, g, fitted, scored, train_set, composition, clock)
         on_main(write_generation, store.gen_dir(g), store, fitted.model, drawn, scored.kept if scored else None,
-                row, grid_size, environment)
+                row, grid_size, environment, clock[0])
         # Done: the other processes read the generation's samples from disk once the main one has written them.
         on_main.barrier()
         if not on_main.main:

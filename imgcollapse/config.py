@@ -362,15 +362,18 @@ def sampling_defaults() -> dict[str, Any]:
     return dict(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")["sampling"]))
 
 
+def _sampling_keys(m: Any) -> tuple[str, ...]:
+    """The sampling keys a model config's class reads (`SAMPLING_KEYS`); a user's model that does not say: all."""
+    keys = getattr(target("model", m), "SAMPLING_KEYS", None)
+    return tuple(f.name for f in dataclasses.fields(SamplingConfig)) if keys is None else tuple(keys)
+
+
 def sampling_read(families: dict[str, Any]) -> dict[str, list[str]]:
     """{sampling key: the families that read it} (their `SAMPLING_KEYS`; the chain reads `conditions` for a
     class-conditional model); a family that does not say what it reads (a user's own model) reads every key."""
     read: dict[str, list[str]] = {}
     for name, family in families.items():
-        cls = target("model", family)
-        keys = getattr(cls, "SAMPLING_KEYS", None)
-        if keys is None:
-            keys = tuple(f.name for f in dataclasses.fields(SamplingConfig))
+        keys = _sampling_keys(family)
         keys = (*keys, "conditions") if getattr(family, "num_classes", None) else keys
         for key in keys:
             read.setdefault(key, []).append(name)
@@ -378,10 +381,13 @@ def sampling_read(families: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _check_sampling_for_model(m: Any, s: SamplingConfig) -> None:
-    """Guidance needs a class-conditional model that reads it."""
-    keys = getattr(target("model", m), "SAMPLING_KEYS", ())
+    """Sampling bias each family must understand: guidance needs a class-conditional model that reads it, and a
+    temperature a model that has one (in a chain of families, every family)."""
+    keys = _sampling_keys(m)
     require(s.guidance == 0 or ("guidance" in keys and bool(getattr(m, "num_classes", None))), "sampling.guidance",
             s.guidance, "0 unless the model is class-conditional (model=ddpm with model.num_classes set)")
+    require(s.temperature == 1 or "temperature" in keys, "sampling.temperature", s.temperature,
+            f"1.0 for {model_kind(m)}, which has no temperature (diffusion's sampling bias is sampling.guidance)")
 
 
 def _check_training_sets(config: Config, m: Any) -> None:
@@ -413,8 +419,9 @@ def validate_data(config: Config, num_train: int, num_classes: int | None) -> No
             "cannot be conditioned on them")
     require(not wanted or wanted == num_classes, "model.num_classes", wanted,
             f"null (unconditional) or the dataset's class count, {num_classes}")
-    if hasattr(m, "check_data"):  # generation 0 fits the real pool
-        m.check_data(num_train)
+    for family in family_configs(config).values():  # generation 0 fits the real pool (each family's own check)
+        if hasattr(family, "check_data"):
+            family.check_data(num_train)
     extractors = config.metrics.extractors
     has_classifier = num_classes is not None and (extractors == "auto" or "classifier" in extractors)
     if hasattr(r, "check_data"):  # a user's regime without a `Config` has nothing to check here

@@ -187,8 +187,8 @@ class Regime:
     Config: type[RegimeConfig] = RegimeConfig
     kind = "regime"  # the conf/regime/ name, for messages
     by_source = False  # whether rows record the share each earlier generation holds (only accumulate mixes several)
-    first_set_is_pool = True  # generation 0 trains on the whole real pool, whatever the regime's keys (resume: the
-    # chains of a study that differ only in those keys share generation 0)
+    first_set_is_pool = False  # True: generation 0 trains on the whole real pool whatever the regime's other keys
+    # (resume: chains of a study that differ only in those keys share generation 0); a regime says so itself
 
     def __init__(self, config: RegimeConfig, num_synthetic: int | None = None) -> None:
         self.config = config
@@ -224,16 +224,22 @@ class Regime:
         raise NotImplementedError
 
     # Curation -----------------------------------------------------------------------------------
+    def _count(self, n: int | None) -> int:
+        if n is None and self.num_synthetic is None:
+            raise ValueError(f"{type(self).__name__} was built without num_synthetic: build it as "
+                             "config.build(config.regime, num_synthetic=N), or pass the count")
+        return self.num_synthetic if n is None else n
+
     def num_candidates(self, n: int | None = None) -> int:
         """How many samples the model makes so that curation can keep `n` of them (default: num_synthetic)."""
-        n = self.num_synthetic if n is None else n
+        n = self._count(n)
         return n if self.config.curation == "none" else math.ceil(n / self.config.keep_fraction)
 
     def curate(self, candidates: ImageSet, probs: np.ndarray | None, n: int | None = None
                ) -> tuple[ImageSet, dict[str, float]]:
         """The `n` candidates (default: num_synthetic) the verifier scores highest, in their original order, and
         curation stats."""
-        n = self.num_synthetic if n is None else n
+        n = self._count(n)
         if self.config.curation == "none":
             return candidates.subset(np.arange(n)), {}
         if self.config.curation == "verify":
@@ -279,6 +285,7 @@ class Replace(Regime):
 
     Config = ReplaceConfig
     kind = "replace"
+    first_set_is_pool = True
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         return [("real", real.subset([])), (generation - 1, synthetic[-1])]
@@ -289,6 +296,7 @@ class Accumulate(Regime):
 
     Config = AccumulateConfig
     kind = "accumulate"
+    first_set_is_pool = True
     by_source = True
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
@@ -398,6 +406,7 @@ class RealPlus(Regime):
 
     Config = RealPlusConfig
     kind = "real_plus"
+    first_set_is_pool = True
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         last = synthetic[-1]

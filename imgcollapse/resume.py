@@ -259,7 +259,10 @@ def generation0_steps(flat: Mapping[str, Any], pool_size: int | None) -> int | N
         return None
     names = {f.name for f in dataclasses.fields(config_class)}
     values = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.") and k[len("model."):] in names}
-    return config_class(**values).fit_budget(pool_size, finetune=False).steps
+    try:
+        return config_class(**values).fit_budget(pool_size, finetune=False).steps
+    except Exception:  # a user's config that cannot be rebuilt from the record: keep every budget key instead
+        return None
 
 
 def generation0_signature(resolved: Mapping[str, Any], pool_size: int | None = None) -> dict[str, Any]:

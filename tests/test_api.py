@@ -266,3 +266,8 @@ def test_a_users_regime_owns_its_keys_and_checks(tmp_path: Path, my_conf: Path, 
     with pytest.raises(ConfigError, match=r"regime.anchor=5000 .*at most the real pool's 300"):
         imgcollapse.run_chain(imgcollapse.compose(*base, "regime.anchor=5000", "seed=1"))
     assert "anchored" not in Path(imgcollapse.config.__file__).read_text().lower()
+    # a regime shares generation 0 across its own keys only where it says its first set is the pool
+    from imgcollapse.resume import generation0_signature
+
+    record = json.loads(next((tmp_path / "outputs").glob("*/run.json")).read_text())
+    assert "regime.anchor" in generation0_signature(record["config"])

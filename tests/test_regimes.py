@@ -216,3 +216,10 @@ def test_fresh_says_at_start_how_long_the_pool_lasts(caplog):
         regime.setup(tagged(0, REAL), tagged(0, 10), None, conditional=False, generation=12)
     assert "fresh real images last 10 generations after generation 0, not the 12" in caplog.text
     assert "from generation 11 on" in caplog.text and "num_real_reused" in caplog.text
+
+
+def test_a_regime_built_without_its_sample_count_says_how_to_build_it():
+    regime = make_regime("replace")
+    assert regime.num_candidates(30) == 30  # an explicit count needs none
+    with pytest.raises(ValueError, match="num_synthetic"):
+        regime.num_candidates()

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from imgcollapse.metric_facts import badness
-from imgcollapse.metrics.calibration import CALIBRATION_VERSION, FILE, specific
 from imgcollapse.verdicts import stats
 from imgcollapse.verdicts.rules import (
     CONTRADICTED,
@@ -83,6 +82,8 @@ def trust(calibration: Mapping[str, Any] | None, metric: str, trusted_for: Any) 
         return None, "no calibration.json: not checked"
     if metric not in next(iter(calibration.get("changes", {}).values()), {}).get("metrics", {}):
         return False, f"{metric} is not calibrated"
+    from imgcollapse.metrics.calibration import specific
+
     wanted = {trusted_for} if isinstance(trusted_for, str) else set(trusted_for)
     return specific(calibration, metric, wanted)
 
@@ -279,6 +280,8 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
 
 def read_calibration(run_dir: Path) -> dict[str, Any] | None:
     """A chain's calibration.json (None when absent or unreadable: its metrics are then not checked)."""
+    from imgcollapse.metrics.calibration import CALIBRATION_VERSION, FILE
+
     path = run_dir / FILE
     try:
         found = json.loads(path.read_text()) if path.exists() else None

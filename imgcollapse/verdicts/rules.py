@@ -16,7 +16,6 @@ from typing import Any
 
 from imgcollapse.errors import ConfigError
 from imgcollapse.metric_facts import worse
-from imgcollapse.metrics.calibration import CHANGES
 
 # used where a study sets none. combine: how a test's metrics make its verdict: any (one family: some metric decides,
 # none against, Bonferroni both ways) | all (every metric); alpha: each claim's family-wise level (under no effect,
@@ -177,6 +176,8 @@ def reads(rule: Mapping[str, Any]) -> str:
 def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms: Mapping[str, int]) -> None:
     """Every claim's keys, tests, arms (`arms`: {name: last generation}), metrics' directions, `trusted_for` and
     rules (ConfigError naming the key), so that a study fails when it loads, not after its chains ran."""
+    from imgcollapse.metrics.calibration import CHANGES
+
     changes = set(CHANGES) | {kind for kind, *_ in CHANGES.values()}
     study_rule = normalised(study_rule)
     names = sorted(arms)
