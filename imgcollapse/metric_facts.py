@@ -18,8 +18,10 @@ from dataclasses import dataclass
 # is made), so a number recorded under an older ruler is known to be stale (imgcollapse/recorded.py, its test).
 # 1-2: kit 0.1-0.2 (copy detectors scaled by unseen real images); 3: kit 0.3 (equal-size sets, bootstrap intervals,
 # memorization against a null of the model's own fresh draws, per-class scores independent of the bootstrap count);
-# 4: kit 0.4 (fid_mean_within; tail_ratio worse when lower; the calibration's own noise resamples).
-RULER_VERSION = 4
+# 4: kit 0.4 (fid_mean_within; tail_ratio worse when lower; the calibration's own noise resamples); 5: per-class
+# recall and coverage at one fixed size (absent classes apart), the real data's density tails, one ruler trained on
+# the balanced pool whatever the arm's long tail.
+RULER_VERSION = 5
 
 HIGHER, LOWER, ONE = "higher", "lower", "one"
 # the kinds of change the calibration makes (metrics/calibration.py CHANGES names which change is which kind)
@@ -68,10 +70,17 @@ FACTS: dict[str, Fact] = {
     "class_entropy": Fact(LOWER, space=False, meant_for=("homogeneity", "tails")),
     "tail_ratio": Fact(LOWER, space=False, meant_for=("homogeneity", "tails")),  # the tail's share of its real share
     "lost_classes": Fact(HIGHER, space=False, meant_for=("homogeneity",)),
-    "recall_tail": Fact(LOWER, (0, 1), meant_for=("homogeneity", "tails")),
-    "coverage_tail": Fact(LOWER, (0, 1), meant_for=("homogeneity", "tails")),
-    "recall_head": Fact(LOWER, (0, 1), meant_for=("contraction",)),
-    "coverage_head": Fact(LOWER, (0, 1), meant_for=("contraction",)),
+    # each class at one fixed size, so within-class diversity: blind by design to how many samples a class gets
+    "recall_tail": Fact(LOWER, (0, 1), meant_for=("homogeneity", "contraction")),
+    "coverage_tail": Fact(LOWER, (0, 1), meant_for=("homogeneity", "contraction")),
+    "recall_head": Fact(LOWER, (0, 1), meant_for=("homogeneity", "contraction")),
+    "coverage_head": Fact(LOWER, (0, 1), meant_for=("homogeneity", "contraction")),
+    # the share of the group's classes with too few samples to be scored at that size
+    "absent_tail": Fact(HIGHER, (0, 1), space=False, meant_for=("tails",)),
+    "absent_head": Fact(HIGHER, (0, 1), space=False, meant_for=("homogeneity",)),
+    # the held-out images in the real data's lowest- and highest-density 10% that some sample's nearest ball holds
+    "coverage_low_density": Fact(LOWER, (0, 1), meant_for=("tails", "contraction")),
+    "coverage_high_density": Fact(LOWER, (0, 1), meant_for=("contraction",)),
 }
 
 

@@ -15,7 +15,8 @@ Randomness comes from (seed, generation, purpose) only, where `seed` is the chai
 builds the same sets, and augment's real subset is the same in every generation.
 
 Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` samples and `curate` chooses the
-(at most) `n` that later generations train on.
+(at most) `n` that later generations train on. One rule for every judge: keep the `n` candidates it scores highest
+among those it accepts (`top_n`), so two curations with the same keep_fraction differ only in who judges.
   none        keep every sample (no extra candidates)
   reward      reward curation: the metrics classifier's probability of its predicted class; keep the `n` it
               finds least ambiguous (the name until kit 0.3, `confidence`, still works). The judge is also the
@@ -23,16 +24,20 @@ Curation (any regime, Feng et al. 2024): the model makes `num_candidates(n)` sam
   condition   the metrics classifier's probability of the sample's own label (the class a conditional model
               was asked for); keep the top `n` (for unconditional models it equals `reward`)
   verify      verification as Feng et al. mean it: an independent verifier (imgcollapse/verifier.py: its own
-              architecture, seed and cache, trained on the real pool, never used by the metrics) accepts a
-              sample of a class-conditional model when its label is the requested class (and its confidence at
-              least `verify_threshold`), of an unconditional one when its confidence is at least the threshold;
-              the first `n` accepted candidates are kept (fewer if fewer pass: the row says how many)
+              architecture, seed and cache, trained on real images the ruler never trains on) scores each sample
+              (a class-conditional model's: its probability of the requested class; an unconditional one's: its
+              top-class confidence) and accepts it when that is at least `verify_threshold` and, for a
+              conditional model, its label is the requested class; the top `n` accepted are kept (fewer if fewer
+              pass: the row says how many). For an unconditional model this is a confidence filter by another
+              network, reward's rule with another judge, not a check of correctness; only the label check of a
+              conditional model tests something a sample can get wrong
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +45,11 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import MISSING
+from scipy.stats import ConstantInputWarning, spearmanr
 
 from imgcollapse.data import ImageSet
 from imgcollapse.errors import UserError, require
-from imgcollapse.verifier import load_or_train_verifier
+from imgcollapse.verifier import load_or_train_verifier, training_images
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +67,9 @@ class RegimeConfig:
     _target_: str = MISSING
     curation: str = MISSING  # verifier that filters synthetic samples (CURATIONS)
     keep_fraction: float = MISSING  # curation: share of the candidates kept
-    verify_threshold: float = MISSING  # curation=verify: the verifier's least confidence to accept a sample
-    verifier_seed: int = MISSING  # curation=verify: the verifier's own training seed (not the metrics classifier's)
-    verifier_epochs: int = MISSING  # curation=verify: passes over the real pool to train the verifier
+    verify_threshold: float = MISSING  # curation=verify: the verifier's least score to accept a sample
+    verifier_seed: int = MISSING  # curation=verify: the verifier's training seed (conf: ${seed}, the chain's own)
+    verifier_epochs: int = MISSING  # curation=verify: passes over the floor split to train the verifier
 
     def check(self) -> None:
         """The regime's own keys (ConfigError naming the key)."""
@@ -71,7 +77,7 @@ class RegimeConfig:
         require(0 < self.keep_fraction <= 1, "regime.keep_fraction", self.keep_fraction,
                 "a fraction in (0, 1]: the share of candidates curation keeps")
         require(0 <= self.verify_threshold < 1, "regime.verify_threshold", self.verify_threshold,
-                "a probability in [0, 1) (0: a conditional sample passes on the verifier's label alone)")
+                "a probability in [0, 1) (0: no least score, the verifier only ranks and checks labels)")
         require(self.verifier_seed >= 0, "regime.verifier_seed", self.verifier_seed, "an integer >= 0")
         require(self.verifier_epochs >= 1, "regime.verifier_epochs", self.verifier_epochs, "an integer >= 1")
 
@@ -89,9 +95,12 @@ class RegimeConfig:
                 "'classifier' in metrics.extractors")
         require(self.curation != "verify" or num_classes is not None, "regime.curation", self.curation,
                 "'none' here: the verifier is trained on the real pool's class labels, and this dataset has none")
-        require(self.curation != "verify" or getattr(model, "num_classes", None) or self.verify_threshold > 0,
-                "regime.verify_threshold", self.verify_threshold, "> 0 for an unconditional model, which asks for "
-                "no class: the verifier then accepts what it is this sure of (e.g. 0.9)")
+        # an unconditional model asks for no class: at threshold 0 and keep_fraction 1 the verifier keeps everything
+        require(self.curation != "verify" or getattr(model, "num_classes", None) or self.verify_threshold > 0
+                or self.keep_fraction < 1, "regime.verify_threshold", self.verify_threshold,
+                "> 0, or regime.keep_fraction < 1, for an unconditional model, which asks for no class: with neither "
+                "the verifier keeps every candidate (a threshold accepts what it is this sure of, e.g. 0.9; a "
+                "keep_fraction keeps the share it ranks highest)")
 
 
 @dataclass
@@ -201,14 +210,15 @@ class Regime:
         return real, {"num_real": len(real), "num_synthetic": 0}
 
     def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
-              generation: int | None = None) -> None:
+              generation: int | None = None, floor: ImageSet | None = None) -> None:
         """What the regime needs before the chain runs: with curation=verify, the independent verifier (trained on
-        the real pool, or read from its cache). `conditional`: the model samples the classes it is asked for;
-        `generation`: the chain's last, for a regime that plans ahead (fresh)."""
+        the floor split `floor`, real images the metrics classifier never trains on, or read from its cache).
+        `conditional`: the model samples the classes it is asked for; `generation`: the chain's last, for a regime
+        that plans ahead (fresh)."""
         self.conditional = conditional
         if self.config.curation == "verify":
-            self.verifier = load_or_train_verifier(train, heldout, cache_dir, epochs=self.config.verifier_epochs,
-                                                   seed=self.config.verifier_seed)
+            self.verifier = load_or_train_verifier(training_images(train, heldout, floor), heldout, cache_dir,
+                                                   epochs=self.config.verifier_epochs, seed=self.config.verifier_seed)
             log.info("curation verifier: held-out accuracy %.3f (fingerprint %s)", self.verifier.accuracy,
                      self.verifier.fingerprint)
 
@@ -236,34 +246,34 @@ class Regime:
         return n if self.config.curation == "none" else math.ceil(n / self.config.keep_fraction)
 
     def curate(self, candidates: ImageSet, probs: np.ndarray | None, n: int | None = None
-               ) -> tuple[ImageSet, dict[str, float]]:
-        """The `n` candidates (default: num_synthetic) the verifier scores highest, in their original order, and
-        curation stats."""
+               ) -> tuple[ImageSet, dict[str, float | None]]:
+        """The `n` candidates (default: num_synthetic) the curation's judge scores highest among those it accepts, in
+        their original order, and curation stats (`probs`: the metrics classifier's class probabilities)."""
         n = self._count(n)
         if self.config.curation == "none":
             return candidates.subset(np.arange(n)), {}
         if self.config.curation == "verify":
-            return self._verify(candidates, n)
+            return self._verify(candidates, probs, n)
         if probs is None:
             raise ValueError("curation needs the metrics classifier's class probabilities")
         scores = verifier_scores(self.config.curation, probs, candidates.labels)
-        keep = np.sort(np.argsort(-scores, kind="stable")[:n])
-        stats = {"num_candidates": len(candidates), "curation_threshold": float(scores[keep].min()),
-                 "curated_score": float(scores[keep].mean()), "candidate_score": float(scores.mean())}
-        return candidates.subset(keep), stats
+        keep = top_n(scores, n)
+        return candidates.subset(keep), _score_stats(scores, keep)
 
-
-    def _verify(self, candidates: ImageSet, n: int) -> tuple[ImageSet, dict[str, float]]:
-        """The first `n` candidates the independent verifier accepts, and how many it accepted."""
+    def _verify(self, candidates: ImageSet, ruler_probs: np.ndarray | None, n: int
+                ) -> tuple[ImageSet, dict[str, float | None]]:
+        """The top `n` candidates by the independent verifier's score among those it accepts (reward's rule, another
+        judge), how many it accepted and how its ranking agrees with the ruler's (`ruler_probs`)."""
         if self.verifier is None:
             raise ValueError("regime.curation=verify needs Regime.setup to build the verifier first")
         probs = self.verifier(candidates.images)
-        confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
-        accepted = confidence >= self.config.verify_threshold
+        requested = np.asarray(candidates.labels) if self.conditional else None  # else: the ruler's labels, no ask
+        scores = judge_scores(probs, requested)
+        accepted = scores >= self.config.verify_threshold
         if self.conditional:
-            agrees = predicted == np.asarray(candidates.labels)
+            agrees = probs.argmax(axis=1) == requested
             accepted &= agrees
-        keep = np.flatnonzero(accepted)[:n]
+        keep = top_n(scores, n, accepted)
         if not len(keep):
             raise UserError(f"the verifier accepted none of {len(candidates)} candidates: lower "
                             f"regime.verify_threshold={self.config.verify_threshold} or raise the candidates "
@@ -272,11 +282,12 @@ class Regime:
             log.warning("the verifier accepted %d of %d candidates, fewer than the %d wanted: the next generation "
                         "trains on %d (lower regime.keep_fraction for more candidates)", accepted.sum(),
                         len(candidates), n, len(keep))
-        stats = {"num_candidates": len(candidates), "num_verified": int(accepted.sum()),
-                 "verified_share": float(accepted.mean()), "curated_score": float(confidence[keep].mean()),
-                 "candidate_score": float(confidence.mean())}
+        stats: dict[str, float | None] = {**_score_stats(scores, keep), "num_verified": int(accepted.sum()),
+                                          "verified_share": float(accepted.mean())}
         if self.conditional:
             stats["verifier_agreement"] = float(agrees.mean())  # share whose verifier label is the requested class
+        if ruler_probs is not None:  # the ruler's score defined as the verifier's: how far the two judges agree
+            stats["verifier_ruler_spearman"] = spearman(scores, judge_scores(ruler_probs, requested))
         return candidates.subset(keep), stats
 
 
@@ -364,8 +375,8 @@ class Fresh(Regime):
         return (num_pool - self._first_count(num_pool)) // per if per else 10**9
 
     def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
-              generation: int | None = None) -> None:
-        super().setup(train, heldout, cache_dir, conditional, generation)
+              generation: int | None = None, floor: ImageSet | None = None) -> None:
+        super().setup(train, heldout, cache_dir, conditional, generation, floor)
         num_synthetic = self.num_synthetic
         if not self.records_reuse or num_synthetic is None:
             return
@@ -419,12 +430,46 @@ class RealPlus(Regime):
 
 
 def verifier_scores(curation: str, probs: np.ndarray, labels: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
-    """Per-sample verifier score in [0, 1] from the metrics classifier's class probabilities [N, K]."""
+    """Per-sample score in [0, 1] of a ruler curation from the metrics classifier's class probabilities [N, K]."""
     if curation in ("reward", "confidence") or (curation == "condition" and labels is None):
-        return probs.max(axis=1)
+        return judge_scores(probs)
     if curation == "condition":
-        return probs[np.arange(len(probs)), np.asarray(labels)]
+        return judge_scores(probs, labels)
     raise ValueError(f"regime.curation={curation!r} is not one of {CURATIONS}")
+
+
+def judge_scores(probs: np.ndarray, requested: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+    """A judge's score of each sample from its class probabilities [N, K]: its probability of the `requested` class
+    (a conditional model's), or with none its top-class confidence."""
+    if requested is None:
+        return probs.max(axis=1)
+    return probs[np.arange(len(probs)), np.asarray(requested)]
+
+
+def top_n(scores: np.ndarray, n: int, accepted: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the `n` highest `scores` among the `accepted` (default: all), in their original order; ties go to
+    the earlier candidate. Every curation keeps by this one rule."""
+    order = np.argsort(-scores, kind="stable")
+    if accepted is not None:
+        order = order[accepted[order]]
+    return np.sort(order[:n])
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation of two score vectors (scipy; ties at their mean rank); None where it is undefined
+    (fewer than two samples, or one side constant)."""
+    if len(a) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)  # constant scores: undefined, returned as None
+        rho = float(spearmanr(a, b).statistic)
+    return rho if np.isfinite(rho) else None
+
+
+def _score_stats(scores: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """The row's curation columns every judge shares: candidates, the lowest score kept, the mean kept and overall."""
+    return {"num_candidates": len(scores), "curation_threshold": float(scores[keep].min()),
+            "curated_score": float(scores[keep].mean()), "candidate_score": float(scores.mean())}
 
 
 def _subsample(parts: list[tuple], size: int, rng: np.random.Generator) -> list[tuple]:

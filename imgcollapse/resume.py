@@ -49,6 +49,7 @@ ADDED = {
     "model.init": "scratch", "model.finetune_steps": None, "model.finetune_lr": None,  # kit 0.3: fine-tuning
     "model.budget": "steps", "model.epochs": None, "model.finetune_epochs": None,  # kit 0.3: compute budgets
     "model.estimator": "mle", "model.float_samples": False,  # kit 0.3: the Gaussian theory check
+    "dataset.tail_seed": None,  # kit 0.5: the long tail's rare classes drawn by a seed (absent: by class index)
     "regime.first_real": None,  # kit 0.3: fresh means fresh
     "chain.models": None, "chain.population": None,  # kit 0.3: model families in turn, or side by side
     "regime.verify_threshold": 0.0, "regime.verifier_seed": 1, "regime.verifier_epochs": 20,  # kit 0.3: verify
@@ -61,6 +62,7 @@ LATER_ONLY = ("model.init", "model.finetune_steps", "model.finetune_lr", "model.
 # Regime keys generation 0 reads: its curation (the samples it keeps for generation 1), and fresh's first draw
 CURATION_KEYS = ("regime.curation", "regime.keep_fraction", "regime.verify_threshold", "regime.verifier_seed",
                  "regime.verifier_epochs")
+VERIFY_KEYS = ("regime.verify_threshold", "regime.verifier_seed", "regime.verifier_epochs")  # curation=verify only
 SHARED_FILE = "shared_gen0.json"  # in an adopting run dir: where its generation 0 came from
 
 
@@ -87,6 +89,9 @@ def is_ignored(key: str) -> bool:
 def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (value the run has, value now)} for every key that differs and may not."""
     old, new = flatten(started), flatten(now)
+    if "verify" not in (old.get("regime.curation"), new.get("regime.curation")):  # the verifier's keys are unread
+        for key in VERIFY_KEYS:
+            old.pop(key, None), new.pop(key, None)
     keys = [k for k in old if not is_ignored(k)]
     keys += [k for k in new if k not in old and not is_ignored(k)]
     differences = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys}
@@ -287,13 +292,16 @@ def generation0_signature(resolved: Mapping[str, Any], pool_size: int | None = N
 
 def fit0_signature(resolved: Mapping[str, Any], pool_size: int | None = None) -> dict[str, Any]:
     """The keys generation 0's *fit* depends on: its signature without the curation, which only selects among the
-    fitted model's samples, and with an alternation that starts with `model`'s own family taken as `model` alone.
-    Chains that differ only there can share generation 0's model and make the rest of generation 0 themselves."""
+    fitted model's samples, and with an alternation that starts with `model`'s own family taken as `model` alone (one
+    that starts with another family as that family's own loop). Chains that differ only there can share generation
+    0's model and make the rest of generation 0 themselves."""
     flat = {k: v for k, v in generation0_signature(resolved, pool_size).items() if k not in CURATION_KEYS}
     models = flat.get("chain.models")
     if isinstance(models, list) and models and models[0] == "model":  # `model` trains generation 0 either way
         flat = {k: v for k, v in flat.items() if not k.startswith("families.")}
         flat["chain.models"] = None  # as a chain without an alternation has it
+    elif isinstance(models, list) and models:  # another family's own loop and an alternation it starts: its fit
+        flat["chain.models"] = models[:1]
     return flat
 
 

@@ -158,7 +158,8 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     regime = build(config.regime, num_synthetic=config.num_synthetic)  # the regime's sample count
     family_for = _families(config, splits, accelerator)
     on_main(regime.setup, splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
-            conditional=bool(getattr(config.model, "num_classes", None)), generation=config.generation)
+            conditional=bool(getattr(config.model, "num_classes", None)), generation=config.generation,
+            floor=splits.floor)  # the verifier learns from the floor split, which the metrics classifier never sees
     # A study's arm: generation 0 (or its model) is another chain's, once config, data and numeric settings match.
     adopted_fit = None
     if config.chain.share_gen0 and store.num_done() == 0:

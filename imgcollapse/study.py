@@ -13,7 +13,8 @@ locally (`study.jobs` chains at once, the cores divided among them), submitit/Sl
 Then study.csv, claims.json and study.html are written (`python -m imgcollapse.report STUDY_DIR` rebuilds them).
 
 Overrides: `study=NAME`, `study.KEY=VALUE` set the study; `hydra/launcher=...`, `hydra.launcher.KEY=...` choose how
-chains run; anything else applies to every arm (`model=vae`, `dataset=mnist`, `debug=smoke`).
+chains run; anything else applies to every arm (`model=vae`, `dataset=mnist`, `debug=smoke`). `--plan` composes and
+checks every arm and claim (horizons, home families, shared generations 0), prints the chains and runs nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from imgcollapse.resume import fit0_signature, generation0_signature
 from imgcollapse.store import FAILED, RunStore, atomic_write_text, read_failed, to_json
 from imgcollapse.threads import available_cores
 from imgcollapse.verdicts.plan import plan_hash, register_plan
-from imgcollapse.verdicts.rules import check_claims
+from imgcollapse.verdicts.rules import check_claims, check_homes
 
 log = logging.getLogger("imgcollapse.study")
 
@@ -73,7 +74,8 @@ class StudyConfig:
     # model kind ({ddpm: 2, vae: 2, gmm: 5}: cheap models afford longer chains in the same budget)
     overrides: list[str] = field(default_factory=list)  # applied to every arm, before the arm's own
     arms: dict[str, Any] = MISSING  # {arm: [overrides]} or {arm: {overrides: [...], generation: G, label: "...",
-    # by_model: {gmm: [overrides used instead when the study's model is a gmm]}}
+    # by_model: {gmm: [overrides used instead when the study's model is a gmm]}}; an arm's generation may be per
+    # model kind too ({gmm: 10, vae: 10, ddpm: 2}; a kind it does not name: the study's)
     claims: dict[str, Any] = field(default_factory=dict)  # {claim: {statement, source, tests, rule}}
     rule: dict[str, Any] = field(default_factory=dict)  # the default verdict rule (verdicts/rules.py: RULE)
     launcher: str = "joblib"  # LAUNCHERS: how chains run (the command line's hydra/launcher= wins)
@@ -171,6 +173,8 @@ def arms_of(study: StudyConfig, model: str | None = None) -> list[Arm]:
                 raise ConfigError(f"study.arms.{name}", sorted(unknown),
                                   "keys among overrides, generation, label, by_model, seed_offset")
             overrides, generation = spec.get("overrides") or [], spec.get("generation", default)
+            if isinstance(generation, dict):  # the arm's own horizon by model kind; the study's where it has none
+                generation = next(iter(generation.values()), None) if model is None else generation.get(model, default)
             if model is not None and model in (spec.get("by_model") or {}):
                 overrides = spec["by_model"][model]
             label = spec.get("label") or name
@@ -187,16 +191,28 @@ def arms_of(study: StudyConfig, model: str | None = None) -> list[Arm]:
     return out
 
 
+def horizon_kinds(study: StudyConfig) -> list[str | None]:
+    """The model kinds the study's horizons name (study.generation's, else its arms'); [None] where none does."""
+    if isinstance(study.generation, dict):
+        return list(study.generation)
+    named = [k for spec in study.arms.values() if isinstance(spec, dict) and isinstance(spec.get("generation"), dict)
+             for k in spec["generation"]]
+    return list(dict.fromkeys(named)) or [None]
+
+
 def check_study(study: StudyConfig) -> None:
-    """The study's own keys and its claims' arms (ConfigError naming the key)."""
+    """The study's own keys and its claims' arms, at every horizon the study names (ConfigError naming the key)."""
     seed_list(study.seeds)
     if not study.arms:
         raise ConfigError("study.arms", study.arms, "at least one arm: {name: [overrides]}")
-    arms = {a.name: a.generation for a in arms_of(study)}
     for name, spec in study.arms.items():
         kinds = set((spec.get("by_model") or {}) if isinstance(spec, dict) else {})
         if unknown := kinds - set(SCHEMAS["model"]):
             raise ConfigError(f"study.arms.{name}.by_model", sorted(unknown),
+                              f"model kinds among {sorted(SCHEMAS['model'])}")
+        horizon = spec.get("generation") if isinstance(spec, dict) else None
+        if isinstance(horizon, dict) and (unknown := set(horizon) - set(SCHEMAS["model"])):
+            raise ConfigError(f"study.arms.{name}.generation", sorted(unknown),
                               f"model kinds among {sorted(SCHEMAS['model'])}")
     if isinstance(study.generation, dict) and (unknown := set(study.generation) - set(SCHEMAS["model"])):
         raise ConfigError("study.generation", sorted(unknown), f"model kinds among {sorted(SCHEMAS['model'])}")
@@ -208,7 +224,8 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError("study.draw", study.draw, f"one of {list(DRAW)}")
     if study.jobs is not None and study.jobs < 1:
         raise ConfigError("study.jobs", study.jobs, "null (one chain per core) or an integer >= 1")
-    check_claims(study.claims, study.rule, arms)
+    for kind in horizon_kinds(study):  # an arm's horizon may differ by model: the claims must hold at each
+        check_claims(study.claims, study.rule, {a.name: a.generation for a in arms_of(study, kind)})
 
 
 def study_dir(study: StudyConfig, common: list[str]) -> Path:
@@ -236,13 +253,25 @@ def study_model(study: StudyConfig, common: list[str]) -> str:
     return model_kind(validate(compose(*study.overrides, *common)).model)
 
 
+def families_in_turn(config: Any) -> tuple[list[str], list[str]]:
+    """(the families that train an arm's generations in turn, generation g by the g % len-th; its population's
+    member column suffixes, [] for none) from its validated config."""
+    if config.chain.population is not None:
+        names = list(config.chain.population)
+        # Population.labels: a family that appears twice is numbered
+        return ["population"], [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
+    return list(config.chain.models or [model_kind(config.model)]), []
+
+
 def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Chain]:
     """Every arm × seed as a chain, each arm's overrides composed and checked once (a seed changes no other key);
-    the first chain of each generation-0 signature (per seed) trains it, the others adopt it."""
+    the claims checked against the arms' horizons and families (a test reads an arm only at generations its home
+    family trained); the first chain of each generation-0 signature (per seed) trains it, the others adopt it."""
     chains, leaders, fitters, pools = [], {}, {}, {}
-    arms = arms_of(study, study_model(study, common))
+    model = study_model(study, common)
+    arms = arms_of(study, model)
     seeds = seed_list(study.seeds)
-    resolved_by_arm = {}
+    resolved_by_arm, turns, members = {}, {}, {}
     for arm in arms:
         try:
             cfg = compose(*study.overrides, *arm.overrides, *common, f"seed={seeds[0]}")
@@ -253,11 +282,15 @@ def plan(study: StudyConfig, common: list[str], threads: int | None) -> list[Cha
             if type(e).__module__.startswith(("hydra", "omegaconf")):
                 raise UserError(f"arm {arm.name}: {describe_config_error(e)}") from e
             raise
+        turns[arm.name], members[arm.name] = families_in_turn(config)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         data_key = json.dumps(resolved["dataset"], sort_keys=True, default=str)  # type: ignore[index]
         if data_key not in pools:  # the pool's size sizes a budget=epochs fit (built once per dataset config)
             pools[data_key] = len(build(config.dataset).train)
         resolved_by_arm[arm.name] = (resolved, pools[data_key])
+    generations = {a.name: a.generation for a in arms}
+    check_claims(study.claims, study.rule, generations)  # at this model's horizons
+    check_homes(study.claims, generations, turns, members, model)
     for seed in seeds:
         for arm in arms:
             own_seed = seed + arm.seed_offset
@@ -395,8 +428,8 @@ def run_study(argv: list[str]) -> Path:
     if plan_record["changes"] and plan_record["changes"][-1]["after_data"]:
         log.warning("%s: the plan (arms, seeds, horizon, claims or rules) changed after chains ran: its verdicts will "
                     "read 're-analysed after the data'", root)
-    record = {"name": study.name, "study": raw, "common_overrides": common, "launcher": launcher,
-              "threads": threads, "plan": plan_record, "chains": [c.__dict__ for c in chains],
+    record = {"name": study.name, "study": raw, "common_overrides": common, "model": study_model(study, common),
+              "launcher": launcher, "threads": threads, "plan": plan_record, "chains": [c.__dict__ for c in chains],
               "runs": previous.get("runs", [])}
     atomic_write_text(record_path, to_json(record))
 
@@ -438,6 +471,21 @@ def run_study(argv: list[str]) -> Path:
     return root
 
 
+def plan_only(argv: list[str]) -> list[Chain]:
+    """`--plan`: compose and check every arm and claim as a run would (the horizons, the home families, the shared
+    generations 0), print the chains, and write nothing."""
+    study_args, launcher_args, common = split_args(argv)
+    study, _ = load_study(study_args + [a for a in common if a.startswith("hydra.searchpath=")])
+    threads, _ = _threads_and_launcher(study, launcher_args, len(arms_of(study)) * len(seed_list(study.seeds)))
+    chains = plan(study, common, threads)
+    print(f"study {study.name} ({study_model(study, common)}): {len(chains)} chains in {study_dir(study, common)}")
+    for c in chains:
+        print(f"  {c.run_dir}: generations 0..{c.generation}"
+              + (f", generation 0 from {c.shares_with}" if c.shares_with else ""))
+    print(f"the plan is valid: {len(study.claims)} claim(s) checked against every arm's horizon and families")
+    return chains
+
+
 class StudyFailed(UserError):
     """A chain of the study failed; the others' results are on disk and in the report."""
 
@@ -460,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
               sep="\n")
         return EXIT_DONE
     try:
+        if "--plan" in argv:
+            plan_only([a for a in argv if a != "--plan"])
+            return EXIT_DONE
         run_study(argv)
     except KeyboardInterrupt:
         log.error("interrupted: finished generations are kept; rerun the same command to resume every chain")

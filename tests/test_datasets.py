@@ -302,10 +302,13 @@ def follows_zipf(counts: list[int], exponent: float) -> bool:
 def test_long_tail_tails_the_pool_and_keeps_every_class_in_the_held_out_split_and_floor(exponent):
     balanced = load("dataset=digits")
     splits = load("dataset=digits", f"dataset.long_tail={exponent}")
-    train = class_counts(splits.train)
+    order = splits.info["tail_order"]  # the classes from the most to the least frequent, drawn by the seed
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    train = [class_counts(splits.train)[k] for k in order]
     assert follows_zipf(train, exponent)
     assert train == sorted(train, reverse=True) and min(train) >= 1
-    available = class_counts(balanced.train)
+    assert torch.equal(splits.ruler_pool.images, balanced.train.images)  # one ruler for every arm: the whole pool
+    available = [class_counts(balanced.train)[k] for k in order]
     assert all(n <= a for n, a in zip(train, available, strict=True))
     assert any(a - n <= 1 for n, a in zip(train, available, strict=True))  # as many as the classes allow
     # held out before the tail: every class keeps ~num_heldout / 10 images, so tail classes are scored against
@@ -313,6 +316,16 @@ def test_long_tail_tails_the_pool_and_keeps_every_class_in_the_held_out_split_an
     assert class_counts(splits.heldout) == class_counts(balanced.heldout) and min(class_counts(splits.heldout)) >= 39
     assert min(class_counts(splits.floor)) >= 39 and len(splits.floor) == len(splits.heldout)
     assert splits.info["class_counts"]["floor"] == class_counts(splits.floor)
+
+
+def test_which_classes_are_rare_is_drawn_from_the_chains_seed():
+    orders = {tuple(load("dataset=digits", "dataset.long_tail=1", f"seed={seed}").info["tail_order"])
+              for seed in (3, 4, 5)}
+    assert len(orders) == 3  # each seed its own rare classes: a class's difficulty does not read as rarity
+    indexed = load("dataset=digits", "dataset.long_tail=1", "dataset.tail_seed=null")
+    assert indexed.info["tail_order"] == list(range(10))
+    assert class_counts(indexed.train) == sorted(class_counts(indexed.train), reverse=True)
+    assert "tail_order" not in load("dataset=digits").info and load("dataset=digits").ruler_pool is None
 
 
 def test_long_tail_zero_keeps_everything_and_is_seeded():
@@ -325,12 +338,14 @@ def test_long_tail_zero_keeps_everything_and_is_seeded():
 
 def test_long_tail_on_torchvision_and_labelled_folder(mnist_root, tmp_path):
     root, _ = mnist_root
-    splits = load("dataset=mnist", f"dataset.root={root}", "dataset.download=false", "dataset.long_tail=1")
+    splits = load("dataset=mnist", f"dataset.root={root}", "dataset.download=false", "dataset.long_tail=1",
+                  "dataset.tail_seed=null")
     assert class_counts(splits.train) == [6, 3, 2, 2, 1, 1, 1, 1, 1, 1]
     folder = make_folder(tmp_path / "tail", {"a": 12, "b": 12, "c": 12})
     tail = load("dataset=folder", f"dataset.path={folder}", "dataset.image_size=8", "dataset.long_tail=1",
                 "dataset.heldout_fraction=0.25")
-    assert class_counts(tail.train)[0] == 9 and follows_zipf(class_counts(tail.train), 1.0)
+    ranked = [class_counts(tail.train)[k] for k in tail.info["tail_order"]]
+    assert ranked[0] == 9 and follows_zipf(ranked, 1.0)
     assert class_counts(tail.heldout) == [3, 3, 3]  # held out before the tail: every class keeps its share
 
 

@@ -169,6 +169,76 @@ def test_class_statistics_on_constructed_predictions():
     assert class_statistics(thinned, real)["lost_classes"] == 1  # below 10% counts as lost
 
 
+def _clusters(rng: np.random.Generator, counts: list[int], means: np.ndarray, spread: float = 1.0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return means[labels] + spread * rng.standard_normal((len(labels), means.shape[1])), labels
+
+
+def _class_row(features: np.ndarray, predicted: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray, seed: int,
+               tail: list[int]) -> dict[str, float]:
+    from types import SimpleNamespace
+
+    from imgcollapse.metrics.scoring import per_class_scores
+
+    metrics = SimpleNamespace(config=replace(CONFIG, bootstrap=0, subsets=3), heldout_labels=ref_labels, seed=seed)
+    space = SimpleNamespace(reference=SimpleNamespace(features=ref))
+    names = [str(c) for c in range(int(ref_labels.max()) + 1)]
+    return per_class_scores(features, predicted, space, metrics, names, np.array(tail))  # type: ignore[arg-type]
+
+
+def test_a_class_is_scored_at_one_size_whatever_its_share_of_the_samples():
+    """Known answers: a faithful generator whose class shrinks (100 -> 25 samples, still above metrics.class_size)
+    scores that class's recall and coverage as before; one that narrows the class is seen (by recall); one that
+    drops it marks it absent instead of scoring it at a smaller size."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 6, (4, 16))
+    ref, ref_labels = _clusters(rng, [40] * 4, means)
+    change = {"recall": [], "coverage": []}
+    for seed in range(24):
+        faithful, labels = _clusters(rng, [100] * 4, means)
+        shrunk, shrunk_labels = _clusters(rng, [100, 100, 100, 25], means)
+        a = _class_row(faithful, labels, ref, ref_labels, seed, [3])
+        b = _class_row(shrunk, shrunk_labels, ref, ref_labels, seed, [3])
+        for score in change:
+            change[score].append(b[f"{score}_tail"] - a[f"{score}_tail"])
+        assert a["absent_tail"] == b["absent_tail"] == 0.0
+    for score, values in change.items():
+        assert abs(np.mean(values)) < 3 * np.std(values) / np.sqrt(len(values)) + 0.01, score
+    narrow, narrow_labels = _clusters(rng, [100] * 4, means, spread=0.4)
+    narrowed = _class_row(narrow, narrow_labels, ref, ref_labels, 0, [3])
+    assert narrowed["recall_tail"] < a["recall_tail"] - 0.3  # (coverage: 20 real balls in 16-d hold the centre)
+    dropped, dropped_labels = _clusters(rng, [100, 100, 100, 12], means)  # 12 < class_size: too few to score
+    gone = _class_row(dropped, dropped_labels, ref, ref_labels, 0, [3])
+    assert gone["absent_tail"] == 1.0 and gone["absent_head"] == 0.0
+    assert np.isnan(gone["recall_tail"]) and np.isnan(gone["recall_class_3"])
+    assert gone["recall_head"] == pytest.approx(a["recall_head"], abs=0.1)
+
+
+def test_the_real_datas_density_tails_are_covered_as_theory_says_and_lost_by_a_truncated_generator():
+    """Known answers: samples of the real distribution cover the held-out images of its lowest- and highest-density
+    deciles alike, at Naeem et al.'s expectation whatever the region; samples that never leave the central half of
+    the mass lose the low-density decile and keep the high-density one. (Coverage is blunt: in 4-d a cut at 80% of
+    the mass still covers ~90% of the sparse decile, and in 16-d a cut at half of it does too; the calibration
+    says what it sees in a run's feature space.)"""
+    from imgcollapse.metrics.scores import ball_coverage, density_deciles, heldout_radii
+
+    rng = np.random.default_rng(1)
+    pool, heldout = rng.standard_normal((1000, 4)), rng.standard_normal((400, 4))
+    low, high = density_deciles(heldout, pool, 5, 0.1)
+    assert len(low) == len(high) == 40 and not set(low) & set(high)
+    assert np.linalg.norm(heldout[low], axis=1).min() > np.linalg.norm(heldout[high], axis=1).max()  # far is sparse
+    radii = heldout_radii(heldout, 5)
+    faithful = [[ball_coverage(rng.standard_normal((400, 4)), heldout[idx], radii[idx]) for idx in (low, high)]
+                for _ in range(12)]
+    expected = expected_coverage(400, 400, 5)
+    assert np.mean(faithful, axis=0) == pytest.approx([expected, expected], abs=0.03)
+    draws = rng.standard_normal((4000, 4))
+    central = draws[np.linalg.norm(draws, axis=1) < np.quantile(np.linalg.norm(draws, axis=1), 0.5)][:400]
+    low_cov, high_cov = (ball_coverage(central, heldout[idx], radii[idx]) for idx in (low, high))
+    assert low_cov < 0.5 and high_cov > 0.9
+
+
 # Memorization --------------------------------------------------------------------------------------------
 def test_memorization_tells_copies_from_fresh_draws():
     rng = np.random.default_rng(0)
@@ -266,6 +336,8 @@ def test_evaluate_row_has_every_column(digits, metrics):
     samples = fake_generation(digits.train, 200, seed=2)
     ev = evaluate(samples, digits.train, metrics, null=digits.heldout)
     for column in SPACE_COLUMNS + CLASS_COLUMNS + PIXEL_COLUMNS:
+        if column.endswith(("_tail", "_head")) and ev.row["absent" + column[column.rindex("_"):]] == 1:
+            continue  # every class of the group has fewer samples than metrics.class_size: none is scored
         assert np.isfinite(ev.row[column]), column
         assert np.isfinite(ev.row[f"{column}_lo"]) and np.isfinite(ev.row[f"{column}_hi"]), column
     # known answer: confidence is a mean of per-sample top probabilities, so its bootstrap interval must be the
@@ -276,16 +348,21 @@ def test_evaluate_row_has_every_column(digits, metrics):
     assert half / 1.96 == pytest.approx(expected, rel=0.3)
     assert ev.row["confidence"] - ev.row["confidence_lo"] == pytest.approx(half)  # symmetric where not clipped
     for column in SET_COLUMNS:  # 200 samples against 400 held out: the reference is subsampled, 10 times
-        assert ev.row[f"{column}_sd"] > 0, column
+        # (the density tails are against the whole held-out split: with every sample in each draw, no spread)
+        assert ev.row[f"{column}_sd"] > 0 if not column.endswith("_density") else ev.row[f"{column}_sd"] == 0, column
     assert ev.row["fid"] == pytest.approx(ev.row["fid_mean"] + ev.row["fid_cov"])
-    for name in metrics.class_names:
-        assert 0 <= ev.row[f"recall_class_{name}"] <= 1 and 0 <= ev.row[f"coverage_class_{name}"] <= 1
+    counts = np.bincount(ev.probs.argmax(1), minlength=10)
+    for c, name in enumerate(metrics.class_names):  # a class with fewer samples than class_size is absent, not 0
+        present = counts[c] >= CONFIG.class_size
+        assert (0 <= ev.row[f"recall_class_{name}"] <= 1) if present else np.isnan(ev.row[f"recall_class_{name}"])
     freqs = [ev.row[f"class_freq_{k}"] for k in range(10)]
     assert sum(freqs) == pytest.approx(1.0)
     assert ev.probs.shape == (200, 10)
     assert ev.row["confidence"] > 0.5  # lightly noised digits stay recognisable
     assert ev.row["fid"] > metrics.baseline["fid"]
-    assert evaluate(samples, digits.train, metrics, null=digits.heldout).row == ev.row  # seeded: reruns match
+    again = evaluate(samples, digits.train, metrics, null=digits.heldout).row  # seeded: reruns match (NaN: absent)
+    assert again.keys() == ev.row.keys()
+    assert all(again[k] == v or (np.isnan(again[k]) and np.isnan(v)) for k, v in ev.row.items())
 
 
 def test_the_within_class_mean_term_ignores_class_mix_and_sees_a_shift():

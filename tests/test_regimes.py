@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import conf
+from conftest import compose_config, conf
 
-from imgcollapse.config import build
+from imgcollapse.config import build, validate, validate_data
 from imgcollapse.data import ImageSet
-from imgcollapse.regimes import Regime, verifier_scores
+from imgcollapse.regimes import Regime, spearman, verifier_scores
 
 REAL, SYN = 300, 40  # real pool size, images per generation
 
@@ -157,6 +157,84 @@ def test_condition_curation_scores_the_asked_for_class():
     assert ids(kept).tolist() == ids(candidates)[[1, 2]].tolist()
     kept, _ = make_regime("replace", curation="confidence", keep_fraction=0.5).curate(candidates, probs, 2)
     assert ids(kept).tolist() == ids(candidates)[[0, 2]].tolist()
+
+
+class Judge:
+    """A stand-in verifier answering with given class probabilities (curation's rule is under test, not its net)."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.probs[: len(images)]
+
+
+def verify_regime(probs: np.ndarray, conditional: bool, **values) -> Regime:
+    regime = make_regime("replace", curation="verify", **values)
+    regime.verifier, regime.conditional = Judge(probs), conditional
+    return regime
+
+
+def test_verify_with_the_rulers_judgement_keeps_what_reward_keeps():
+    """One selection rule: a verifier that scores as the ruler does selects exactly what reward curation selects, so
+    verify vs reward at the same keep_fraction differs only in who judges."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10) * 0.3, size=50)
+    probs[[3, 7]] = probs[[5, 5]]  # ties: the earlier candidate wins under both
+    candidates = tagged(1, 50)
+    reward, reward_stats = make_regime("replace", curation="reward", keep_fraction=0.4).curate(candidates, probs, 20)
+    verify, verify_stats = verify_regime(probs, False, keep_fraction=0.4).curate(candidates, probs, 20)
+    assert np.array_equal(ids(verify), ids(reward))
+    for key in ("num_candidates", "curation_threshold", "curated_score", "candidate_score"):
+        assert verify_stats[key] == pytest.approx(reward_stats[key])
+    assert verify_stats["num_verified"] == 50 and verify_stats["verifier_ruler_spearman"] == pytest.approx(1.0)
+    # conditional: where every verifier label is the requested class, verify keeps what `condition` keeps
+    requested = ImageSet(candidates.images, torch.from_numpy(probs.argmax(1)))
+    condition, _ = make_regime("replace", curation="condition", keep_fraction=0.4).curate(requested, probs, 20)
+    verify, _ = verify_regime(probs, True, keep_fraction=0.4).curate(requested, probs, 20)
+    assert np.array_equal(ids(verify), ids(condition))
+
+
+def test_verify_keeps_the_top_scores_it_accepts_not_the_first():
+    top = np.array([0.6, 0.95, 0.7, 0.99, 0.8])
+    kept, stats = verify_regime(probs_with_confidence(top, np.zeros(5, int)), False, verify_threshold=0.65
+                                ).curate(tagged(1, 5), None, 2)
+    assert ids(kept).tolist() == ids(tagged(1, 5))[[1, 3]].tolist()  # the first two accepted would be 1 and 2
+    assert stats["num_verified"] == 4 and stats["curation_threshold"] == pytest.approx(0.95)
+    assert "verifier_ruler_spearman" not in stats  # no ruler probabilities, no agreement to record
+
+
+def test_the_label_check_rejects_a_sample_the_verifier_reads_as_another_class():
+    candidates = tagged(1, 4)  # requested classes 1, 8, 5, 2
+    read = candidates.labels.numpy().copy()
+    read[0] = (read[0] + 1) % 10  # the verifier is sure sample 0 shows another class than was asked for
+    probs = probs_with_confidence(np.array([0.99, 0.6, 0.7, 0.5]), read)
+    kept, stats = verify_regime(probs, True, verify_threshold=0.0).curate(candidates, None, 4)
+    assert ids(kept).tolist() == ids(candidates)[[1, 2, 3]].tolist()
+    assert stats["num_verified"] == 3 and stats["verifier_agreement"] == pytest.approx(0.75)
+    # its score is the requested class's probability, which the wrong reading leaves low
+    assert stats["candidate_score"] == pytest.approx(np.mean([0.01 / 9, 0.6, 0.7, 0.5]))
+
+
+def test_spearman_known_answers():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(size=5000)
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, 2 * a**3 + 1) == pytest.approx(1.0)  # ranks only
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert abs(spearman(a, rng.uniform(size=5000))) < 0.05  # independent: ~0 (sd 1/sqrt(4999) = 0.014)
+    assert spearman(a, np.ones(5000)) is None and spearman(a[:1], a[:1]) is None  # undefined
+
+
+def test_an_unconditional_verify_may_rank_without_a_threshold():
+    """Threshold 0 for an unconditional model is a pure ranking (reward's rule, another judge) once it keeps fewer
+    than all candidates; keeping all at threshold 0 would be no curation, and is refused."""
+    config = validate(compose_config("model=gmm", "regime.curation=verify", "regime.keep_fraction=0.5"))
+    validate_data(config, 1397, 10)
+    top = np.array([0.3, 0.9, 0.5, 0.7])
+    kept, _ = verify_regime(probs_with_confidence(top, np.zeros(4, int)), False, keep_fraction=0.5
+                            ).curate(tagged(1, 4), None, 2)
+    assert ids(kept).tolist() == ids(tagged(1, 4))[[1, 3]].tolist()
 
 
 def test_no_curation_keeps_every_sample_and_adds_no_columns():

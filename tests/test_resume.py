@@ -127,6 +127,15 @@ def test_config_differences_skip_what_cannot_change_results():
     assert config_differences(started, started) == {}
 
 
+def test_the_verifiers_keys_count_only_where_a_verifier_is_trained():
+    started = {"regime": {"curation": "none", "verifier_seed": 1, "verify_threshold": 0.0}}
+    now = {"regime": {"curation": "none", "verifier_seed": 4, "verify_threshold": 0.9}}
+    assert config_differences(started, now) == {}  # a run from before the verifier followed the chain's seed
+    verified = {"regime": {**now["regime"], "curation": "verify"}}
+    assert config_differences({"regime": {**started["regime"], "curation": "verify"}}, verified) == {
+        "regime.verifier_seed": (1, 4), "regime.verify_threshold": (0.0, 0.9)}
+
+
 def test_resume_with_another_config_is_refused_listing_the_keys(run_dir):
     before = stamps(run_dir)
     with pytest.raises(ResumeRefused) as info:

@@ -149,7 +149,8 @@ def test_a_bad_rule_is_refused_naming_the_key(rule: str, bad: str) -> None:
 
 @pytest.mark.parametrize(("test", "match"), [
     ({"arm": "a", "vs_arm": "nope", "metric": "fid", "expect": "better"}, r"vs_arm.*one of the study's arms"),
-    ({"arm": "a", "vs_arm": "short", "metric": "fid", "expect": "better"}, r"generation.*arm short has \(0..2\)"),
+    ({"arm": "a", "vs_arm": "short", "metric": "fid", "expect": "better", "generation": 4},
+     r"vs_generation=4.*arm short has \(0..2\)"),  # `last` reads the last generation both arms have
     ({"arm": "a", "metric": "fid", "expect": "worse"}, r"always 0"),
     ({"arm": "a", "vs_arm": "b", "metric": "my_score", "expect": "worse"}, r"higher or lower"),
     ({"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse", "trusted_for": "blurr"}, r"trusted_for.*blur"),
@@ -159,10 +160,25 @@ def test_a_bad_rule_is_refused_naming_the_key(rule: str, bad: str) -> None:
      r"rule\.suported"),
     ({"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse", "rule": {"supported": "lo"}},
      r"a rule is a comparison"),
+    ({"kind": "crosed", "arm": "a", "vs_arm": "b", "metric": "fid"}, r"kind.*one of \['difference', 'crossed'"),
+    ({"kind": "crossed", "arm": "a", "vs_arm": "b", "metric": "fid"}, r"mirror.*\{arm: B via A, vs_arm"),
+    ({"kind": "crossed", "arm": "a", "vs_arm": "b", "mirror": {"arm": "a", "vs_arm": "short"}, "metric": "fid"},
+     r"four different arms"),
+    ({"kind": "crossed", "arm": "a", "vs_arm": "b", "mirror": {"arm": "c", "vs_arm": "short"}, "metric": "fid",
+      "expect": "worse"}, r"expect.*absent in a test of kind crossed"),
+    ({"kind": "crossed", "arm": "a", "vs_arm": "b", "mirror": {"arm": "c", "vs_arm": "short"}, "metric": "fid",
+      "generation": 4}, r"generation=4.*arm short has \(0..2\)"),
+    ({"kind": "crossed", "arm": "a", "vs_arm": "b", "mirror": {"arm": "c", "vs_arm": "d"}, "metric": "my_score"},
+     r"metrics.*which way is worse is not known for 'my_score'"),
+    ({"kind": "deceleration", "arm": "a", "vs_arm": "b", "metric": "fid"}, r"vs_arm.*reads one arm's own curve"),
+    ({"kind": "deceleration", "arm": "a", "metric": "fid", "vs_generation": 0}, r"vs_generation.*absent"),
+    ({"kind": "deceleration", "arm": "a", "metric": "fid", "generation": 1}, r"generation=1.*a generation >= 2"),
+    ({"arm": "a", "member": "model", "vs_arm": "b", "metric": "fid_mean_within", "expect": "worse"},
+     r"metrics.*a population scores each member on"),
 ])
 def test_a_bad_test_is_refused_when_the_study_loads(test: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        check_claims({"c": {"statement": "s", "tests": [test]}}, {}, {"a": 5, "b": 5, "short": 2})
+        check_claims({"c": {"statement": "s", "tests": [test]}}, {}, {"a": 5, "b": 5, "c": 5, "d": 5, "short": 2})
 
 
 def test_best_at_1_metrics_count_the_distance_from_1(tmp_path: Path) -> None:
@@ -217,6 +233,83 @@ def test_the_claims_study_shares_generation_0_where_it_is_the_same_fit() -> None
     assert by_arm["verify"].shares_with == by_arm["reward"].shares_with == by_arm["other_family"].shares_with \
         == "self/seed_3"
     assert by_arm["longtail"].shares_with is None  # other data
+
+
+def test_a_two_sided_claim_names_its_directions_and_joins_its_tests_as_one_family() -> None:
+    test = {"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse"}
+    check_claims({"q": {"statement": "s", "two_sided": ["faster", "slower"], "tests": [test]}}, {}, {"a": 2, "b": 2})
+    with pytest.raises(ConfigError, match=r"two_sided.*two words"):
+        check_claims({"q": {"statement": "s", "two_sided": ["faster"], "tests": [test]}}, {}, {"a": 2, "b": 2})
+    with pytest.raises(ConfigError, match=r"combine.*absent in a two-sided claim"):
+        check_claims({"q": {"statement": "s", "two_sided": ["faster", "slower"], "combine": "and", "tests": [test]}},
+                     {}, {"a": 2, "b": 2})
+
+
+def test_an_arm_may_have_its_own_horizon_by_model() -> None:
+    from imgcollapse.study import StudyConfig, arms_of, check_study
+
+    study = StudyConfig(name="h", generation={"gmm": 3, "vae": 2}, arms={
+        "own": ["regime=replace"], "long": {"overrides": ["regime=accumulate"], "generation": {"gmm": 10}}},
+        claims={"c": {"statement": "s", "tests": [{"kind": "deceleration", "arm": "long", "metric": "fid"}]}})
+    assert {a.name: a.generation for a in arms_of(study, "gmm")} == {"own": 3, "long": 10}
+    assert {a.name: a.generation for a in arms_of(study, "vae")} == {"own": 2, "long": 2}  # the study's horizon
+    check_study(study)
+    study.generation = {"gmm": 3, "vae": 1}  # the deceleration needs two steps at every model's horizon
+    with pytest.raises(ConfigError, match=r"generation=1 .*a generation >= 2"):
+        check_study(study)
+    study.arms["long"]["generation"] = {"gmm": 10, "nope": 4}
+    with pytest.raises(ConfigError, match=r"study\.arms\.long\.generation.*model kinds"):
+        check_study(study)
+
+
+def test_the_claims_study_plans_the_crossed_design_and_long_accumulation_for_every_model() -> None:
+    """The claims study's arms for other_family, other_family_pool and accumulation_avoids, planned for each model:
+    the horizons, the shared generations 0 (B via A adopts B's own loop's model), and the home-family check."""
+    from imgcollapse.study import families_in_turn, load_study, plan
+
+    claims, _ = load_study(["study=claims"])
+    wanted = ("other_family", "other_family_pool", "accumulation_avoids")
+    claims.claims = {k: v for k, v in claims.claims.items() if k in wanted}
+    used = {a for c in claims.claims.values() for t in c["tests"]
+            for a in (t["arm"], t.get("vs_arm"), *(t.get("mirror") or {}).values()) if a}
+    claims.arms = {k: v for k, v in claims.arms.items() if k in used}
+    claims.seeds = [3]
+    assert set(claims.arms) == {"self", "accumulate_growing", "accumulate_fixed", "other_family", "other_self",
+                                "other_via_model", "mixed_pool"}
+    for model, long in (("gmm", 10), ("vae", 10), ("ddpm", 2)):
+        by_arm = {c.arm: c for c in plan(claims, [f"model={model}"], threads=1)}
+        assert by_arm["accumulate_growing"].generation == by_arm["accumulate_fixed"].generation == long
+        assert {by_arm[a].generation for a in ("other_family", "other_self", "other_via_model")} == {2}
+        assert by_arm["self"].generation == (3 if model == "gmm" else 2)
+        assert by_arm["other_family"].shares_with == "self/seed_3"  # A via B: A's generation-0 model
+        assert by_arm["other_via_model"].shares_with == "other_self/seed_3"  # B via A: B's
+        assert by_arm["other_self"].shares_with is None
+        from imgcollapse.config import compose, validate
+
+        pool = validate(compose(*claims.overrides, *claims.arms["mixed_pool"]["by_model"].get(
+            model, claims.arms["mixed_pool"]["overrides"]), f"model={model}"))
+        assert families_in_turn(pool) == (["population"], [model, "other"])  # the test reads fid_<model>
+        other = validate(compose(*claims.overrides, *claims.arms["other_via_model"]["by_model"].get(
+            model, claims.arms["other_via_model"]["overrides"]), f"model={model}"))
+        assert families_in_turn(other)[0] == ["other", model]
+
+
+def test_the_plan_refuses_a_comparison_at_a_generation_the_home_family_did_not_train(
+        capsys: pytest.CaptureFixture) -> None:
+    from imgcollapse.study import StudyConfig, main, plan
+
+    alternating = ["regime=replace", "+model@families.other=gmm", "chain.models=[model,other]"]
+    study = StudyConfig(name="h", seeds=1, generation=3, overrides=["model=gmm", "debug=smoke"],
+                        arms={"self": ["regime=replace"], "alt": alternating},
+                        claims={"c": {"statement": "s", "tests": [{"name": "alt vs own", "arm": "alt", "vs_arm": "self",
+                                                                     "metric": "fid", "expect": "worse"}]}})
+    with pytest.raises(ConfigError, match=r"tests\[0\]\.generation=3 .*test 'alt vs own' of claim c: arm alt's "
+                                          r"generation 3 was trained by other, not by its home family gmm"):
+        plan(study, [], threads=1)
+    study.claims["c"]["tests"][0]["generation"] = 2
+    assert len(plan(study, [], threads=1)) == 2
+    assert main(["--plan", *STUDY, "study.dir=/nonexistent/never_written"]) == 0  # plans, writes nothing
+    assert "the plan is valid" in capsys.readouterr().out and not Path("/nonexistent/never_written").exists()
 
 
 def test_the_generation0_signature_ignores_what_generation_0_never_reads() -> None:

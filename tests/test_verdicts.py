@@ -19,7 +19,16 @@ from imgcollapse.verdicts import stats
 from imgcollapse.verdicts.judge import judge, verdict_of
 from imgcollapse.verdicts.plan import plan_hash, plan_status, register_plan
 from imgcollapse.verdicts.rules import RULE, controls_level
-from imgcollapse.verdicts.simulate import Shape, decide, null_draws, null_table, shapes_of
+from imgcollapse.verdicts.simulate import (
+    Shape,
+    crossed_chains,
+    crossed_draws,
+    deceleration_draws,
+    decide,
+    null_draws,
+    null_table,
+    shapes_of,
+)
 
 CLAIMS = yaml.safe_load((CONF_DIR / "study" / "claims.yaml").read_text())
 SIMS = 12_000
@@ -268,3 +277,216 @@ def test_a_null_studys_report_counts_what_it_decided_with_an_exact_interval() ->
     assert found["claims"]["decided"] == 1 and found["claims"]["of"] == 4
     assert found["metrics"] == pytest.approx({"decided": 1, "of": 4, "rate": 0.25, "lo": 0.00631, "hi": 0.80588},
                                              abs=1e-4)  # Clopper-Pearson for 1 of 4; a non-voting metric not counted
+
+
+# Test kinds: a crossed design (source family × learner family) and a deceleration --------------------------------
+CROSSED = Shape("any", ((3, "any"),))  # claim other_family: one two-sided test of three metrics
+
+
+def test_a_worse_family_cancels_in_a_crossed_design_and_is_decided_at_most_alpha() -> None:
+    """No interaction, family B adds 20 times A's error every generation (a far worse sampler whoever it learns
+    from): d is 0 in expectation and the two-sided claim is decided at most alpha of the time. One scale per family
+    (the obvious alternative) turns that main effect into a 'faster' almost always."""
+    rng = np.random.default_rng(11)
+    for n in (3, 5):
+        for rho in (0.0, 0.8):
+            d = crossed_draws(SIMS, 3, n, rng, main=19.0, rho=rho)
+            assert abs(d.mean()) < 0.01
+            sup, con = decide(d, CROSSED)
+            assert (sup | con).mean() <= 0.05 + TOLERANCE, (n, rho)
+            assert sup.mean() <= 0.025 + TOLERANCE and con.mean() <= 0.025 + TOLERANCE
+    deltas, excess_a, excess_b = crossed_chains(4000, 3, 3, rng, main=19.0)
+    per_family = 0.5 * ((deltas[0] - deltas[1]) / excess_a.mean(-1, keepdims=True)
+                        + (deltas[2] - deltas[3]) / excess_b.mean(-1, keepdims=True))
+    sup, _ = decide(per_family, CROSSED)
+    assert sup.mean() > 0.5  # the known failure the single scale avoids
+
+
+@pytest.mark.parametrize(("interaction", "verdict"), [(1.0, "supported"), (-1.0, "contradicted")])
+def test_a_true_interaction_is_found_with_its_sign(interaction: float, verdict: str) -> None:
+    rng = np.random.default_rng(12)
+    d = crossed_draws(4000, 3, 3, rng, main=4.0, interaction=interaction, noise=0.2)
+    assert d.mean() == pytest.approx(2 * interaction / 3.0, rel=0.05)  # 2 cross steps, in units of (1 + 5) / 2
+    sup, con = decide(d, CROSSED)
+    assert (sup if verdict == "supported" else con).mean() > 0.9 and (con if verdict == "supported" else sup).mean() \
+        < 0.01
+
+
+def crossed_rows(main: float, interaction: float, seeds: int = 3, generation: int = 2, noise: float = 0.05,
+                 seed: int = 13) -> tuple[list[dict], dict]:
+    """study.csv rows of the four chains of a crossed design (families A = gmm, B = other) by the additive model of
+    simulate.crossed_chains, FID 4 at the real floor; and each chain's floors by run dir."""
+    rng = np.random.default_rng(seed)
+    cost = {"gmm": 1.0, "other": 1.0 + main}
+    arms = {"via": ["gmm", "other"], "self": ["gmm"], "mirror_via": ["other", "gmm"], "mirror_self": ["other"]}
+    rows = []
+    for arm, turns in arms.items():
+        for s in range(seeds):
+            e = cost[turns[0]] + noise * rng.standard_normal()
+            for g in range(generation + 1):
+                if g:
+                    learner, source = turns[g % len(turns)], turns[(g - 1) % len(turns)]
+                    e += cost[learner] + interaction * (learner != source) + noise * rng.standard_normal()
+                rows.append({"arm": arm, "seed": s, "generation": g, "fid": 4.0 + e, "family": turns[g % len(turns)]})
+    return rows, {f"{arm}/seed_{s}": {"fid": 4.0} for arm in arms for s in range(seeds)}
+
+
+CROSSED_CLAIM = {"q": {"statement": "does another family's output change collapse?", "two_sided": ["faster", "slower"],
+                       "tests": [{"name": "interaction", "kind": "crossed", "arm": "via", "vs_arm": "self",
+                                  "mirror": {"arm": "mirror_via", "vs_arm": "mirror_self"}, "metric": "fid"}]}}
+
+
+def test_the_study_reads_a_crossed_design_from_its_rows(tmp_path: Path) -> None:
+    arms = ["via", "self", "mirror_via", "mirror_self"]
+    rows, floors = crossed_rows(main=9.0, interaction=0.0)
+    claim = judge(rows, record_for(arms, CROSSED_CLAIM), tmp_path, floors)["claims"]["q"]
+    test = claim["tests"][0]
+    assert test["kind"] == "crossed" and test["generation"] == 2 and test["scale"] == pytest.approx(5.5, abs=0.1)
+    assert abs(test["last"]["mean"]) < 0.1 and claim["verdict"] == "inconclusive"  # 18 FID of main effect, d ≈ 0
+    assert "units of the two families' mean generation-0 excess fid" in test["scale_note"]
+    rows, floors = crossed_rows(main=9.0, interaction=1.5)
+    claim = judge(rows, record_for(arms, CROSSED_CLAIM), tmp_path, floors)["claims"]["q"]
+    assert claim["verdict"] == "differs" and claim["direction"] == "faster" and claim["level"] == 0.05
+    assert claim["tests"][0]["last"]["mean"] == pytest.approx(3.0 / 5.5, abs=0.05)  # 2 x 1.5 FID, scale (1 + 10) / 2
+    assert "d > 0 (faster) in 3 of 3 seeds" in claim["reason"]
+    from imgcollapse.report.study import claims_markdown
+
+    table = claims_markdown({"claims": {"q": claim}})
+    assert "**differs (faster)** (5% (two-sided))" in table and "(via − self) + (mirror_via − mirror_self)" in table
+    rows, floors = crossed_rows(main=9.0, interaction=-1.5)
+    claim = judge(rows, record_for(arms, CROSSED_CLAIM), tmp_path, floors)["claims"]["q"]
+    assert (claim["verdict"], claim["direction"]) == ("differs", "slower")
+    without = judge(rows, record_for(arms, CROSSED_CLAIM), tmp_path)["claims"]["q"]["tests"][0]  # no run.json: raw FID
+    assert without["scale"] == 1.0 and without["last"]["mean"] == pytest.approx(-3.0, abs=0.3)
+
+
+def test_a_crossed_design_reads_the_same_verdicts_as_the_simulation(tmp_path: Path) -> None:
+    """The scalar path (rows → judge) and the arrays (stats.interaction → simulate.decide) on the same draws: the same
+    d and the same verdicts."""
+    arms = ["via", "self", "mirror_via", "mirror_self"]
+    seen = set()
+    for k in range(60):
+        rows, floors = crossed_rows(main=4.0, interaction=0.6 * (k % 3 - 1), noise=0.5, seed=100 + k)
+        claim = judge(rows, record_for(arms, CROSSED_CLAIM), tmp_path, floors)["claims"]["q"]
+        value = {(r["arm"], r["seed"], r["generation"]): r["fid"] for r in rows}
+        deltas = [np.array([value[a, s, 2] - value[a, s, 0] for s in range(3)]) for a in arms]
+        scale = np.mean([value[a, s, 0] - 4.0 for a in ("self", "mirror_self") for s in range(3)])
+        d = stats.interaction(*deltas, scale=scale)
+        assert claim["tests"][0]["per_seed"] == pytest.approx(list(d))
+        sup, con = decide(d[None, None, :], Shape("any", ((1, "any"),)))
+        expected = ("differs", "faster") if sup[0] else ("differs", "slower") if con[0] else ("inconclusive", None)
+        assert (claim["verdict"], claim.get("direction")) == expected
+        seen.add(expected)
+    assert len(seen) == 3
+
+
+def deceleration_rows(curve: list[float], seeds: int = 3, noise: float = 0.05, seed: int = 14) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"arm": "acc", "seed": s, "generation": g, "fid": v + noise * rng.standard_normal()}
+            for s in range(seeds) for g, v in enumerate(curve)]
+
+
+BOUNDED = {"b": {"statement": "bounded", "tests": [{"name": "decelerates", "kind": "deceleration", "arm": "acc",
+                                                     "metric": "fid"}]}}
+
+
+def test_deceleration_tells_bounded_from_linear_growth(tmp_path: Path) -> None:
+    linear = judge(deceleration_rows([5 + 2 * g for g in range(11)]), record_for(["acc"], BOUNDED, generation=10),
+                   tmp_path)["claims"]["b"]
+    assert linear["verdict"] != "supported" and abs(linear["tests"][0]["last"]["mean"]) < 0.3
+    saturating = [5 + 6 * (1 - math.exp(-g)) for g in range(11)]
+    bounded = judge(deceleration_rows(saturating), record_for(["acc"], BOUNDED, generation=10), tmp_path)["claims"]["b"]
+    test = bounded["tests"][0]
+    assert bounded["verdict"] == "supported" and test["generation"] == 10
+    assert test["last"]["mean"] == pytest.approx((saturating[1] - saturating[0]) - (saturating[10] - saturating[9]),
+                                                 abs=0.2)
+    recall = [{**r, "recall": 1 - r.pop("fid") / 20} for r in deceleration_rows(saturating)]  # lower is worse
+    claim = {"b": {**BOUNDED["b"], "tests": [{**BOUNDED["b"]["tests"][0], "metric": "recall"}]}}
+    assert judge(recall, record_for(["acc"], claim, generation=10), tmp_path)["claims"]["b"]["verdict"] == "supported"
+    accelerating = judge(deceleration_rows([5 + 0.2 * g * g for g in range(11)]),
+                         record_for(["acc"], BOUNDED, generation=10), tmp_path)["claims"]["b"]
+    assert accelerating["verdict"] == "contradicted"
+
+
+def test_linear_growth_is_called_bounded_at_most_alpha_of_the_time() -> None:
+    rng = np.random.default_rng(15)
+    one = Shape("or", ((1, "any"),))
+    for n in (3, 5):
+        sup, con = decide(deceleration_draws(SIMS, 1, n, rng, generation=10, growth="linear", rate=3.0), one)
+        assert sup.mean() <= 0.025 + TOLERANCE and (sup | con).mean() <= 0.05 + TOLERANCE
+    sup, _ = decide(deceleration_draws(4000, 1, 3, rng, generation=10, growth="saturating", noise=0.2), one)
+    assert sup.mean() > 0.9
+
+
+def test_the_plan_refuses_a_generation_the_home_family_did_not_train() -> None:
+    from imgcollapse.errors import ConfigError
+    from imgcollapse.verdicts.rules import check_homes
+
+    turns = {"self": ["gmm"], "alt": ["gmm", "other"], "other_self": ["other"], "other_alt": ["other", "gmm"],
+             "pool": ["population"]}
+    generations = dict.fromkeys(turns, 3)
+    plain = {"c": {"statement": "s", "tests": [{"name": "alt vs own", "arm": "alt", "vs_arm": "self",
+                                                 "metric": "fid", "expect": "worse"}]}}
+    with pytest.raises(ConfigError, match=r"study\.claims\.c\.tests\[0\]\.generation=3 .*test 'alt vs own'.*arm "
+                                          r"alt's generation 3 was trained by other, not by its home family gmm.*such "
+                                          r"as 2"):
+        check_homes(plain, generations, turns, {}, "gmm")
+    check_homes({"c": {"tests": [{**plain["c"]["tests"][0], "generation": 2}]}}, generations, turns, {}, "gmm")
+    crossed = {"q": {"tests": [{"kind": "crossed", "arm": "alt", "vs_arm": "self", "metric": "fid",
+                                "mirror": {"arm": "other_alt", "vs_arm": "other_self"}}]}}
+    with pytest.raises(ConfigError, match=r"arm alt's generation 3 was trained by other"):
+        check_homes(crossed, generations, turns, {}, "gmm")  # `last`: 3, odd
+    crossed["q"]["tests"][0]["generation"] = 2
+    check_homes(crossed, generations, turns, {}, "gmm")
+    same = {"q": {"tests": [{**crossed["q"]["tests"][0], "mirror": {"arm": "other_alt", "vs_arm": "self2"}}]}}
+    with pytest.raises(ConfigError, match=r"mirror\.vs_arm.*the other family's own loop; self and self2 are both"):
+        check_homes(same, {**generations, "self2": 3}, {**turns, "self2": ["gmm"]}, {}, "gmm")
+    swapped = {"q": {"tests": [{**crossed["q"]["tests"][0], "arm": "other_alt", "mirror": {"arm": "alt",
+                                                                                         "vs_arm": "other_self"}}]}}
+    with pytest.raises(ConfigError, match=r"tests\[0\]\.arm='other_alt'.*an alternation that starts with gmm"):
+        check_homes(swapped, generations, turns, {}, "gmm")
+    decelerating = {"b": {"tests": [{"kind": "deceleration", "arm": "alt", "metric": "fid"}]}}
+    with pytest.raises(ConfigError, match=r"arm alt's generation 1 was trained by other"):  # its first step's end
+        check_homes(decelerating, generations, turns, {}, "gmm")
+    member = {"m": {"tests": [{"arm": "pool", "member": "model", "vs_arm": "self", "metric": "fid",
+                               "expect": "worse"}]}}
+    check_homes(member, generations, turns, {"pool": ["gmm", "other"]}, "gmm")
+    with pytest.raises(ConfigError, match=r"member.*a member of arm pool's population \['vae', 'other'\].*`model` is "
+                                          r"gmm"):
+        check_homes(member, generations, turns, {"pool": ["vae", "other"]}, "gmm")
+
+
+def test_a_population_members_column_is_read_against_the_other_arm(tmp_path: Path) -> None:
+    rows = [{"arm": "pool", "seed": s, "generation": g, "fid": 50.0, "fid_vae": 10 + 3 * g + 0.1 * s,
+             "fid_other": 40.0} for s in range(3) for g in range(3)]
+    rows += [{"arm": "self", "seed": s, "generation": g, "fid": 10 + 2 * g} for s in range(3) for g in range(3)]
+    claims = {"m": {"statement": "s", "two_sided": ["faster", "slower"], "tests": [
+        {"arm": "pool", "member": "model", "vs_arm": "self", "metric": "fid", "change": True, "expect": "worse"}]}}
+    record = {**record_for(["pool", "self"], claims), "model": "vae"}
+    claim = judge(rows, record, tmp_path)["claims"]["m"]
+    test = claim["tests"][0]
+    assert test["metric"] == "fid_vae" and test["vs_metric"] == "fid" and test["difference"] == "fid_vae − fid"
+    assert test["per_seed"] == pytest.approx([2.0, 2.0, 2.0])  # +6 in the pool against +4 alone
+    assert "fid_vae" in claim["reason"]
+
+
+def test_a_comparison_at_the_same_generation_reads_the_last_both_arms_have(tmp_path: Path) -> None:
+    """An arm may run longer than the arm it is compared with (its own horizon, for another test)."""
+    from imgcollapse.verdicts.rules import check_claims
+
+    claims = {"c": {"statement": "s", "tests": [{"arm": "long", "vs_arm": "short", "metric": "fid",
+                                                 "expect": "better"}]}}
+    check_claims(claims, {}, {"long": 10, "short": 3})
+    rows = rows_for({"long": [[5 + g for g in range(11)]] * 3, "short": [[5, 7, 9, 11]] * 3})
+    record = {**record_for(["short"], claims, generation=3)}
+    record["chains"] += [{**c, "arm": "long", "generation": 10, "run_dir": f"long/seed_{c['seed']}"}
+                         for c in record["chains"]]
+    test = judge(rows, record, tmp_path)["claims"]["c"]["tests"][0]
+    assert (test["generation"], test["vs_generation"]) == (3, 3) and test["per_seed"] == [3, 3, 3]
+
+
+def test_an_arms_own_horizon_is_part_of_the_plan() -> None:
+    study = {"seeds": [3], "generation": {"gmm": 3}, "arms": {"a": {"overrides": ["regime=accumulate"],
+                                                                  "generation": {"gmm": 10}}}, "claims": {}}
+    assert plan_hash(study, []) != plan_hash({**study, "arms": {"a": {"overrides": ["regime=accumulate"],
+                                                                      "generation": {"gmm": 11}}}}, [])

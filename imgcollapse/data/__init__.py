@@ -21,6 +21,9 @@ class Splits:
     # the real floor: real images like the held-out split's (same size, same class make-up) that the metrics
     # classifier does not train on; drawn from the pool before any long tail (None: the metrics draw it)
     floor: ImageSet | None = None
+    # the pool the metrics classifier learns from (less the floor): the pool before any long tail, so one ruler
+    # scores every arm (None: the training pool itself)
+    ruler_pool: ImageSet | None = None
 
     def fingerprint(self) -> dict[str, str]:
         """Content hashes of the training pool and held-out split: what a resume compares."""
@@ -41,6 +44,7 @@ class DatasetConfig:
     channels: int = MISSING
     split_seed: int = MISSING
     long_tail: float = MISSING
+    tail_seed: int | None = MISSING  # which classes the long tail makes rare (transforms.tail_order); None: by index
 
     def check(self) -> None:
         """The shared keys; a dataset's own keys are checked by its subclass."""
@@ -49,3 +53,5 @@ class DatasetConfig:
         require(self.long_tail >= 0, "dataset.long_tail", self.long_tail,
                 "a Zipf exponent ≥ 0 (0: classes as they are)")
         require(0 <= self.split_seed < 2**32, "dataset.split_seed", self.split_seed, "an integer in [0, 2**32)")
+        require(self.tail_seed is None or 0 <= self.tail_seed < 2**32, "dataset.tail_seed", self.tail_seed,
+                "null (the class index is the rank) or an integer in [0, 2**32)")

@@ -37,4 +37,5 @@ def load_digits(config: DigitsConfig) -> Splits:
     labels = torch.from_numpy(bunch.target.astype(np.int64))
     data = ImageSet(images, labels, [str(int(n)) for n in bunch.target_names])
     splits = split(data, config.num_heldout, config.split_seed)
-    return finish(splits, config.long_tail, config.split_seed, {"source": "sklearn digits"})
+    return finish(splits, config.long_tail, config.split_seed, {"source": "sklearn digits"},
+                  tail_seed=config.tail_seed)

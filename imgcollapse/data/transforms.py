@@ -59,12 +59,15 @@ def class_counts(data: ImageSet) -> list[int] | None:
     return torch.bincount(data.labels, minlength=data.num_classes).tolist()
 
 
-def long_tail_counts(available: list[int], exponent: float) -> list[int]:
-    """Zipf-style class sizes: class k keeps about m·(k+1)^-exponent images, m as large as `available` allows.
+def long_tail_counts(available: list[int], exponent: float, order: list[int] | None = None) -> list[int]:
+    """Zipf-style class sizes: the class of rank r keeps about m·(r+1)^-exponent images, m as large as `available`
+    allows; `order` lists the classes from the most to the least frequent (None: by index, class 0 the most).
 
-    Class 0 is the most frequent and the last class the rarest; every class that has images keeps at least one.
+    Every class that has images keeps at least one.
     """
-    weights = (np.arange(len(available)) + 1.0) ** -exponent
+    order = list(range(len(available))) if order is None else [int(k) for k in order]
+    weights = np.empty(len(available))
+    weights[order] = (np.arange(len(available)) + 1.0) ** -exponent
     present = [k for k, a in enumerate(available) if a > 0]
     if not present:
         return [0] * len(available)
@@ -72,15 +75,25 @@ def long_tail_counts(available: list[int], exponent: float) -> list[int]:
     return [max(1, round(scale * weights[k])) if available[k] > 0 else 0 for k in range(len(available))]
 
 
-def long_tail(data: ImageSet, exponent: float, seed: int) -> ImageSet:
-    """Subsample a labelled set so class k has about (k+1)^-exponent times the images of class 0 (0: as is)."""
+def tail_order(num_classes: int, tail_seed: int | None) -> list[int]:
+    """The classes from the most to the least frequent in a long tail: drawn by `tail_seed`, so that across a
+    study's seeds the rare classes are not always the same ones (whose difficulty would read as rarity); None: by
+    class index."""
+    if tail_seed is None:
+        return list(range(num_classes))
+    return [int(k) for k in np.random.default_rng(np.random.SeedSequence([tail_seed, 13])).permutation(num_classes)]
+
+
+def long_tail(data: ImageSet, exponent: float, seed: int, tail_seed: int | None = None) -> ImageSet:
+    """Subsample a labelled set so the class of rank r has about (r+1)^-exponent times the images of the first
+    (0: as is); the ranks are `tail_order(tail_seed)`."""
     if exponent == 0:
         return data
     if data.labels is None or data.num_classes is None:
         raise ValueError("a long tail needs class labels")
     labels = data.labels.numpy()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
-    counts = long_tail_counts(class_counts(data), exponent)  # type: ignore[arg-type]
+    counts = long_tail_counts(class_counts(data), exponent, tail_order(data.num_classes, tail_seed))  # type: ignore[arg-type]
     kept = [rng.choice(np.flatnonzero(labels == k), n, replace=False) for k, n in enumerate(counts) if n]
     return data.subset(np.sort(np.concatenate(kept)))
 
@@ -98,23 +111,27 @@ def floor_split(pool: ImageSet, size: int, seed: int) -> ImageSet:
     return pool.subset(np.sort(kept))
 
 
-def long_tail_splits(splits: Splits, exponent: float, seed: int) -> Splits:
+def long_tail_splits(splits: Splits, exponent: float, seed: int, tail_seed: int | None = None) -> Splits:
     """The long tail on the training pool only. The held-out split and the floor are drawn first and keep every
     class (about num_heldout / K images each), so tail classes are scored against enough real images and the
-    held-out covariance stays full rank."""
+    held-out covariance stays full rank; the balanced pool is kept as `ruler_pool`, so the metrics classifier that
+    scores a long-tailed arm is the one that scores every other arm."""
     if exponent == 0:
         return splits
-    return Splits(long_tail(splits.train, exponent, seed), splits.heldout, splits.info, splits.floor)
+    return Splits(long_tail(splits.train, exponent, seed, tail_seed), splits.heldout, splits.info, splits.floor,
+                  ruler_pool=splits.train)
 
 
-def finish(splits: Splits, exponent: float, seed: int, info: dict) -> Splits:
+def finish(splits: Splits, exponent: float, seed: int, info: dict, tail_seed: int | None = None) -> Splits:
     """Every loader's last step: the optional long tail, then what run.json should say about the data."""
     if exponent and splits.train.labels is None:
         raise UserError(f"dataset.long_tail={exponent} needs class labels, and this dataset has none "
                         "(a folder gets labels from class subfolders); set dataset.long_tail=0")
     splits.floor = floor_split(splits.train, len(splits.heldout), seed)
-    splits = long_tail_splits(splits, exponent, seed)
+    splits = long_tail_splits(splits, exponent, seed, tail_seed)
     splits.info = {**info, "long_tail": exponent}
+    if exponent:
+        splits.info["tail_order"] = tail_order(splits.train.num_classes, tail_seed)  # type: ignore[arg-type]
     if splits.train.labels is not None:
         splits.info["class_counts"] = {"train": class_counts(splits.train), "heldout": class_counts(splits.heldout),
                                        "floor": class_counts(splits.floor) if splits.floor is not None else None}

@@ -40,9 +40,10 @@ from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_VERSION = 4  # bump when changes, strengths, the verdict rule or the scores change: invalidates cached
+CALIBRATION_VERSION = 5  # bump when changes, strengths, the verdict rule or the scores change: invalidates cached
 # calibrations (2: per-class scores no longer depend on the bootstrap count; 3: its own noise resamples, the facts'
-# directions, fid_mean_within, "not checked"; 4: the noise from the interval's unclipped side)
+# directions, fid_mean_within, "not checked"; 4: the noise from the interval's unclipped side; 5: per-class scores at
+# one fixed size, absent classes, the real data's density tails)
 FILE = "calibration.json"
 FIGURE = "calibration.png"
 # change -> (what it stands for, strengths after "none", what a strength means)
@@ -211,8 +212,8 @@ def calibration_key(splits: Splits, metrics: Metrics) -> str:
     key = {"data": splits.fingerprint(), "extractors": [s.memo.extractor.fingerprint for s in metrics.spaces],
            "names": [s.name for s in metrics.spaces], "size": metrics.size, "seed": metrics.seed,
            "version": CALIBRATION_VERSION,
-           **{k: settings[k] for k in ("nearest_k", "subsets", "near_copy_ratio", "tail_fraction",
-                                       "lost_threshold", "kid_subsets", "kid_subset_size")}}
+           **{k: settings[k] for k in ("nearest_k", "subsets", "near_copy_ratio", "tail_fraction", "class_size",
+                                       "density_fraction", "lost_threshold", "kid_subsets", "kid_subset_size")}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -6,14 +6,18 @@ from __future__ import annotations
 from imgcollapse.metrics.scores import MEMORIZATION, PRDC
 
 SUFFIX = {"classifier": "", "inception": "_inception", "pixel": "_pixel"}  # column suffix of each feature space
-SET_COLUMNS = ("fid", "fid_mean", "fid_cov", "kid", *PRDC)  # equal-size set comparisons (each with `_sd`)
+# the real data's own tails: coverage of the held-out images in its lowest- and highest-density decile
+DENSITY_COLUMNS = ("coverage_low_density", "coverage_high_density")
+SET_COLUMNS = ("fid", "fid_mean", "fid_cov", "kid", *PRDC, *DENSITY_COLUMNS)  # equal-size set comparisons (each with
+# `_sd`)
 SPACE_COLUMNS = (*SET_COLUMNS, *MEMORIZATION)
 PIXEL_COLUMNS = tuple(c + SUFFIX["pixel"] for c in MEMORIZATION)
 CLASS_COLUMNS = ("fid_mean_within", "confidence", "confident_share", "class_js", "class_kl", "class_kl_real",
                  "class_tv", "class_entropy", "tail_ratio", "lost_classes", "recall_tail", "coverage_tail",
-                 "recall_head", "coverage_head")
+                 "recall_head", "coverage_head", "absent_tail", "absent_head")
 BOUNDED = {"precision", "recall", "coverage", "near_copy_share", "null_near_copy_share", "confidence",
-           "confident_share", "class_js", "class_tv", "recall_tail", "coverage_tail", "recall_head", "coverage_head"}
+           "confident_share", "class_js", "class_tv", "recall_tail", "coverage_tail", "recall_head", "coverage_head",
+           "absent_tail", "absent_head", *DENSITY_COLUMNS}
 # (not KID: unbiased, it can dip below 0)
 UNSIGNED = {"fid", "fid_mean", "fid_cov", "density", "train_distance", "null_distance", "memorization_ratio",
             "class_kl", "class_kl_real", "class_entropy", "tail_ratio", "lost_classes"}

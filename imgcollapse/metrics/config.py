@@ -28,6 +28,8 @@ class MetricsConfig:
     kid_subset_size: int = MISSING
     near_copy_ratio: float = MISSING
     tail_fraction: float = MISSING
+    class_size: int = MISSING  # per-class recall and coverage compare this many images of a class (fixed n and k)
+    density_fraction: float = MISSING  # the real data's low- and high-density tails: this share of the held-out split
     lost_threshold: float = MISSING
     classifier_epochs: int = MISSING
     classifier_seed: int = MISSING
@@ -55,6 +57,8 @@ class MetricsConfig:
         require(self.kid_subset_size >= 2, "metrics.kid_subset_size", self.kid_subset_size, "an integer ≥ 2")
         require(0 < self.near_copy_ratio <= 1, "metrics.near_copy_ratio", self.near_copy_ratio, "a fraction in (0, 1]")
         require(0 < self.tail_fraction <= 1, "metrics.tail_fraction", self.tail_fraction, "a fraction in (0, 1]")
+        require(0 < self.density_fraction <= 0.5, "metrics.density_fraction", self.density_fraction,
+                "a fraction in (0, 0.5]: the lowest- and highest-density shares must not overlap")
         require(0 < self.lost_threshold <= 1, "metrics.lost_threshold", self.lost_threshold, "a fraction in (0, 1]")
         require(self.classifier_epochs >= 1, "metrics.classifier_epochs", self.classifier_epochs, "an integer ≥ 1")
         require(self.classifier_seed >= 0, "metrics.classifier_seed", self.classifier_seed, "an integer ≥ 0")
@@ -68,6 +72,8 @@ class MetricsConfig:
         """prdc needs k neighbours of each sample; a scored subset must be one of the samples."""
         require(num_synthetic > self.nearest_k + 1, "metrics.nearest_k", self.nearest_k,
                 f"smaller than num_synthetic - 1 = {num_synthetic - 1}: prdc needs k neighbours of each sample")
+        require(self.class_size >= self.nearest_k + 2, "metrics.class_size", self.class_size,
+                f"an integer ≥ metrics.nearest_k + 2 = {self.nearest_k + 2}: prdc needs k neighbours besides an image")
         require(self.num_samples is None or self.nearest_k + 1 < self.num_samples <= num_synthetic,
                 "metrics.num_samples", self.num_samples,
                 f"null (all samples) or an integer in ({self.nearest_k + 1}, num_synthetic={num_synthetic}]")

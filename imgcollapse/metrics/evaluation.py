@@ -27,7 +27,7 @@ from imgcollapse.metrics.features import (
     load_or_train_classifier,
 )
 from imgcollapse.metrics.reference import load_or_build_reference
-from imgcollapse.metrics.scores import class_frequencies
+from imgcollapse.metrics.scores import class_frequencies, density_deciles, heldout_radii
 from imgcollapse.metrics.scoring import class_scores, memorization_scores, set_scores
 from imgcollapse.metrics.spaces import Metrics, Space
 
@@ -55,8 +55,8 @@ def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, see
     floor at the size the rows use (`num_scored`: samples scored per generation); a space that cannot be built is
     logged once with the reason and left out.
 
-    The metrics classifier trains on the training pool less the floor split, class-balanced, so the floor compares
-    two real sets it never saw, as the samples are."""
+    The metrics classifier trains on the training pool (before any long tail: one ruler for every arm) less the
+    floor split, class-balanced, so the floor compares two real sets it never saw, as the samples are."""
     device = torch.device(device)
     labelled = splits.train.labels is not None and splits.train.num_classes is not None
     names = resolve_extractors(config.extractors, gpu=device.type != "cpu", labelled=labelled)
@@ -71,8 +71,8 @@ def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, see
                 if not labelled:
                     raise ExtractorUnavailable("the dataset has no labels, so no domain classifier can be trained")
                 extractor: Extractor = load_or_train_classifier(
-                    without(splits.train, floor), splits.heldout, cache_dir, epochs=config.classifier_epochs,
-                    seed=config.classifier_seed)
+                    without(splits.ruler_pool if splits.ruler_pool is not None else splits.train, floor),
+                    splits.heldout, cache_dir, epochs=config.classifier_epochs, seed=config.classifier_seed)
                 metrics.classifier = extractor  # type: ignore[assignment]
                 metrics.real_freq = class_frequencies(splits.train.labels.numpy(), splits.train.num_classes)
                 metrics.class_names = [str(n) for n in splits.train.class_names]
@@ -91,7 +91,8 @@ def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, see
         memo.remember(splits.train.images, pool.features, pool.probs)  # the real part of every training set
         memo.remember(splits.heldout.images, heldout.features, heldout.probs)  # generation 0's memorization null
         floor_features, floor_probs = memo(floor.images)
-        space = Space(memo, heldout, floor_features)
+        low, high = density_deciles(heldout.features, pool.features, config.nearest_k, config.density_fraction)
+        space = Space(memo, heldout, floor_features, low, high, heldout_radii(heldout.features, config.nearest_k))
         metrics.spaces.append(space)
         metrics.baseline.update(suffixed(set_scores(floor_features, space, metrics), space.suffix))
         if name == "classifier" and floor_probs is not None:

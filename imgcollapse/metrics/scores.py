@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 from cleanfid.fid import frechet_distance, kernel_distance
 from prdc import compute_prdc
+from prdc.prdc import compute_nearest_neighbour_distances, compute_pairwise_distance, get_kth_value
 from scipy.linalg import LinAlgWarning
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy
@@ -86,6 +87,40 @@ def prdc(features: np.ndarray, ref_features: np.ndarray, nearest_k: int = 5) -> 
     with contextlib.redirect_stdout(io.StringIO()), joblib.parallel_config(backend="sequential"):  # prdc prints sizes
         scores = compute_prdc(real_features=ref_features, fake_features=features, nearest_k=nearest_k)
     return {name: float(value) for name, value in scores.items()}
+
+
+def density_deciles(heldout: np.ndarray, pool: np.ndarray, nearest_k: int, fraction: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out images in the lowest- and highest-density `fraction` of the real data: density from the real
+    pool alone (the distance to a held-out image's k-th nearest pool image: far is sparse), fixed before any
+    generation. Returns their indices (lowest density, highest density); none where the sets are too small."""
+    if len(pool) < nearest_k or len(heldout) <= nearest_k + 1:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    with joblib.parallel_config(backend="sequential"):
+        distances = compute_pairwise_distance(heldout, pool)
+    kth = get_kth_value(distances, k=nearest_k, axis=-1)
+    count = max(1, round(fraction * len(heldout)))
+    order = np.argsort(kth, kind="stable")
+    return np.sort(order[-count:]), np.sort(order[:count])
+
+
+def heldout_radii(heldout: np.ndarray, nearest_k: int) -> np.ndarray:
+    """Each held-out image's k-NN radius among the held-out images (prdc's coverage balls, fixed by real data);
+    NaN where the split has too few images."""
+    if len(heldout) <= nearest_k + 1:
+        return np.full(len(heldout), np.nan)
+    with joblib.parallel_config(backend="sequential"):
+        return compute_nearest_neighbour_distances(heldout, nearest_k)
+
+
+def ball_coverage(features: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+    """Coverage of chosen real images: the share whose k-NN ball (`radii`) holds at least one of `features`
+    (prdc's coverage restricted to `centres`; a faithful generator scores expected_coverage whatever the region)."""
+    if not len(centres) or not len(features):
+        return float("nan")
+    with joblib.parallel_config(backend="sequential"):
+        distances = compute_pairwise_distance(centres, features)
+    return float((distances.min(axis=1) < radii).mean())
 
 
 def expected_coverage(n_real: int, n_fake: int, nearest_k: int) -> float:

@@ -11,6 +11,7 @@ from imgcollapse.metrics.config import MetricsConfig
 from imgcollapse.metrics.resampling import equal_subsets, interval, paired, stream, summarise
 from imgcollapse.metrics.scores import (
     MEMORIZATION,
+    ball_coverage,
     class_statistics,
     confidence,
     frechet_terms,
@@ -39,6 +40,11 @@ def _set_draw(features: np.ndarray, ref: np.ndarray, space: Space, config: Metri
     row = {"fid": mean_term + cov_term, "fid_mean": mean_term, "fid_cov": cov_term,
            "kid": kid(features, ref, num_subsets=subsets, subset_size=config.kid_subset_size, seed=seed)}
     row.update(prdc(features, ref, config.nearest_k))
+    # the real data's tails: against the whole held-out split's coverage balls, fixed before any generation
+    row["coverage_low_density"] = ball_coverage(features, space.reference.features[space.low_density],
+                                                space.radii[space.low_density])
+    row["coverage_high_density"] = ball_coverage(features, space.reference.features[space.high_density],
+                                                 space.radii[space.high_density])
     return row
 
 
@@ -61,32 +67,35 @@ def set_scores(features: np.ndarray, space: Space, metrics: Metrics) -> dict[str
 
 def per_class_scores(features: np.ndarray, predicted: np.ndarray, space: Space, metrics: Metrics,
                      names: list[str], tail: np.ndarray) -> dict[str, float]:
-    """Recall and coverage of each class: its held-out images against the samples the classifier assigns to it,
-    at equal size (the smaller of the two); 0 for a class no sample falls in; means over tail and head classes."""
+    """Recall and coverage of each class at one fixed size: `metrics.class_size` of its held-out images (all, if it
+    has fewer) against as many of the samples the classifier assigns to it, at prdc's k, so a class's score never
+    depends on how many samples it gets; a class with fewer samples than that is absent (NaN, counted in
+    absent_tail / absent_head). recall_tail, ...: the means over the group's present classes."""
     config, ref, labels = metrics.config, space.reference.features, metrics.heldout_labels
     rng = stream(metrics.seed, 2)
     boot_rng = stream(metrics.seed, 5)  # its own stream: the values never depend on how many resamples follow them
     row: dict[str, float] = {}
-    draws: dict[int, list[dict[str, float]]] = {}
     boots: dict[int, list[dict[str, float]]] = {}
+    sizes = np.zeros(len(names), dtype=int)
     for c, name in enumerate(names):
         real, mine = ref[labels == c], features[predicted == c]
-        size = min(len(real), len(mine))
-        if size < 3:  # none, or one or two samples (or real images): no diversity to measure, scored 0 so that
-            # a vanishing class pulls its group's mean down instead of dropping out of it
-            draws[c] = [{"recall": 0.0, "coverage": 0.0}]
-            boots[c] = [{"recall": 0.0, "coverage": 0.0}] * config.bootstrap
+        sizes[c] = size = min(config.class_size, len(real))  # fixed by the real data alone
+        if len(mine) < size or size < config.nearest_k + 2:  # absent (or a real class too small to score)
+            draws = [{"recall": float("nan"), "coverage": float("nan")}]
+            boots[c] = draws * config.bootstrap
         else:
-            k = min(config.nearest_k, size - 2)  # a class of a few samples: as many neighbours as it has
             subs, ref_subs = (equal_subsets(len(mine), size, config.subsets, rng),
                               equal_subsets(len(real), size, config.subsets, rng))
-            draws[c] = [prdc(mine[i], real[r], k) for i, r in paired(subs, ref_subs)]
-            boots[c] = [prdc(mine[boot_rng.integers(0, len(mine), size)], real[ref_subs[0]], k)
+            draws = [prdc(mine[i], real[r], config.nearest_k) for i, r in paired(subs, ref_subs)]
+            boots[c] = [prdc(mine[boot_rng.integers(0, len(mine), size)], real[ref_subs[0]], config.nearest_k)
                         for _ in range(config.bootstrap)]
-        summary = summarise(draws[c], boots[c], ("recall", "coverage"), sd=False)
+        summary = summarise(draws, boots[c], ("recall", "coverage"), sd=False)
         row.update({key.replace("recall", f"recall_class_{name}", 1).replace("coverage", f"coverage_class_{name}", 1):
                     v for key, v in summary.items()})
     head = np.setdiff1d(np.arange(len(names)), tail)
+    counts = np.bincount(predicted, minlength=len(names))[: len(names)]
+    absent_boot = [np.bincount(predicted[boot_rng.integers(0, len(predicted), len(predicted))],
+                               minlength=len(names))[: len(names)] < sizes for _ in range(config.bootstrap)]
     for group, classes in (("tail", tail), ("head", head)):
         for score in ("recall", "coverage"):
             column = f"{score}_{group}"
@@ -94,11 +103,15 @@ def per_class_scores(features: np.ndarray, predicted: np.ndarray, space: Space, 
             boot = np.array([_nanmean([boots[c][b][score] for c in classes]) for b in range(config.bootstrap)])
             row[column] = float(value)
             row.update(zip(interval_columns(column), interval(float(value), boot, column), strict=True))
+        column = f"absent_{group}"
+        row[column] = float((counts[classes] < sizes[classes]).mean())
+        boot = np.array([absent[classes].mean() for absent in absent_boot], dtype=np.float64)
+        row.update(zip(interval_columns(column), interval(row[column], boot, column), strict=True))
     return row
 
 
 def _nanmean(values: list[float]) -> float:
-    """Mean of the finite values (NaN when none is): a class too small to score leaves the group mean to the rest."""
+    """Mean of the finite values (NaN when none is): an absent class leaves the group mean to the rest."""
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 

@@ -24,6 +24,11 @@ class Space:
     memo: FeatureMemo
     reference: Reference
     floor: np.ndarray  # features of the floor split: real images the classifier never trained on
+    # the real data's own tails, fixed before any generation: held-out images of the lowest- and highest-density
+    # decile (density from the real pool), and every held-out image's coverage ball (scores.density_deciles)
+    low_density: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    high_density: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    radii: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ref_sqrt: np.ndarray = field(init=False)
     ref_trace: float = field(init=False)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from imgcollapse.report import page
+from imgcollapse.report import metric_info, page
 from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
 from imgcollapse.store import RunStore, atomic_write_text, csv_text, read_failed, to_json
-from imgcollapse.verdicts.judge import judge, number, series, t_interval
+from imgcollapse.verdicts.judge import judge, number, reading, series, t_interval
 from imgcollapse.verdicts.plan import plan_status
 from imgcollapse.verdicts.rules import CONTRADICTED, SUPPORTED
 
@@ -49,6 +49,19 @@ def read_rows(root: Path, record: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append({"arm": chain["arm"], "seed": chain["seed"],
                          "shared_gen0": bool(shared and row.get("generation") == 0), **row})
     return rows
+
+
+def read_floors(root: Path, record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """{run dir: {metric: its real floor}} from each chain's run.json (report.metric_info.real_values); a chain
+    without a readable one is left out."""
+    out = {}
+    for chain in record["chains"]:
+        path = Path(root) / chain["run_dir"] / "run.json"
+        try:
+            out[chain["run_dir"]] = metric_info.real_values(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 # Writing ---------------------------------------------------------------------------------------------------------
@@ -108,7 +121,7 @@ def summary_rows(long: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def claim_summary(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per claim, read by the HTML, Markdown and LaTeX tables alike: its name, statement, verdict, family-wise
     level (None: not stated), seeds (n), the sentence that says why, and the claim itself."""
-    return [{"name": name, "statement": claim["statement"], "verdict": claim["verdict"], "level": claim.get("level"),
+    return [{"name": name, "statement": claim["statement"], "verdict": reading(claim), "level": claim.get("level"),
              "n": max((t["last"]["n"] for t in claim["tests"]), default=0), "why": claim.get("reason", ""),
              "claim": claim} for name, claim in result["claims"].items()]
 
@@ -193,6 +206,12 @@ def level_text(claim: Mapping[str, Any]) -> str:
            "in every test, decided at most that often"
 
 
+def _claim_arms(claim: Mapping[str, Any]) -> list[str]:
+    """The arms a claim's tests read, in order (a crossed design's four)."""
+    return list(dict.fromkeys(a for t in claim["tests"] for a in (t["arm"], t["vs_arm"], *(t.get("mirror") or {})
+                                                                   .values())))
+
+
 def _claim_metrics(claim: Mapping[str, Any]) -> list[str]:
     seen: list[str] = []
     for t in claim["tests"]:
@@ -204,36 +223,47 @@ def _claim_metrics(claim: Mapping[str, Any]) -> list[str]:
 
 def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                    record: Mapping[str, Any], figure: Path | None) -> str:
-    arms = list(dict.fromkeys(a for t in claim["tests"] for a in (t["arm"], t["vs_arm"])))
+    arms = _claim_arms(claim)
     parts = [f"<p><b>{page.esc(claim['statement'])}</b>" + (f" ({page.esc(claim['source'])})" if claim["source"]
                                                           else "") + "</p>",
-             f"<p>verdict: <b class=verdict-{claim['verdict']}>{claim['verdict']}</b>"
+             f"<p>verdict: <b class=verdict-{claim['verdict']}>{page.esc(reading(claim))}</b>"
              f"{' (incomplete: fewer seeds than planned)' if claim.get('incomplete') else ''} "
              f"(its tests joined by {page.esc(claim['combine'])}; {level_text(claim)})</p>",
              f"<p>why: {page.esc(claim.get('reason', ''))}</p>"]
     if claim.get("note"):
         parts.append(f"<p>{page.esc(claim['note'])}</p>")
-    parts.append(page.bullet_list([f"{g['name']}: {g['verdict']}" + ("" if g["votes"] else " (no metric the "
+    parts.append(page.bullet_list([f"{g['name']}: {reading(g)}" + ("" if g["votes"] else " (no metric the "
                                    "calibration trusts for it: no vote)") + f" ({', '.join(g['metrics'])}; "
                                    f"metrics joined by {g['combine']})" for g in claim.get("groups", [])]))
     test_rows = []
     for t in claim["tests"]:
         vs = t["vs_arm"] + (f" gen {t['vs_generation']}" if t["vs_generation"] != t["generation"] else "")
+        arm = f"{t['arm']} gen {t['generation']}"
+        if t.get("kind") == "crossed":  # the other half of the design, and the unit of d
+            vs += f"; mirrored: {t['mirror']['arm']} vs {t['mirror']['vs_arm']} ({t.get('scale_note', '')})"
+            arm += " (changes since gen 0)"
+        elif t.get("kind") == "deceleration":
+            arm, vs = f"{t['arm']} step {t['generation'] - 1}→{t['generation']}", f"{t['arm']} step 0→1"
+        expect = t["expect"] + (f" (two-sided: d > 0 {t['words'][0]}, d < 0 {t['words'][1]})" if t.get("words")
+                                else "")
         test_rows.append({
             "test": t["name"] or "", "metric": t["difference"] + (" (change since gen 0)" if t["change"] else "")
             + (" (relative)" if t["relative"] else ""),
-            "arm": f"{t['arm']} gen {t['generation']}", "is expected": t["expect"], "than": vs,
+            "arm": arm, "is expected": expect, "than": vs,
             "n": t["last"]["n"], "d at the generation [95% CI]": _interval_text(t["last"]),
             "bounds at the test's levels": _bounds_text(t), "p one-sided (as claimed)": _fmt(t["last"]["p_claim"], 2),
             "detectable |d| (80% power)": _fmt(t.get("detectable")),
-            "d over the curve [95% CI]": _interval_text(t["curve"]),
+            "d over the curve [95% CI]": "—" if t.get("kind") == "deceleration" else _interval_text(t["curve"]),
             "separates at gen (descriptive)": _separates_text(t["separates_at"]),
-            "calibration": t["trust_note"] or "—", "verdict": t["verdict"] + ("" if t["votes"] else " (no vote)")
+            "calibration": t["trust_note"] or "—", "verdict": reading(t) + ("" if t["votes"] else " (no vote)")
             + (" (incomplete)" if t.get("incomplete") else ""),
         })
     parts.append(page.table(list(test_rows[0]) if test_rows else [], test_rows))
     rules = sorted({f"supported if {t['rule'][SUPPORTED]}; contradicted if {t['rule'][CONTRADICTED]}"
                     for t in claim["tests"]})
+    if claim.get("two_sided"):
+        rules.append(f"two-sided: supported reads differs ({claim['two_sided'][0]}), contradicted differs "
+                     f"({claim['two_sided'][1]})")
     parts.append("<p class=ci>d &gt; 0 means what the claim says; d is paired by seed (same seed, same generation 0 "
                  f"where arms share it). Rule: {page.esc(' / '.join(rules))}; else inconclusive. lo and hi are "
                  "one-sided t-bounds at the levels error control gives each metric; the 95% interval and 'separates "
@@ -266,7 +296,7 @@ def build_study_report(root: Path) -> dict[str, Any]:
     long = long_rows(rows)
     atomic_write_text(root / "study_long.csv", csv_text(long, list(LONG_COLUMNS)))
     atomic_write_text(root / "study_summary.csv", csv_text(summary_rows(long), list(SUMMARY_COLUMNS)))
-    result = judge(rows, record, root)
+    result = judge(rows, record, root, read_floors(root, record))
     result["preregistered"], result["plan_status"] = plan_status(record)
     if record["study"].get("null_study"):
         result["false_decisions"] = false_decisions(result)
@@ -282,7 +312,7 @@ def build_study_report(root: Path) -> dict[str, Any]:
     arm_names = list(dict.fromkeys(c["arm"] for c in record["chains"]))
     colors = {arm: f"C{k % 10}" for k, arm in enumerate(arm_names)}  # an arm has one colour in every figure
     for name, claim in result["claims"].items():
-        arms = list(dict.fromkeys(a for t in claim["tests"] for a in (t["arm"], t["vs_arm"])))
+        arms = _claim_arms(claim)
         metrics = _claim_metrics(claim)
         bands = {m: b for m in metrics if (b := arm_bands(rows, arms, m))}
         figure = None
@@ -368,7 +398,7 @@ def _claims_table(result: Mapping[str, Any]) -> str:
     rows = []
     for row in claim_summary(result):
         claim = row["claim"]
-        tests = "; ".join(f"{g['name']}: {g['verdict']}" for g in claim.get("groups", []))
+        tests = "; ".join(f"{g['name']}: {reading(g)}" for g in claim.get("groups", []))
         rows.append({"claim": row["name"], "statement": row["statement"],
                      "verdict": row["verdict"] + (" (incomplete: fewer seeds than planned)"
                                                   if claim.get("incomplete") else "")
@@ -379,7 +409,8 @@ def _claims_table(result: Mapping[str, Any]) -> str:
 
 def _level_short(claim: Mapping[str, Any]) -> str:
     level = claim.get("level")
-    return "not stated" if level is None else f"{100 * level:.3g}% ({claim['combine']})"
+    how = "two-sided" if claim.get("two_sided") else claim["combine"]
+    return "not stated" if level is None else f"{100 * level:.3g}% ({how})"
 
 
 def _arms_table(root: Path, record: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -423,7 +454,10 @@ def _markdown_interval(st: Mapping[str, Any]) -> str:
 
 
 def _arms_text(test: Mapping[str, Any]) -> str:
-    """`self gen 2 vs self gen 0`, or `longtail gen 2: recall_tail vs recall_head` for a comparison of two metrics."""
+    """`self gen 2 vs self gen 0`, or `longtail gen 2: recall_tail vs recall_head` for a comparison of two metrics; a
+    crossed design's four arms, a deceleration's two steps."""
+    if test.get("kind") in ("crossed", "deceleration"):
+        return test["arms_text"]
     if test["vs_metric"] != test["metric"] and test["vs_arm"] == test["arm"]:
         return f"{test['arm']} gen {test['generation']}: {test['metric']} vs {test['vs_metric']}"
     return f"{test['arm']} gen {test['generation']} vs {test['vs_arm']} gen {test['vs_generation']}"
@@ -438,7 +472,7 @@ def claims_markdown(result: Mapping[str, Any]) -> str:
     if result.get("false_decisions"):
         lines.insert(0, _false_text(result["false_decisions"]) + "\n")
     for claim in result["claims"].values():
-        verdict = claim["verdict"] if claim["verdict"] == "inconclusive" else f"**{claim['verdict']}**"
+        verdict = reading(claim) if claim["verdict"] == "inconclusive" else f"**{reading(claim)}**"
         verdict += f" ({_level_short(claim)})" + (" (re-analysed after the data)" if claim.get("reanalysed") else "")
         source = f" ({claim['source']})" if claim.get("source") else ""
         for i, group in enumerate(claim.get("groups", [])):
@@ -451,7 +485,7 @@ def claims_markdown(result: Mapping[str, Any]) -> str:
                                 + (f" (detectable {_fmt(t['detectable'])})" if t["votes"] and t.get("detectable")
                                    is not None and t["verdict"] == "inconclusive" else "") for t in metrics)
             lines.append(f"| {claim['statement'] + source if i == 0 else ''} | {verdict if i == 0 else ''} | "
-                         f"{group['name']}: {group['verdict']} ({arms}) | {numbers} | "
+                         f"{group['name']}: {reading(group)} ({arms}) | {numbers} | "
                          f"{first['last']['n'] if first else 0} |")
         if claim.get("reason"):
             lines.append(f"| | | why: {claim['reason']} | | |")

@@ -7,6 +7,9 @@ under no effect it reads "supported" at most alpha/2 of the time and "contradict
 joins its voting metrics (its rule's `combine`, default or), and each split hands its parts the levels that keep
 the whole's (stats.split_levels: Bonferroni on the side where one part suffices). Which metrics vote is fixed by the
 calibration, on real images alone, before any generation is looked at.
+
+A test's d per seed is of its kind (rules.TEST_KINDS): a difference of two values, a crossed design's interaction
+(stats.interaction) or a curve's deceleration (stats.deceleration); a two-sided claim's verdicts read "differs".
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +27,19 @@ from imgcollapse.metric_facts import badness
 from imgcollapse.verdicts import stats
 from imgcollapse.verdicts.rules import (
     CONTRADICTED,
+    DIFFERS,
     INCONCLUSIVE,
     SUPPORTED,
     claim_combine,
     controls_level,
+    crossed_arms,
     evaluate_rule,
+    kind_of,
+    member_label,
     parse_rule,
     reads,
     rule_of,
+    test_generation,
 )
 
 log = logging.getLogger(__name__)
@@ -88,22 +96,37 @@ def trust(calibration: Mapping[str, Any] | None, metric: str, trusted_for: Any) 
     return specific(calibration, metric, wanted)
 
 
+def _homes(rows: Sequence[Mapping[str, Any]], arm: str) -> Callable[[int], bool]:
+    """Whether the arm's home family (the `family` that trained its generation 0, as its rows record it) trained a
+    generation; every generation where the rows name no family."""
+    family: dict[int, Any] = {}
+    for row in rows:
+        if row["arm"] == arm:
+            family.setdefault(int(row["generation"]), row.get("family") or None)
+    home = family.get(0)
+    return lambda g: family.get(g, home) == home
+
+
 def _differences(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str,
-                 generations: Mapping[str, int]) -> dict[str, Any]:
+                 generations: Mapping[str, int], first_free: int, model: str | None) -> dict[str, Any]:
     """The per-seed differences d of one metric, oriented so that d > 0 is what the claim says."""
     arm, vs_arm = test["arm"], test.get("vs_arm", test["arm"])
     vs_metric = test.get("vs_metric") or metric
+    column = metric
+    if test.get("member"):  # the member's own column in the arm's rows (chain.population scores each member)
+        label = member_label(test["member"], model)
+        column = f"{metric}_{label}" if label else f"{metric}_(member {test['member']}: study model unknown)"
     expect = test["expect"]
     sign = 1 if expect in ("worse", "higher") else -1
 
-    def oriented(column: str) -> Any:
-        return (lambda v: badness(column, v)) if expect in ("worse", "better") else (lambda v: v)
+    def oriented(name: str) -> Any:
+        return (lambda v: badness(name, v)) if expect in ("worse", "better") else (lambda v: v)
 
-    g_a = generations.get(arm, 0) if test.get("generation", "last") == "last" else int(test["generation"])
+    g_a = test_generation(test, generations)
     g_b_fixed = test.get("vs_generation")
     if g_b_fixed == "last":
         g_b_fixed = generations.get(vs_arm, 0)
-    a, b = series(rows, arm, metric), series(rows, vs_arm, vs_metric)
+    a, b = series(rows, arm, column), series(rows, vs_arm, vs_metric)
     fa, fb = oriented(metric), oriented(vs_metric)
     change, relative = bool(test.get("change")), bool(test.get("relative"))
 
@@ -128,16 +151,100 @@ def _differences(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], met
     def vs_g(g: int) -> int:
         return g_b_fixed if g_b_fixed is not None else g
 
+    home_a, home_b = _homes(rows, arm), _homes(rows, vs_arm)
+    # the curve and the separation read only generations both homes trained (an alternation's others compare samplers)
+    gens = [g for g in range(1, g_a + 1) if home_a(g) and home_b(vs_g(g))]
     seeds = sorted(set(a) & set(b))
     at_last = [diff(s, g_a, vs_g(g_a)) for s in seeds]
     curve = []
     for s in seeds:  # a seed's curve needs every generation: a chain that stopped early would bias it
-        per = [diff(s, g, vs_g(g)) for g in range(1, g_a + 1)]
+        per = [diff(s, g, vs_g(g)) for g in gens]
         curve.append(float(np.mean(per)) if per and None not in per else None)
-    return {"arm": arm, "vs_arm": vs_arm, "metric": metric, "vs_metric": vs_metric, "generation": g_a,
-            "vs_generation": vs_g(g_a), "fixed_vs_generation": g_b_fixed, "expect": expect, "sign": sign,
-            "change": change, "relative": relative, "seeds": seeds, "per_seed": at_last, "per_seed_curve": curve,
-            "diff": diff, "vs_g": vs_g}
+    start = 1 if g_b_fixed is not None else first_free
+    steps = [(g, [diff(s, g, vs_g(g)) for s in seeds]) for g in range(start, g_a + 1)
+             if home_a(g) and home_b(vs_g(g))]
+    what = column + (f" − {vs_metric}" if vs_metric != column else "")
+    if vs_metric != column and vs_arm == arm:
+        arms_text = f"{arm} gen {g_a}"
+    else:
+        arms_text = f"{arm} gen {g_a} vs {vs_arm} gen {vs_g(g_a)}"
+    return {"kind": "difference", "arm": arm, "vs_arm": vs_arm, "metric": column, "vs_metric": vs_metric,
+            "generation": g_a, "vs_generation": vs_g(g_a), "expect": expect, "sign": sign, "change": change,
+            "relative": relative, "seeds": seeds, "per_seed": at_last, "per_seed_curve": curve, "steps": steps,
+            "difference": what, "arms_text": arms_text}
+
+
+def _crossed(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str,
+             generations: Mapping[str, int], floors: Mapping[tuple[str, int], Mapping[str, float]]
+             ) -> dict[str, Any]:
+    """A crossed design's d per seed (stats.interaction) on the metric's badness, at a generation every arm's home
+    family trained, in units of the two families' mean generation-0 excess error over the real floor (one scale for
+    every seed and both halves: the verdict is the raw-unit test's; 1 where the metric has no floor)."""
+    arms = crossed_arms(test)
+    g_last = test_generation(test, generations)
+    curves = [series(rows, arm, metric) for arm in arms]
+    seeds = sorted(set.intersection(*(set(c) for c in curves)))
+    homes = [_homes(rows, arm) for arm in arms]
+
+    def delta(k: int, seed: int, g: int) -> float | None:
+        v, v0 = curves[k][seed].get(g), curves[k][seed].get(0)
+        return None if v is None or v0 is None else badness(metric, v) - badness(metric, v0)
+
+    excess = []  # each family's own loop at generation 0, less the real floor, per seed
+    for k in (1, 3):
+        for seed in seeds:
+            floor, v0 = floors.get((arms[k], seed), {}).get(metric), curves[k][seed].get(0)
+            excess.append(None if floor is None or v0 is None else badness(metric, v0) - badness(metric, floor))
+    scale, scale_note = 1.0, f"raw units: no real floor for {metric} in the own loops' run.json"
+    if excess and None not in excess:
+        if float(np.mean(excess)) > 0:
+            scale = float(np.mean(excess))
+            scale_note = (f"in units of the two families' mean generation-0 excess {metric} over the real floor "
+                          f"({scale:.3g})")
+        else:
+            scale_note = f"raw units: the families' mean generation-0 excess {metric} is not above the real floor"
+
+    def d_at(seed: int, g: int) -> float | None:
+        deltas = [delta(k, seed, g) for k in range(4)]
+        return None if None in deltas else float(stats.interaction(*deltas, scale=scale))
+
+    gens = [g for g in range(1, g_last + 1) if all(home(g) for home in homes)]
+    curve = []
+    for s in seeds:
+        per = [d_at(s, g) for g in gens]
+        curve.append(float(np.mean(per)) if per and None not in per else None)
+    via, own, mirror_via, mirror_own = arms
+    return {"kind": "crossed", "arm": via, "vs_arm": own, "mirror": {"arm": mirror_via, "vs_arm": mirror_own},
+            "metric": metric, "vs_metric": metric, "generation": g_last, "vs_generation": g_last, "expect": "worse",
+            "sign": 1, "change": False, "relative": False, "seeds": seeds,
+            "per_seed": [d_at(s, g_last) for s in seeds], "per_seed_curve": curve,
+            "steps": [(g, [d_at(s, g) for s in seeds]) for g in gens], "scale": scale, "scale_note": scale_note,
+            "difference": f"{metric} interaction (crossed)",
+            "arms_text": f"({via} − {own}) + ({mirror_via} − {mirror_own}), changes to gen {g_last}"}
+
+
+def _deceleration(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str,
+                  generations: Mapping[str, int]) -> dict[str, Any]:
+    """One arm's d per seed (stats.deceleration) on the metric's badness: the first step's increment less the step
+    into the test's generation; the real floor cancels from every step, so excess error needs none."""
+    arm = test["arm"]
+    g_last = test_generation(test, generations)
+    curve = series(rows, arm, metric)
+    seeds = sorted(curve)
+
+    def d_at(seed: int, g: int) -> float | None:
+        values = [curve[seed].get(x) for x in (0, 1, g - 1, g)]
+        if None in values:
+            return None
+        return float(stats.deceleration(np.array([badness(metric, v) for v in values])))
+
+    return {"kind": "deceleration", "arm": arm, "vs_arm": arm, "metric": metric, "vs_metric": metric,
+            "generation": g_last, "vs_generation": g_last - 1, "expect": "decelerating", "sign": 1, "change": False,
+            "relative": False, "seeds": seeds, "per_seed": [d_at(s, g_last) for s in seeds],
+            "per_seed_curve": [None] * len(seeds),  # one d per chain: no curve to average
+            "steps": [(g, [d_at(s, g) for s in seeds]) for g in range(2, g_last + 1)],
+            "difference": f"{metric} deceleration (excess error's first step − step into gen {g_last})",
+            "arms_text": f"{arm} steps 0→1 vs {g_last - 1}→{g_last}"}
 
 
 def _summary(values: Sequence[float | None], level_s: float, level_c: float) -> dict[str, Any]:
@@ -151,26 +258,34 @@ def _summary(values: Sequence[float | None], level_s: float, level_c: float) -> 
 
 def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str, generations: Mapping[str, int],
              rule: Mapping[str, Any], levels: tuple[float, float], planned: int = 0, first_free: int = 1,
-             trusted: tuple[bool | None, str] = (None, "")) -> dict[str, Any]:
+             trusted: tuple[bool | None, str] = (None, ""),
+             floors: Mapping[tuple[str, int], Mapping[str, float]] | None = None,
+             model: str | None = None) -> dict[str, Any]:
     """One test on one metric at the levels (supported, contradicted) its place in the claim gives it: the paired
     differences across seeds, their statistics, the verdict, the smallest effect the design could detect, and where
     the arms first separate (descriptive: plain 95% intervals from `first_free`, the first generation not shared)."""
-    found = _differences(rows, test, metric, generations)
+    kind = kind_of(test)
+    if kind == "crossed":
+        found = _crossed(rows, test, metric, generations, floors or {})
+    elif kind == "deceleration":
+        found = _deceleration(rows, test, metric, generations)
+    else:
+        found = _differences(rows, test, metric, generations, first_free, model)
     level_s, level_c = levels
     last = _summary(found["per_seed"], level_s, level_c)
     curve = _summary(found["per_seed_curve"], level_s, level_c)
-    diff, vs_g, g_a = found.pop("diff"), found.pop("vs_g"), found["generation"]
-    start = 1 if found["fixed_vs_generation"] is not None else first_free
     separates = None
-    for g in range(start, g_a + 1):
-        st = t_interval([diff(s, g, vs_g(g)) for s in found["seeds"]])
+    for g, values in found.pop("steps"):
+        st = t_interval(values)
         if st["lo"] is not None and (st["lo"] > 0 or st["hi"] < 0):
             separates = {"generation": g, "direction": "as claimed" if st["lo"] > 0 else "against the claim"}
             break
     votes, why = trusted
     if not last["n"]:
-        votes, why = False, f"no rows with {metric}" + (f" and {found['vs_metric']}" if found["vs_metric"] != metric
-                                                         else "") + f" in arms {found['arm']}/{found['vs_arm']}"
+        arms = found.get("mirror", {}).values() if kind == "crossed" else []
+        votes, why = False, f"no rows with {found['metric']}" + (f" and {found['vs_metric']}" if found["vs_metric"]
+                                                                 != found["metric"] else "") + \
+            f" in arms {'/'.join(dict.fromkeys([found['arm'], found['vs_arm'], *arms]))}"
         log.warning("test %r: %s: it cannot vote", test.get("name") or metric, why)
     values = {**{k: last[k] for k in ("mean", "lo", "hi", "p", "p_claim", "p_against", "p_sign_claim",
                                       "p_sign_against", "n")},
@@ -184,11 +299,9 @@ def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
         verdict = SUPPORTED
     elif holds[CONTRADICTED]:
         verdict = CONTRADICTED
-    what = metric + (f" − {found['vs_metric']}" if found["vs_metric"] != metric else "")
-    found.pop("fixed_vs_generation")
     orientation, read = found.pop("sign"), reads(rule)
     return {
-        "name": test.get("name", ""), **found, "difference": what, "orientation": orientation,
+        "name": test.get("name", ""), **found, "orientation": orientation,
         "last": last, "curve": curve, "separates_at": separates, "trusted": votes, "trust_note": why,
         "votes": votes is not False, "incomplete": bool(planned) and last["n"] < planned,
         "level_supported": level_s, "level_contradicted": level_c, "reads": read,
@@ -220,13 +333,17 @@ def _first_free(record: Mapping[str, Any], arm: str, vs_arm: str) -> int:
     return 1 if shared or arm == vs_arm else 0
 
 
-def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """claims.json: every claim's tests, numbers, levels and verdict."""
+def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Path,
+          floors: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """claims.json: every claim's tests, numbers, levels and verdict. `floors`: {run dir: {metric: its real floor}}
+    (report.metric_info.real_values of each chain's run.json), which scales a crossed design's d."""
     study = record["study"]
     generations = {c["arm"]: c["generation"] for c in record["chains"]}
     first_seed: dict[str, str] = {}
     for c in record["chains"]:
         first_seed.setdefault(c["arm"], c["run_dir"])
+    by_chain = {(c["arm"], c["seed"]): (floors or {}).get(c["run_dir"], {}) for c in record["chains"]}
+    model = record.get("model")  # the study's model kind: a test's `member: model` reads its columns
     seeds = sorted({c["seed"] for c in record["chains"]})
     out: dict[str, Any] = {"study": record["name"], "seeds": seeds, "claims": {}}
     calibrations: dict[str, dict[str, Any] | None] = {}  # each arm's, read once
@@ -257,8 +374,8 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
             voting = sum(t[0] is not False for t in trusts.values())
             levels = stats.split_levels(claim_s, claim_c, voting, rule["combine"])
             first_free = _first_free(record, test["arm"], test.get("vs_arm", test["arm"]))
-            rows_of_test = [run_test(rows, test, m, generations, rule, levels, len(seeds), first_free, trusts[m])
-                            for m in metrics]
+            rows_of_test = [run_test(rows, test, m, generations, rule, levels, len(seeds), first_free, trusts[m],
+                                     by_chain, model) for m in metrics]
             for row in rows_of_test:
                 row["test"] = index
             tests += rows_of_test
@@ -269,13 +386,34 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
                            "level_contradicted": claim_c,
                            "incomplete": any(r["incomplete"] for r in rows_of_test)})
         verdict = verdict_of(groups, how)
+        words = claim.get("two_sided")
+        if words:  # d's sign names the answer: reason() and the report read these words
+            for t in tests:
+                t["words"] = list(words)
         out["claims"][name] = {
             "statement": claim.get("statement", name), "source": claim.get("source", ""),
             "note": claim.get("note", ""), "combine": how, "verdict": verdict,
             "level": alpha if controlled else None, "incomplete": any(g["incomplete"] for g in groups),
             "groups": groups, "tests": tests}
         out["claims"][name]["reason"] = reason(out["claims"][name])
+        if words:
+            out["claims"][name]["two_sided"] = list(words)
+            for part in (out["claims"][name], *groups, *tests):
+                _read_two_sided(part, words)
     return out
+
+
+def _read_two_sided(part: dict[str, Any], words: Sequence[str]) -> None:
+    """A two-sided claim's part: supported or contradicted (a bound excludes 0) reads `differs`, in the direction
+    d's sign names; the levels are the same two one-sided tests', so the error rate is unchanged."""
+    if part["verdict"] in (SUPPORTED, CONTRADICTED):
+        part["direction"] = words[0] if part["verdict"] == SUPPORTED else words[1]
+        part["verdict"] = DIFFERS
+
+
+def reading(part: Mapping[str, Any]) -> str:
+    """A claim's, test's or metric's verdict as a page shows it: `supported`, or a two-sided `differs (faster)`."""
+    return part["verdict"] + (f" ({part['direction']})" if part.get("direction") else "")
 
 
 def read_calibration(run_dir: Path) -> dict[str, Any] | None:
@@ -318,6 +456,9 @@ def reason(claim: Mapping[str, Any]) -> str:
     t = max(candidates, key=lambda x: abs(x["last"]["mean"] or 0) / (x["last"]["sd"] or math.inf))
     group = groups[t["test"]]
     if t["verdict"] != INCONCLUSIVE and group["verdict"] == t["verdict"]:
+        if claim["combine"] == "any":
+            return (f"{_seeds_text(t)}; test {group['name']!r} is {_word(t, group['verdict'])}, but another test "
+                    "points the other way")
         need = "every test to be supported" if claim["combine"] == "and" else "every test to be contradicted"
         return (f"{_seeds_text(t)}; test {group['name']!r} is {group['verdict']}, but the claim (joined by "
                 f"{claim['combine']}) needs {need}")
@@ -330,8 +471,8 @@ def reason(claim: Mapping[str, Any]) -> str:
     mde = t.get("detectable")
     prefix = "curve_" if t.get("reads") == "curve" else ""
     margin = f", margin {t['margin']}" if t.get("margin") is not None else ""
-    return (f"{_seeds_text(t)}; neither rule holds (supported if {t['rule'][SUPPORTED]}, contradicted if "
-            f"{t['rule'][CONTRADICTED]}{margin}): {prefix}lo {_fmt(stat['lo'])} at level "
+    return (f"{_seeds_text(t)}; neither rule holds ({_word(t, SUPPORTED)} if {t['rule'][SUPPORTED]}, "
+            f"{_word(t, CONTRADICTED)} if {t['rule'][CONTRADICTED]}{margin}): {prefix}lo {_fmt(stat['lo'])} at level "
             f"{t['level_supported']:.2g}, {prefix}hi {_fmt(stat['hi'])} at level {t['level_contradicted']:.2g}"
             + (f"; the design could detect a d {_fmt(mde)} beyond the rule's threshold with 80% power"
                if mde is not None else ""))
@@ -346,12 +487,19 @@ def _holds_text(t: Mapping[str, Any], verdict: str) -> str:
     return f"the rule {t['rule'][verdict]}{margin} holds: {prefix}{side} = {_fmt(stat[side])} at level {level:.2g}"
 
 
+def _word(t: Mapping[str, Any], verdict: str) -> str:
+    """What a verdict means for this test: itself, or for a two-sided claim the word of d's sign (`differs
+    (faster)`)."""
+    words = t.get("words")
+    if not words or verdict not in (SUPPORTED, CONTRADICTED):
+        return verdict
+    return f"{DIFFERS} ({words[0] if verdict == SUPPORTED else words[1]})"
+
+
 def _seeds_text(t: Mapping[str, Any]) -> str:
     """`recall (self gen 2 vs self gen 0): d > 0 (as claimed) in 3 of 3 seeds, by 0.06 to 0.12`."""
     values = [v for v in t["per_seed"] if v is not None]
-    arms = f"{t['arm']} gen {t['generation']} vs {t['vs_arm']} gen {t['vs_generation']}"
-    if t["vs_metric"] != t["metric"] and t["vs_arm"] == t["arm"]:
-        arms = f"{t['arm']} gen {t['generation']}"
+    arms = t.get("arms_text") or f"{t['arm']} gen {t['generation']} vs {t['vs_arm']} gen {t['vs_generation']}"
     span = f"d from {_fmt(min(values))} to {_fmt(max(values))}" if values else "no values"
-    return f"{t['difference']} ({arms}): d > 0 (as claimed) in {sum(v > 0 for v in values)} of {len(values)} seeds, " \
-           f"{span}"
+    claimed = f"d > 0 ({t['words'][0]})" if t.get("words") else "d > 0 (as claimed)"
+    return f"{t['difference']} ({arms}): {claimed} in {sum(v > 0 for v in values)} of {len(values)} seeds, {span}"

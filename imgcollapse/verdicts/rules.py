@@ -5,6 +5,12 @@ A rule is a comparison of RULE_NAMES and numbers (with + - * /), joined by and/o
 (imgcollapse/verdicts/stats.py), so the default rule is a one-sided t-test at that level in each direction. A rule
 of that form (or `p_claim < level_supported`) has the family-wise level `alpha` the engine states; any other rule is
 the user's, and its level is reported as not stated.
+
+A test is of one of three kinds (`kind`): `difference` (the default: an arm against another arm, generation or
+metric, paired by seed), `crossed` (a crossed design of two families, source × learner: the interaction of four
+chains) and `deceleration` (one arm's excess error: its first step's increment less its last one's). A claim with
+`two_sided: [word for d > 0, word for d < 0]` asks an open question: its tests join as one family, Bonferroni both
+ways, and it reads "differs" (with the word of d's sign) or inconclusive.
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ TEST_COMBINE = {"any": "any", "all": "and", "or": "any", "and": "and"}  # a test
 RULE_NAMES = ("mean", "lo", "hi", "p", "p_claim", "p_against", "p_sign_claim", "p_sign_against", "n", "curve_mean",
               "curve_lo", "curve_hi", "curve_p", "margin", "level_supported", "level_contradicted")
 EXPECT = ("worse", "better", "higher", "lower")
-TEST_KEYS = {"name", "arm", "vs_arm", "metric", "metrics", "vs_metric", "generation", "vs_generation", "change",
-             "expect", "relative", "margin", "trusted_for", "rule"}
-CLAIM_KEYS = {"statement", "source", "tests", "rule", "note", "combine"}
+TEST_KEYS = {"name", "kind", "arm", "vs_arm", "mirror", "member", "metric", "metrics", "vs_metric", "generation",
+             "vs_generation", "change", "expect", "relative", "margin", "trusted_for", "rule"}
+TEST_KINDS = ("difference", "crossed", "deceleration")
+# the keys only a difference reads: a crossed design's and a deceleration's d is fixed by their kind
+DIFFERENCE_ONLY = ("vs_generation", "vs_metric", "change", "relative", "member", "expect")
+CLAIM_KEYS = {"statement", "source", "tests", "rule", "note", "combine", "two_sided"}
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+DIFFERS = "differs"  # a two-sided claim's verdict where a bound excludes 0: supported or contradicted, read by sign
 
 
 # The rule: a tiny expression language, checked when the study loads --------------------------------------------
@@ -132,9 +142,60 @@ def rule_of(study_rule: Mapping[str, Any] | None, claim: Mapping[str, Any], test
 
 
 def claim_combine(claim: Mapping[str, Any]) -> str:
-    """How a claim joins its tests: and | or (default or; all/any read as and/or)."""
+    """How a claim joins its tests: and | or (default or; all/any read as and/or); a two-sided claim's tests are one
+    family (`any`: some test decides and none points the other way, Bonferroni both ways)."""
+    if claim.get("two_sided"):
+        return "any"
     how = claim.get("combine", "or")
     return COMBINE.get(how, how)
+
+
+def kind_of(test: Mapping[str, Any]) -> str:
+    """A test's kind: difference (default), crossed or deceleration."""
+    return str(test.get("kind", "difference"))
+
+
+def crossed_arms(test: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """A crossed design's four arms: (A via B, A's own loop, B via A, B's own loop)."""
+    mirror = test.get("mirror") or {}
+    return test["arm"], test["vs_arm"], mirror.get("arm"), mirror.get("vs_arm")
+
+
+def test_generation(test: Mapping[str, Any], generations: Mapping[str, int]) -> int:
+    """The generation a test reads its arm at: its `generation`, else `last`: the arm's last; where it compares with
+    another arm at the same generation, the last both have (an arm may run longer for another test); in a crossed
+    design, the last all four have."""
+    g = test.get("generation", "last")
+    if g != "last":
+        return int(g)
+    kind = kind_of(test)
+    if kind == "crossed":
+        return min(generations.get(a, 0) for a in crossed_arms(test))
+    g = generations.get(test["arm"], 0)
+    vs_arm = test.get("vs_arm", test["arm"])
+    if kind == "difference" and test.get("vs_generation") is None and vs_arm != test["arm"]:
+        g = min(g, generations.get(vs_arm, 0))
+    return g
+
+
+def compared(test: Mapping[str, Any], generations: Mapping[str, int]) -> list[tuple[str, int, str]]:
+    """(arm, generation, the test's key that sets it) for every value a test reads at its generation (generation 0,
+    which every arm's home family trains, left out)."""
+    g = test_generation(test, generations)
+    kind = kind_of(test)
+    if kind == "crossed":
+        return [(arm, g, "generation") for arm in crossed_arms(test)]
+    if kind == "deceleration":
+        return [(test["arm"], x, "generation") for x in sorted({1, g - 1, g}) if x > 0]
+    vs_arm = test.get("vs_arm", test["arm"])
+    vs_g = test.get("vs_generation")
+    vs_g = generations.get(vs_arm, 0) if vs_g == "last" else g if vs_g is None else int(vs_g)
+    return [(test["arm"], g, "generation"), (vs_arm, vs_g, "vs_generation")]
+
+
+def member_label(member: str, model: str | None) -> str | None:
+    """A population member's column suffix: `model` names the study's model's own family (fid_ddpm, fid_vae, ...)."""
+    return model if member == "model" else member
 
 
 def controls_level(rule: Mapping[str, Any]) -> bool:
@@ -189,62 +250,163 @@ def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms:
         if unknown := set(claim) - CLAIM_KEYS:
             raise ConfigError(where, sorted(unknown), f"keys among {sorted(CLAIM_KEYS)}")
         _check_rule_keys(claim.get("rule"), f"{where}.rule")
+        words = claim.get("two_sided")
+        if words is not None:
+            if not (isinstance(words, (list, tuple)) and len(words) == 2 and all(isinstance(w, str) and w
+                                                                                 for w in words)
+                    and words[0] != words[1]):
+                raise ConfigError(f"{where}.two_sided", words, "two words, what d > 0 and d < 0 mean (e.g. [faster, "
+                                  "slower]): the claim then reads 'differs (faster)', 'differs (slower)' or "
+                                  "inconclusive")
+            if "combine" in claim:
+                raise ConfigError(f"{where}.combine", claim["combine"], "absent in a two-sided claim: its tests "
+                                  "are one family (some test decides, none points the other way)")
         for i, test in enumerate(claim["tests"]):
-            at = f"{where}.tests[{i}]"
-            if unknown := set(test) - TEST_KEYS:
-                raise ConfigError(at, sorted(unknown), f"keys among {sorted(TEST_KEYS)}")
-            _check_rule_keys(test.get("rule"), f"{at}.rule")
-            if "arm" not in test:
-                raise ConfigError(f"{at}.arm", None, f"one of the study's arms {names}")
-            for arm_key in ("arm", "vs_arm"):
-                if arm_key in test and test[arm_key] not in arms:
-                    raise ConfigError(f"{at}.{arm_key}", test[arm_key], f"one of the study's arms {names}")
-            metrics = test.get("metrics") or test.get("metric")
-            metrics = [metrics] if isinstance(metrics, str) else metrics
-            if not metrics or not all(isinstance(m, str) for m in metrics):
-                raise ConfigError(f"{at}.metrics", metrics, "a metric column (metric: fid) or a list (metrics: [...])")
-            if test.get("expect") not in EXPECT:
-                raise ConfigError(f"{at}.expect", test.get("expect"), f"one of {list(EXPECT)}: what the claim says "
-                                  "of arm against vs_arm")
-            if test["expect"] in ("worse", "better"):
-                for m in [*metrics, *([test["vs_metric"]] if test.get("vs_metric") else [])]:
-                    if worse(m) is None:
-                        raise ConfigError(f"{at}.expect", test["expect"], f"higher or lower: which way is worse is "
-                                          f"not known for {m!r} (imgcollapse/metric_facts.py knows the kit's columns)")
-            for g_key in ("generation", "vs_generation"):
-                g = test.get(g_key, "last")
-                if g != "last" and not (isinstance(g, int) and g >= 0):
-                    raise ConfigError(f"{at}.{g_key}", g, "'last' or a generation >= 0")
-            vs_arm = test.get("vs_arm", test["arm"])
-            g_a = arms[test["arm"]] if test.get("generation", "last") == "last" else test["generation"]
-            g_b = test.get("vs_generation", g_a)
-            g_b = arms[vs_arm] if g_b == "last" else g_b
-            for arm, g, key in ((test["arm"], g_a, "generation"), (vs_arm, g_b, "vs_generation")):
-                if g > arms[arm]:
-                    raise ConfigError(f"{at}.{key}", g, f"a generation arm {arm} has (0..{arms[arm]}); give "
-                                      "vs_generation where the arms' lengths differ")
-            if vs_arm == test["arm"] and "vs_generation" not in test and not test.get("vs_metric"):
-                raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
-                                  "(vs_generation) or another metric (vs_metric); this one is always 0")
-            trusted = test.get("trusted_for")
-            trusted = [trusted] if isinstance(trusted, str) else trusted or []
-            if unknown := set(trusted) - changes:
-                raise ConfigError(f"{at}.trusted_for", sorted(unknown), f"changes or kinds the calibration makes: "
-                                  f"{sorted(changes)}")
-            rule = rule_of(study_rule, claim, test)
-            for verdict in (SUPPORTED, CONTRADICTED):
-                parse_rule(rule[verdict], f"{at}.rule.{verdict}")
-                if uses_margin(rule[verdict]) and not isinstance(test.get("margin"), (int, float)):
-                    raise ConfigError(f"{at}.margin", test.get("margin"), f"a number: the rule {rule[verdict]!r} "
-                                      "uses it")
-            if rule["combine"] not in TEST_COMBINE.values():
-                raise ConfigError(f"{at}.rule.combine", rule["combine"], "any (one family: some metric decides, none "
-                                  "against) or all (every metric)")
-            if not (isinstance(rule["alpha"], (int, float)) and 0 < rule["alpha"] < 1):
-                raise ConfigError(f"{at}.rule.alpha", rule["alpha"], "a family-wise level in (0, 1), e.g. 0.05")
+            _check_test(test, f"{where}.tests[{i}]", arms, names, changes, rule_of(study_rule, claim, test))
         if claim.get("combine", "or") not in COMBINE:
             raise ConfigError(f"{where}.combine", claim.get("combine"), "and (supported only if every test is; "
                               "contradicted if any is) or or (the dual)")
+
+
+def _check_test(test: Mapping[str, Any], at: str, arms: Mapping[str, int], names: list[str], changes: set[str],
+                rule: Mapping[str, Any]) -> None:
+    """One test's keys, arms, metrics, generations, `trusted_for` and rule (ConfigError naming the key)."""
+    from imgcollapse.metric_facts import MEMBER_COLUMNS
+
+    if unknown := set(test) - TEST_KEYS:
+        raise ConfigError(at, sorted(unknown), f"keys among {sorted(TEST_KEYS)}")
+    kind = kind_of(test)
+    if kind not in TEST_KINDS:
+        raise ConfigError(f"{at}.kind", kind, f"one of {list(TEST_KINDS)}")
+    _check_rule_keys(test.get("rule"), f"{at}.rule")
+    if "arm" not in test:
+        raise ConfigError(f"{at}.arm", None, f"one of the study's arms {names}")
+    if kind != "difference" and (given := [k for k in DIFFERENCE_ONLY if k in test]):
+        raise ConfigError(f"{at}.{given[0]}", test[given[0]], f"absent in a test of kind {kind}: its d is fixed "
+                          "(docs/STUDIES.md \"Test kinds\")")
+    if kind != "crossed" and "mirror" in test:
+        raise ConfigError(f"{at}.mirror", test["mirror"], "absent unless kind: crossed")
+    if kind == "crossed":
+        mirror = test.get("mirror")
+        if not (isinstance(mirror, Mapping) and set(mirror) == {"arm", "vs_arm"}):
+            raise ConfigError(f"{at}.mirror", mirror, "{arm: B via A, vs_arm: B's own loop}: the same comparison "
+                              "with the families' roles swapped")
+        if "vs_arm" not in test:
+            raise ConfigError(f"{at}.vs_arm", None, "the arm's home family's own loop (A's own loop, beside arm: A "
+                              "via B)")
+        for key, arm in (("arm", test["arm"]), ("vs_arm", test["vs_arm"]), ("mirror.arm", mirror["arm"]),
+                         ("mirror.vs_arm", mirror["vs_arm"])):
+            if arm not in arms:
+                raise ConfigError(f"{at}.{key}", arm, f"one of the study's arms {names}")
+        if len(set(crossed_arms(test))) != 4:
+            raise ConfigError(f"{at}.mirror", mirror, "four different arms: A via B, A's own loop, B via A, B's own "
+                              "loop")
+    elif kind == "deceleration" and "vs_arm" in test:
+        raise ConfigError(f"{at}.vs_arm", test["vs_arm"], "absent: a deceleration reads one arm's own curve")
+    for arm_key in ("arm", "vs_arm"):
+        if arm_key in test and test[arm_key] not in arms:
+            raise ConfigError(f"{at}.{arm_key}", test[arm_key], f"one of the study's arms {names}")
+    metrics = test.get("metrics") or test.get("metric")
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    if not metrics or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"{at}.metrics", metrics, "a metric column (metric: fid) or a list (metrics: [...])")
+    if kind == "difference" and test.get("expect") not in EXPECT:
+        raise ConfigError(f"{at}.expect", test.get("expect"), f"one of {list(EXPECT)}: what the claim says "
+                          "of arm against vs_arm")
+    if kind != "difference" or test["expect"] in ("worse", "better"):
+        for m in [*metrics, *([test["vs_metric"]] if test.get("vs_metric") else [])]:
+            if worse(m) is None:
+                key = "expect" if kind == "difference" else "metrics"
+                raise ConfigError(f"{at}.{key}", test.get(key), f"higher or lower: which way is worse is not "
+                                  f"known for {m!r} (imgcollapse/metric_facts.py knows the kit's columns)")
+    if "member" in test:
+        if not (isinstance(test["member"], str) and test["member"]):
+            raise ConfigError(f"{at}.member", test["member"], "a member of the arm's population (chain.population), "
+                              "or `model` for the study's model's own family")
+        if bad := [m for m in metrics if m not in MEMBER_COLUMNS]:
+            raise ConfigError(f"{at}.metrics", bad, f"metrics a population scores each member on: "
+                              f"{list(MEMBER_COLUMNS)}")
+    for g_key in ("generation", "vs_generation"):
+        g = test.get(g_key, "last")
+        if g != "last" and not (isinstance(g, int) and not isinstance(g, bool) and g >= 0):
+            raise ConfigError(f"{at}.{g_key}", g, "'last' or a generation >= 0")
+    for arm, g, key in compared(test, arms):
+        if g > arms[arm]:
+            raise ConfigError(f"{at}.{key}", g, f"a generation arm {arm} has (0..{arms[arm]}); give "
+                              "vs_generation where the arms' lengths differ")
+    g = test_generation(test, arms)
+    if kind == "deceleration" and g < 2:
+        raise ConfigError(f"{at}.generation", g, "a generation >= 2: a deceleration compares the first step with "
+                          "the last, (e_1 - e_0) - (e_G - e_G-1)")
+    if kind == "crossed" and g < 1:
+        raise ConfigError(f"{at}.generation", g, "a generation >= 1 that every arm's home family trained")
+    vs_arm = test.get("vs_arm", test["arm"])
+    if kind == "difference" and vs_arm == test["arm"] and "vs_generation" not in test and not test.get("vs_metric") \
+            and "member" not in test:
+        raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
+                          "(vs_generation) or another metric (vs_metric); this one is always 0")
+    trusted = test.get("trusted_for")
+    trusted = [trusted] if isinstance(trusted, str) else trusted or []
+    if unknown := set(trusted) - changes:
+        raise ConfigError(f"{at}.trusted_for", sorted(unknown), f"changes or kinds the calibration makes: "
+                          f"{sorted(changes)}")
+    for verdict in (SUPPORTED, CONTRADICTED):
+        parse_rule(rule[verdict], f"{at}.rule.{verdict}")
+        if uses_margin(rule[verdict]) and not isinstance(test.get("margin"), (int, float)):
+            raise ConfigError(f"{at}.margin", test.get("margin"), f"a number: the rule {rule[verdict]!r} uses it")
+    if rule["combine"] not in TEST_COMBINE.values():
+        raise ConfigError(f"{at}.rule.combine", rule["combine"], "any (one family: some metric decides, none "
+                          "against) or all (every metric)")
+    if not (isinstance(rule["alpha"], (int, float)) and 0 < rule["alpha"] < 1):
+        raise ConfigError(f"{at}.rule.alpha", rule["alpha"], "a family-wise level in (0, 1), e.g. 0.05")
+
+
+def check_homes(claims: Mapping[str, Any], generations: Mapping[str, int], turns: Mapping[str, list[str]],
+                members: Mapping[str, list[str]], model: str) -> None:
+    """Once every arm's config is known (study.plan): every generation a test reads of an arm is one the arm's home
+    family (the one that trained its generation 0) trained; a crossed design is two families' own loops and their
+    alternations, each starting with its home; a `member` is one of the arm's population. `turns`: {arm: the
+    families in turn, generation g trained by turns[g % len]}; `members`: {arm: its population's column suffixes}.
+    ConfigError naming the test, the arm and the generation."""
+    for name, claim in (claims or {}).items():
+        for i, test in enumerate(claim["tests"]):
+            at = f"study.claims.{name}.tests[{i}]"
+            label = f"test {test.get('name') or i + 1!r} of claim {name}"
+            for arm, g, key in compared(test, generations):
+                order = turns[arm]
+                by, home = order[g % len(order)], order[0]
+                if by != home:
+                    homes = [x for x in range(g, -1, -1) if order[x % len(order)] == home and x > 0]
+                    hint = f"; compare it at a generation {home} trained, such as {homes[0]}" if homes else ""
+                    raise ConfigError(f"{at}.{key}", g, f"{label}: arm {arm}'s generation {g} was trained by {by}, not "
+                                      f"by its home family {home} (which trained its generation 0; its families take "
+                                      f"turns {order}): a comparison there compares two families' samplers, not "
+                                      f"collapse{hint}")
+            if kind_of(test) == "crossed":
+                _check_crossed(test, at, label, turns)
+            if "member" in test:
+                found = member_label(test["member"], model)
+                if found not in members.get(test["arm"], []):
+                    raise ConfigError(f"{at}.member", test["member"], f"{label}: a member of arm {test['arm']}'s "
+                                      f"population {members.get(test['arm']) or '(it has none: chain.population)'}"
+                                      + (f" (`model` is {model} here)" if test["member"] == "model" else ""))
+
+
+def _check_crossed(test: Mapping[str, Any], at: str, label: str, turns: Mapping[str, list[str]]) -> None:
+    via, own, mirror_via, mirror_own = crossed_arms(test)
+    a, b = turns[own][0], turns[mirror_own][0]
+    for arm, key, loop in ((own, "vs_arm", a), (mirror_own, "mirror.vs_arm", b)):
+        if turns[arm] != [loop]:
+            raise ConfigError(f"{at}.{key}", arm, f"{label}: a family's own loop (one family every generation); "
+                              f"arm {arm}'s families take turns {turns[arm]}")
+    if a == b:
+        raise ConfigError(f"{at}.mirror.vs_arm", mirror_own, f"{label}: the other family's own loop; {own} and "
+                          f"{mirror_own} are both {a}'s")
+    for arm, key, home, other in ((via, "arm", a, b), (mirror_via, "mirror.arm", b, a)):
+        if turns[arm][0] != home or other not in turns[arm]:
+            raise ConfigError(f"{at}.{key}", arm, f"{label}: an alternation that starts with {home} (the home of its "
+                              f"own loop beside it) and takes turns with {other}; arm {arm}'s families take turns "
+                              f"{turns[arm]}")
 
 
 def _check_rule_keys(rule: Any, key: str) -> None:

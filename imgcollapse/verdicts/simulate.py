@@ -92,6 +92,49 @@ def null_draws(sims: int, metrics: int, n: int, rho: float, rng: np.random.Gener
     return d
 
 
+def crossed_chains(sims: int, metrics: int, n: int, rng: np.random.Generator, *, main: float = 0.0,
+                   interaction: float = 0.0, generation: int = 2, rho: float = 0.0, noise: float = 1.0
+                   ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """A crossed design's four chains (A via B, A's own loop, B via A, B's own loop), simulated: every generation adds
+    its learner's own excess error (family A 1, family B 1 + `main`: B a worse sampler whoever it learns from), plus
+    `interaction` where the learner learns from the other family, plus noise (sd `noise`, correlation `rho` between
+    metrics). Returns ([Δ per chain, each (sims, metrics, n)], A's and B's generation-0 excess error); the true
+    interaction d is generation × `interaction`."""
+    cost = {"A": 1.0, "B": 1.0 + main}
+    chains = [["A", "B"], ["A"], ["B", "A"], ["B"]]
+    shape = (sims, 1, n, generation + 1)
+    deltas, excess0 = [], {}
+    for turns in chains:
+        common, own = rng.standard_normal(shape), rng.standard_normal((sims, metrics, n, generation + 1))
+        e = noise * (np.sqrt(rho) * common + np.sqrt(1 - rho) * own)
+        e[..., 0] += cost[turns[0]]
+        for g in range(1, generation + 1):
+            learner, source = turns[g % len(turns)], turns[(g - 1) % len(turns)]
+            e[..., g] += e[..., g - 1] + cost[learner] + interaction * (learner != source)
+        deltas.append(e[..., generation] - e[..., 0])
+        excess0.setdefault(turns[0], e[..., 0])
+    return deltas, excess0["A"], excess0["B"]
+
+
+def crossed_draws(sims: int, metrics: int, n: int, rng: np.random.Generator, **kwargs: Any) -> np.ndarray:
+    """A crossed design's d (sims, metrics, n) as judge makes it (stats.interaction, one scale: the two families'
+    mean generation-0 excess error) from `crossed_chains`."""
+    deltas, excess_a, excess_b = crossed_chains(sims, metrics, n, rng, **kwargs)
+    scale = 0.5 * (excess_a.mean(-1, keepdims=True) + excess_b.mean(-1, keepdims=True))
+    return stats.interaction(*deltas, scale=np.where(scale > 0, scale, 1.0))
+
+
+def deceleration_draws(sims: int, metrics: int, n: int, rng: np.random.Generator, *, generation: int,
+                       growth: str = "linear", rate: float = 1.0, noise: float = 1.0) -> np.ndarray:
+    """A deceleration's d (sims, metrics, n) as judge makes it (stats.deceleration) from curves of excess error
+    growing `linear`ly (`rate` a generation: no deceleration) or `saturating` (toward 3 × `rate`, an
+    exponential approach with time constant 1 generation), plus noise per generation."""
+    g = np.arange(generation + 1, dtype=np.float64)
+    mean = rate * g if growth == "linear" else 3 * rate * (1 - np.exp(-g))
+    curves = mean + noise * rng.standard_normal((sims, metrics, n, generation + 1))
+    return stats.deceleration(curves)
+
+
 def null_table(shapes: Mapping[str, Shape], ns: Sequence[int] = (3, 5), rhos: Sequence[float] = (0.0, 0.5, 0.8),
                sims: int = 20_000, alpha: float = 0.05, seed: int = 0, kind: str = "normal") -> list[dict[str, Any]]:
     """P(supported) and P(decided) for every shape × n × correlation, by simulation."""

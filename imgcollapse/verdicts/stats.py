@@ -2,7 +2,8 @@
 tens of thousands of null studies (tests/test_verdicts.py): paired differences across seeds, one-sided bounds at the
 levels error control assigns, t and exact sign-flip p-values, and the smallest effect the design could detect.
 
-Every function takes `d` of shape (..., n): the last axis is the seeds, every value finite.
+Every function takes `d` of shape (..., n): the last axis is the seeds, every value finite; `interaction` and
+`deceleration` make such a `d` from the chains' own numbers (a crossed design's four chains, one chain's curve).
 """
 
 from __future__ import annotations
@@ -109,3 +110,23 @@ def combine(supported: np.ndarray, contradicted: np.ndarray, votes: np.ndarray, 
         sup, con = sup & ~both, con & ~both
     sup, con = sup & any_vote, con & any_vote
     return sup & ~con, con & ~sup
+
+
+def interaction(via: np.ndarray, own: np.ndarray, mirror_via: np.ndarray, mirror_own: np.ndarray,
+                scale: float | np.ndarray = 1.0) -> np.ndarray:
+    """A crossed design's d per seed: ½[(Δ A via B − Δ A own) + (Δ B via A − Δ B own)] / scale, each Δ a chain's change
+    since its generation 0 at a generation its home family trained. A family that is worse (or better) whoever it
+    learns from adds the same to one cross chain as it takes from the other, so it cancels; what is left is the
+    interaction, source × learner. One `scale` for both halves keeps that cancellation (a scale per family would not:
+    docs/STUDIES.md "Crossed design")."""
+    return 0.5 * ((np.asarray(via) - own) + (np.asarray(mirror_via) - mirror_own)) / scale
+
+
+def deceleration(curve: np.ndarray) -> np.ndarray:
+    """d per seed from a curve of excess error e_0..e_G (last axis the generations): the first step's increment less
+    the last one's, (e_1 − e_0) − (e_G − e_{G−1}). 0 in expectation for linear growth, > 0 where growth slows (a
+    bounded curve), < 0 where it speeds up. A real floor subtracted from every e cancels: only steps enter."""
+    curve = np.asarray(curve, dtype=np.float64)
+    if curve.shape[-1] < 3:
+        raise ValueError(f"deceleration needs generations 0..G with G >= 2 (got {curve.shape[-1]} generations)")
+    return (curve[..., 1] - curve[..., 0]) - (curve[..., -1] - curve[..., -2])
