@@ -90,7 +90,7 @@ def _ruler_of(run_json: Mapping[str, Any], run_dir: Path) -> int:
     if invocation.get("ruler") is not None:
         return int(invocation["ruler"])
     first = Path(run_dir) / "gen_000" / "metrics.json"
-    if first.exists() and "fid_mean_within" in json.loads(first.read_text()) and RULER_VERSION == 4:
+    if first.exists() and "fid_mean_within" in json.loads(first.read_text()):  # ruler 4 added it, 5 recorded itself
         return 4
     raise UserError(f"{run_dir}: run.json records no metrics ruler and the run lacks what ruler {RULER_VERSION} "
                     "measures: its numbers cannot be recorded as this ruler's; rerun it")

@@ -92,6 +92,8 @@ def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> di
     if "verify" not in (old.get("regime.curation"), new.get("regime.curation")):  # the verifier's keys are unread
         for key in VERIFY_KEYS:
             old.pop(key, None), new.pop(key, None)
+    if not (old.get("dataset.long_tail") or new.get("dataset.long_tail")):  # which classes are rare: no tail, unread
+        old.pop("dataset.tail_seed", None), new.pop("dataset.tail_seed", None)
     keys = [k for k in old if not is_ignored(k)]
     keys += [k for k in new if k not in old and not is_ignored(k)]
     differences = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import inspect
 import logging
 import os
 import platform
@@ -157,9 +158,11 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
                                    accelerator=accelerator)
     regime = build(config.regime, num_synthetic=config.num_synthetic)  # the regime's sample count
     family_for = _families(config, splits, accelerator)
+    # the verifier learns from the floor split, which the metrics classifier never sees (a user's regime written
+    # before the argument existed is not handed it)
+    floor = {"floor": splits.floor} if "floor" in inspect.signature(regime.setup).parameters else {}
     on_main(regime.setup, splits.train, splits.heldout, Path(config.cache_dir).expanduser(),
-            conditional=bool(getattr(config.model, "num_classes", None)), generation=config.generation,
-            floor=splits.floor)  # the verifier learns from the floor split, which the metrics classifier never sees
+            conditional=bool(getattr(config.model, "num_classes", None)), generation=config.generation, **floor)
     # A study's arm: generation 0 (or its model) is another chain's, once config, data and numeric settings match.
     adopted_fit = None
     if config.chain.share_gen0 and store.num_done() == 0:

@@ -16,10 +16,11 @@ import joblib
 import numpy as np
 from cleanfid.fid import frechet_distance, kernel_distance
 from prdc import compute_prdc
-from prdc.prdc import compute_nearest_neighbour_distances, compute_pairwise_distance, get_kth_value
+from prdc.prdc import compute_pairwise_distance
 from scipy.linalg import LinAlgWarning
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy
+from sklearn.neighbors import NearestNeighbors
 
 PRDC = ("precision", "recall", "density", "coverage")
 
@@ -94,12 +95,11 @@ def density_deciles(heldout: np.ndarray, pool: np.ndarray, nearest_k: int, fract
     """The held-out images in the lowest- and highest-density `fraction` of the real data: density from the real
     pool alone (the distance to a held-out image's k-th nearest pool image: far is sparse), fixed before any
     generation. Returns their indices (lowest density, highest density); none where the sets are too small."""
-    if len(pool) < nearest_k or len(heldout) <= nearest_k + 1:
+    if len(pool) <= nearest_k or len(heldout) <= nearest_k + 1:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
-    with joblib.parallel_config(backend="sequential"):
-        distances = compute_pairwise_distance(heldout, pool)
-    kth = get_kth_value(distances, k=nearest_k, axis=-1)
-    count = max(1, round(fraction * len(heldout)))
+    # sklearn's neighbours in chunks: a 10,000 x 60,000 matrix (MNIST) would not fit, and prdc's partition doubles it
+    kth = NearestNeighbors(n_neighbors=nearest_k, algorithm="brute").fit(pool).kneighbors(heldout)[0][:, -1]
+    count = max(1, int(fraction * len(heldout)))  # floor: two shares of at most half never overlap
     order = np.argsort(kth, kind="stable")
     return np.sort(order[-count:]), np.sort(order[:count])
 
@@ -109,8 +109,8 @@ def heldout_radii(heldout: np.ndarray, nearest_k: int) -> np.ndarray:
     NaN where the split has too few images."""
     if len(heldout) <= nearest_k + 1:
         return np.full(len(heldout), np.nan)
-    with joblib.parallel_config(backend="sequential"):
-        return compute_nearest_neighbour_distances(heldout, nearest_k)
+    # k + 1 neighbours: the first is the image itself, as in prdc's compute_nearest_neighbour_distances
+    return NearestNeighbors(n_neighbors=nearest_k + 1, algorithm="brute").fit(heldout).kneighbors(heldout)[0][:, -1]
 
 
 def ball_coverage(features: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:

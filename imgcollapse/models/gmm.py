@@ -33,7 +33,7 @@ ARRAYS_FILE = "gmm.npz"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 ESTIMATORS = ("mle", "unbiased")  # covariances divide by the (effective) sample count, or by it minus one per mean
 MAX_FULL_DIM = 1024  # full/tied covariances beyond this many dimensions cost GBs and hours of EM: use PCA
-FLOOR_MULTIPLE = 100  # a fitted variance below this many reg_covar is the floor's, not the data's (variance_stats)
+FLOOR_MULTIPLE = 1000  # a fitted variance below this many reg_covar is the floor's, not the data's (variance_stats)
 
 
 def cholesky_factors(covariances: np.ndarray, covariance_type: str, n_components: int, dim: int) -> np.ndarray:
@@ -91,11 +91,12 @@ def variance_stats(mixture: GaussianMixture, reg_covar: float) -> dict[str, floa
     # reg_covar, its samples carry that on and each later fit adds reg_covar again (v_{g+1} = v_g chi^2 / c +
     # reg_covar: about (g + 1) reg_covar after g generations), so its log climbs like log(g + 1) while the theory's
     # falls (the digits' 4 such pixels of 64 added +0.21 by generation 30 against the closed form's -0.30), and its
-    # law depends on the generation, which a fit does not know. Below FLOOR_MULTIPLE reg_covar it counts as floor
-    # for ~100 generations; a coordinate of the data falls there only once the reg_covar added each generation is
-    # >= 1% of its variance, a visible part of the theory's drift of ~1 / (N - 1). So choose reg_covar far below
-    # the variances you study (the default 1e-4 leaves out coordinates under 0.01: the digits' 4 blank pixels and
-    # their nearly blank border; experiment=gaussian_theory sets 1e-12).
+    # law depends on the generation, which a fit does not know. Below FLOOR_MULTIPLE reg_covar it counts as floor:
+    # for ~1,000 generations of the unbiased fit, and for good under the MLE while N < 1,000 (its floor coordinates
+    # settle at N reg_covar); a coordinate of the data falls there only once the reg_covar added each generation is
+    # >= 0.1% of its variance. So choose reg_covar far below the variances you study: experiment=gaussian_theory
+    # sets 1e-12; the default 1e-4 leaves coordinates under 0.1 out of these two columns (a digits GMM's blank and
+    # near-blank border pixels, and any a chain collapses that far: model_floor_coordinates counts them).
     above = diag >= FLOOR_MULTIPLE * reg_covar
     weights = m.weights_[:, None] * above  # means over the (component, coordinate) pairs above the floor
     total = weights.sum()
