@@ -490,3 +490,16 @@ def test_an_arms_own_horizon_is_part_of_the_plan() -> None:
                                                                   "generation": {"gmm": 10}}}, "claims": {}}
     assert plan_hash(study, []) != plan_hash({**study, "arms": {"a": {"overrides": ["regime=accumulate"],
                                                                       "generation": {"gmm": 11}}}}, [])
+
+
+def test_a_two_sided_claims_tests_must_point_one_way() -> None:
+    """Its words read the sign of d in every test: a test whose d > 0 means "better" would invert them."""
+    from imgcollapse.errors import ConfigError
+    from imgcollapse.verdicts.rules import check_claims
+
+    tests = [{"arm": "a", "vs_arm": "b", "metric": "fid", "expect": "worse"},
+             {"arm": "a", "vs_arm": "b", "metric": "recall", "expect": "better"}]
+    claims = {"q": {"statement": "s", "two_sided": ["faster", "slower"], "tests": tests}}
+    with pytest.raises(ConfigError, match=r"study\.claims\.q\.tests.*one `expect` for every test"):
+        check_claims(claims, {}, {"a": 2, "b": 2})
+    check_claims({"q": {**claims["q"], "tests": [tests[0], {**tests[1], "expect": "worse"}]}}, {}, {"a": 2, "b": 2})

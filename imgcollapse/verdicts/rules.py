@@ -261,6 +261,13 @@ def check_claims(claims: Mapping[str, Any], study_rule: Mapping[str, Any], arms:
             if "combine" in claim:
                 raise ConfigError(f"{where}.combine", claim["combine"], "absent in a two-sided claim: its tests "
                                   "are one family (some test decides, none points the other way)")
+            # the words read the sign of d in every test: each test's d must point the same way (a crossed
+            # design's d > 0 is "worse": the cross chains collapse faster)
+            senses = {"worse" if kind_of(t) == "crossed" else t.get("expect") for t in claim["tests"]
+                      if isinstance(t, Mapping)}
+            if len(senses) > 1:
+                raise ConfigError(f"{where}.tests", sorted(str(x) for x in senses), "one `expect` for every test "
+                                  f"of a two-sided claim ({words[0]!r} must mean the same in each)")
         for i, test in enumerate(claim["tests"]):
             _check_test(test, f"{where}.tests[{i}]", arms, names, changes, rule_of(study_rule, claim, test))
         if claim.get("combine", "or") not in COMBINE:
