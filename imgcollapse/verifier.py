@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imgcollapse.data import ImageSet, to_float
-from imgcollapse.data.transforms import floor_split
+from imgcollapse.data.transforms import floor_of
 from imgcollapse.store import atomic_write
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Verifier:
 def training_images(pool: ImageSet, heldout: ImageSet, floor: ImageSet | None) -> ImageSet:
     """The verifier's training images: the floor split, real images the metrics classifier never trains on (None:
     drawn from the pool as the metrics draw it then, metrics/evaluation.setup_metrics)."""
-    return floor if floor is not None else floor_split(pool, len(heldout), 0)
+    return floor_of(pool, heldout, floor)
 
 
 def verifier_fingerprint(train: ImageSet, epochs: int, seed: int) -> str:

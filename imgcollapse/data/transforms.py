@@ -111,6 +111,12 @@ def floor_split(pool: ImageSet, size: int, seed: int) -> ImageSet:
     return pool.subset(np.sort(kept))
 
 
+def floor_of(pool: ImageSet, heldout: ImageSet, floor: ImageSet | None) -> ImageSet:
+    """The real floor's images: the loader's (`Splits.floor`), or for splits made without one, drawn from the pool
+    as every user of the floor (metrics, calibration, verifier) draws it."""
+    return floor if floor is not None else floor_split(pool, len(heldout), 0)
+
+
 def long_tail_splits(splits: Splits, exponent: float, seed: int, tail_seed: int | None = None) -> Splits:
     """The long tail on the training pool only. The held-out split and the floor are drawn first and keep every
     class (about num_heldout / K images each), so tail classes are scored against enough real images and the

@@ -30,7 +30,7 @@ import torchvision.transforms.functional as TF
 from scipy.stats import spearmanr
 
 from imgcollapse.data import ImageSet, Splits
-from imgcollapse.data.transforms import floor_split
+from imgcollapse.data.transforms import floor_of, floor_split
 from imgcollapse.metric_facts import badness, split, worse
 from imgcollapse.metrics.columns import CLASS_COLUMNS, SET_COLUMNS, SUFFIX, interval_columns
 from imgcollapse.metrics.evaluation import evaluate, without
@@ -221,7 +221,7 @@ def calibrate(splits: Splits, metrics: Metrics) -> dict[str, Any]:
     """Score every change at every strength on the floor split against the held-out split; the response curves,
     their noise at zero change and a verdict per (metric, change)."""
     began = time.perf_counter()
-    floor = splits.floor if splits.floor is not None else floor_split(splits.train, len(splits.heldout), 0)
+    floor = floor_of(splits.train, splits.heldout, splits.floor)
     if len(floor) > metrics.size:  # the rows' size: a seeded, class-stratified subset (not the first images)
         floor = floor_split(floor, metrics.size, 0) if len(floor) >= 2 * metrics.size else \
             floor.subset(np.sort(np.random.default_rng(0).choice(len(floor), metrics.size, replace=False)))

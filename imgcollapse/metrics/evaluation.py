@@ -15,7 +15,7 @@ import torch
 
 from imgcollapse import faults
 from imgcollapse.data import ImageSet, Splits
-from imgcollapse.data.transforms import floor_split
+from imgcollapse.data.transforms import floor_of
 from imgcollapse.metrics.columns import CLASS_COLUMNS, SPACE_COLUMNS, SUFFIX, empty_columns, suffixed
 from imgcollapse.metrics.config import MetricsConfig
 from imgcollapse.metrics.features import (
@@ -60,7 +60,7 @@ def setup_metrics(splits: Splits, cache_dir: Path, config: MetricsConfig, *, see
     device = torch.device(device)
     labelled = splits.train.labels is not None and splits.train.num_classes is not None
     names = resolve_extractors(config.extractors, gpu=device.type != "cpu", labelled=labelled)
-    floor = splits.floor if splits.floor is not None else floor_split(splits.train, len(splits.heldout), 0)
+    floor = floor_of(splits.train, splits.heldout, splits.floor)
     size = min(len(splits.heldout), len(floor), num_scored or len(floor))
     metrics = Metrics(names, [], config, seed, None, None, size=size)
     if labelled:
