@@ -189,6 +189,8 @@ def record_study(name: str, study_dir: Path, command: str | None = None, label: 
                                "generation": max(c["generation"] for c in record["chains"])}
     for key, claim in result_json["claims"].items():
         numbers[f"claim.{key}.verdict"] = claim["verdict"]
+        if claim.get("direction"):  # a two-sided claim's verdict `differs` and the word of d's sign
+            numbers[f"claim.{key}.direction"] = claim["direction"]
         numbers[f"claim.{key}.why"] = claim.get("reason", "")
     runs = record.get("runs") or [{}]
     default = " ".join(["imgcollapse-study", f"study={record['name']}", *record.get("common_overrides", [])])
@@ -327,9 +329,11 @@ def verdicts_table(results: Sequence[Mapping[str, Any]]) -> str:
     lines = [head, "| --- " * (len(results) + 1) + "|"]
     for key in keys:
         statement = next(r["statements"][key] for r in results if key in r.get("statements", {}))
-        cells = [r["numbers"].get(f"claim.{key}.verdict", "") for r in results]
-        lines.append(f"| {statement} | " + " | ".join(f"**{c}**" if c in ("supported", "contradicted") else c
-                                                      for c in cells) + " |")
+        cells = [(r["numbers"].get(f"claim.{key}.verdict", ""), r["numbers"].get(f"claim.{key}.direction"))
+                 for r in results]
+        lines.append(f"| {statement} | " + " | ".join(
+            (f"**{v}**" if v in ("supported", "contradicted", "differs") else v) + (f" ({d})" if d else "")
+            for v, d in cells) + " |")
     return "\n".join(lines)
 
 

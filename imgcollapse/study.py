@@ -73,6 +73,9 @@ class StudyConfig:
     generation: Any = MISSING  # the last generation of every arm that does not set its own: an int, or one per
     # model kind ({ddpm: 2, vae: 2, gmm: 5}: cheap models afford longer chains in the same budget)
     overrides: list[str] = field(default_factory=list)  # applied to every arm, before the arm's own
+    overrides_by_model: dict[str, Any] = field(default_factory=dict)  # {ddpm: [...]}: applied to every arm after
+    # `overrides`, before the arm's own, when the study's model is that kind (a protocol only some kinds have, such
+    # as fine-tuning: model.init=previous is refused by the GMM)
     arms: dict[str, Any] = MISSING  # {arm: [overrides]} or {arm: {overrides: [...], generation: G, label: "...",
     # by_model: {gmm: [overrides used instead when the study's model is a gmm]}}; an arm's generation may be per
     # model kind too ({gmm: 10, vae: 10, ddpm: 2}; a kind it does not name: the study's)
@@ -163,6 +166,7 @@ def arms_of(study: StudyConfig, model: str | None = None) -> list[Arm]:
             raise ConfigError("study.generation", dict(default), f"an int, or a mapping with a value for {model}")
         else:
             default = default[model]
+    protocol = list(study.overrides_by_model.get(model) or []) if model is not None else []
     out = []
     for name, spec in study.arms.items():
         if not ARM_NAME.fullmatch(name):
@@ -187,7 +191,7 @@ def arms_of(study: StudyConfig, model: str | None = None) -> list[Arm]:
             raise ConfigError(f"study.arms.{name}", overrides, "a list of overrides such as regime=accumulate")
         if not isinstance(generation, int) or generation < 0:
             raise ConfigError(f"study.arms.{name}.generation", generation, "a generation >= 0")
-        out.append(Arm(name, list(overrides), generation, label, offset))
+        out.append(Arm(name, [*protocol, *overrides], generation, label, offset))
     return out
 
 
@@ -214,6 +218,11 @@ def check_study(study: StudyConfig) -> None:
         if isinstance(horizon, dict) and (unknown := set(horizon) - set(SCHEMAS["model"])):
             raise ConfigError(f"study.arms.{name}.generation", sorted(unknown),
                               f"model kinds among {sorted(SCHEMAS['model'])}")
+    if unknown := set(study.overrides_by_model) - set(SCHEMAS["model"]):
+        raise ConfigError("study.overrides_by_model", sorted(unknown), f"model kinds among {sorted(SCHEMAS['model'])}")
+    for kind, extra in study.overrides_by_model.items():
+        if not (isinstance(extra, list) and all(isinstance(o, str) and "=" in o for o in extra)):
+            raise ConfigError(f"study.overrides_by_model.{kind}", extra, "a list of overrides such as model.init=base")
     if isinstance(study.generation, dict) and (unknown := set(study.generation) - set(SCHEMAS["model"])):
         raise ConfigError("study.generation", sorted(unknown), f"model kinds among {sorted(SCHEMAS['model'])}")
     if study.threads is not None and study.threads < 1:

@@ -1,12 +1,15 @@
 """How fast imgcollapse is, against plain diffusers, and where a generation's time goes.
 
     python scripts/bench.py --out bench.json            # everything (about 30 min on 2 CPU cores)
-    python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations, metrics (about 6 min)
+    python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations but torch.compile, metrics
     python scripts/bench.py --studies-only --studies gmm,vae,ddpm   # `study=claims` per model: the budgets
+    python scripts/bench.py --studies-from outputs/study/claims,model=gmm   # summarise finished studies, run nothing
 
 Loops are measured in one process with the same model config, batch and threads, in interleaved
 repetitions (median and spread reported). Chains run as `python -m imgcollapse.run` subprocesses.
-Prints a table and writes JSON with top-level `train_ratio`, `sampling_ratio`, `metrics_share`.
+Prints a table and writes JSON with top-level `train_ratio`, `sampling_ratio`, `metrics_share`. Studies are
+summarised from their files: wall time, the chains' compute in core-seconds, the share of core-time idle, FLOPs
+per chain-generation and the achieved FLOP/s against this machine's fp32 matmul peak (probed in the same run).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMPipeline, DDPMScheduler
+from torch.utils.flop_counter import FlopCounterMode
 
 from imgcollapse.config import Config, build, compose, validate
 from imgcollapse.data import ImageSet, to_float
@@ -37,6 +42,9 @@ from imgcollapse.metrics import MetricsConfig, evaluate, setup_metrics
 from imgcollapse.metrics.calibration import calibrate
 from imgcollapse.models import SamplingConfig
 from imgcollapse.models.ddpm import DDPM, SCHEDULERS, DDPMConfig, build_unet
+from imgcollapse.models.vae import VAENet
+from imgcollapse.resume import SHARED_FILE
+from imgcollapse.threads import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
@@ -122,20 +130,35 @@ def optimized_train(m: DDPMConfig, data: torch.Tensor, steps: int, variant: str)
     return steps / (time.perf_counter() - began)
 
 
-def bench_optimizations(m: DDPMConfig, pool: ImageSet, steps: int, reps: int) -> dict:
+OPTIMIZATIONS = ["plain", "channels_last", "bf16", "compile"]
+QUICK_SKIPS = {"compile": "--quick: torch.compile's first compile and its steps take minutes on CPU (the full bench "
+                          "times it)"}
+
+
+def optimization_variants(quick: bool) -> tuple[list[str], list[dict[str, str]]]:
+    """The training variants to time, and the ones left out with why: --quick leaves out torch.compile."""
+    skipped = [{"variant": v, "reason": why} for v, why in QUICK_SKIPS.items()] if quick else []
+    left_out = {sk["variant"] for sk in skipped}
+    return [v for v in OPTIMIZATIONS if v not in left_out], skipped
+
+
+def bench_optimizations(m: DDPMConfig, pool: ImageSet, steps: int, reps: int, quick: bool = False) -> dict:
     """Each optimization against the plain loop, interleaved (rotating order) so drift hits all alike."""
     data = to_float(pool.images)
-    variants = ["plain", "channels_last", "bf16", "compile"]
-    began = time.perf_counter()
-    optimized_train(m, data, 1, "compile")  # the one-off compile, timed on its own
-    compile_seconds = time.perf_counter() - began
+    variants, skipped = optimization_variants(quick)
+    out: dict = {"steps": steps, "skipped": skipped}
+    if "compile" in variants:
+        began = time.perf_counter()
+        optimized_train(m, data, 1, "compile")  # the one-off compile, timed on its own
+        out["compile_seconds"] = time.perf_counter() - began
     speeds: dict[str, list[float]] = {v: [] for v in variants}
     for rep in range(reps):
-        for v in variants[rep % 4:] + variants[: rep % 4]:
+        turn = rep % len(variants)
+        for v in variants[turn:] + variants[:turn]:
             speeds[v].append(optimized_train(m, data, steps, v))
     plain = statistics.median(speeds["plain"])
-    return {"steps": steps, "compile_seconds": compile_seconds,
-            **{v: {"steps_per_s": spread(x), "speedup": statistics.median(x) / plain} for v, x in speeds.items()}}
+    return {**out, **{v: {"steps_per_s": spread(x), "speedup": statistics.median(x) / plain}
+                      for v, x in speeds.items()}}
 
 
 # Sampling: the kit's sampler vs the diffusers pipeline ----------------------------------------------------
@@ -247,27 +270,272 @@ def study_times(root: Path) -> dict:
             "shared_gen0_saved_share": saved / (computed + saved) if computed + saved else 0.0}
 
 
-def bench_study(root: Path, *overrides: str) -> dict:
-    """`python -m imgcollapse.study OVERRIDES` as a user runs it, into a fresh dir: wall time, per-arm compute,
-    the time shared generations 0 saved, and the verdicts."""
+def matmul_gflops(n: int, reps: int, threads: int) -> float:
+    """fp32 GFLOP/s of the best of `reps` n×n matmuls on `threads` torch threads (2n³ FLOPs a product)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm up the BLAS threads
+        best = math.inf
+        for _ in range(reps):
+            began = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
+
+
+def matmul_peak(n: int = 1024, reps: int = 10) -> dict:
+    """This machine's fp32 peak as torch reaches it: matmuls over every core, and on one thread. A core's peak is
+    the larger of the two per core (on 2 vCPUs one 2-thread 1024² matmul gained nothing over one thread)."""
+    threads = available_cores()
+    every = matmul_gflops(n, reps, threads)
+    one = matmul_gflops(n, reps, 1) if threads > 1 else every
+    return {"n": n, "reps": reps, "threads": threads, "gflops": every, "gflops_one_thread": one,
+            "peak_gflops_per_core": max(every / threads, one), "platform": platform.platform()}
+
+
+@dataclasses.dataclass(frozen=True)
+class PerImage:
+    """A model's forward FLOPs per image: one training forward pass, and one network evaluation while sampling
+    (`sample_evals` of them make a sample: the sampler's steps for a DDPM, one decode for a VAE)."""
+
+    train: float
+    sample: float
+    sample_evals: int
+
+
+def forward_flops(forward) -> int:
+    """FLOPs torch's FlopCounterMode counts in `forward()` (matmuls and convolutions; norms and activations are
+    not counted)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        forward()
+    return counter.get_total_flops()
+
+
+_PER_IMAGE: dict[str, tuple[PerImage | None, str | None]] = {}
+
+
+def per_image_flops(model: dict, sampling: dict, image_shape: tuple[int, ...]) -> tuple[PerImage | None, str | None]:
+    """(PerImage, None) for a model config of run.json's `config.model` kind, counted on one image of `image_shape`;
+    (None, why) for a model with no torch module to count."""
+    key = json.dumps([model, sampling, list(image_shape)], sort_keys=True, default=str)
+    if key in _PER_IMAGE:
+        return _PER_IMAGE[key]
+    kind = str(model.get("_target_", "?")).rsplit(".", 1)[-1]
+    shape = tuple(int(v) for v in image_shape)
+    x = torch.zeros(1, *shape)
+    if kind == "DDPM":
+        classes = model.get("num_classes")
+        unet = build_unet(shape, model["block_out_channels"], model["layers_per_block"], model["attention"], classes)
+        y = torch.zeros(1, dtype=torch.long) if classes else None
+        f = forward_flops(lambda: unet(x, torch.zeros(1, dtype=torch.long), class_labels=y))
+        guided = 2 if classes and sampling.get("guidance") else 1  # guidance runs the conditional and null batch
+        out: tuple[PerImage | None, str | None] = (PerImage(f, f * guided, int(sampling["steps"])), None)
+    elif kind == "VAE":
+        net = VAENet(shape, model["block_out_channels"], model["latent_dim"])
+        z = torch.zeros(1, model["latent_dim"])
+        out = (PerImage(forward_flops(lambda: net(x, z)), forward_flops(lambda: net.decode(z)), 1), None)
+    else:
+        out = (None, f"{kind}: no torch module to count (scikit-learn's EM on numpy)" if kind == "GMM"
+               else f"{kind}: no FLOP count for this model")
+    _PER_IMAGE[key] = out
+    return out
+
+
+def generation_flops(per: PerImage, *, batch_size: int, train_steps: int, images: float) -> dict[str, float]:
+    """A generation's FLOPs: training 3 forward passes' worth (forward + backward) per image of every batch, and
+    sampling one network evaluation per image per sampler step."""
+    train = 3 * per.train * batch_size * train_steps
+    sample = per.sample * per.sample_evals * images
+    return {"train": train, "sample": sample, "total": train + sample}
+
+
+def num(value) -> float | None:
+    """A metrics.csv cell as a number (None when empty)."""
+    return None if value in (None, "", "None") else float(value)
+
+
+def images_sampled(config: dict, num_heldout: int) -> int:
+    """Images a generation's model draws (chain.draw): the candidates (more than num_synthetic under curation), the
+    collapse strip, and memorization's null draws (metrics.num_null, default the held-out split's size)."""
+    regime = config.get("regime", {})
+
+    def candidates(n: int) -> int:
+        return n if regime.get("curation", "none") == "none" else math.ceil(n / regime["keep_fraction"])
+
+    null = config.get("metrics", {}).get("num_null") or num_heldout
+    return candidates(config["num_synthetic"]) + config["report"]["strip_seeds"] + candidates(null)
+
+
+def row_flops(row: dict, config: dict, image_shape: tuple[int, ...], num_heldout: int,
+              trained: bool = True) -> tuple[dict[str, float] | None, str | None]:
+    """One metrics.csv row's FLOPs ({train, sample, total}) or (None, why). The row's `family` picks the model
+    (chain.models; `population`: every member trains on the set and samples its equal share); its `train_steps`
+    the steps taken. `trained`: False for a generation 0 whose model was adopted, not trained here."""
+    family = row.get("family") or None
+    families = config.get("families") or {}
+    population = (config.get("chain") or {}).get("population")
+    if family == "population" and population:
+        members = [families.get(m, config["model"]) for m in population]
+    else:
+        members = [families.get(family, config["model"]) if family else config["model"]]
+    images = images_sampled(config, num_heldout)
+    total = {"train": 0.0, "sample": 0.0, "total": 0.0}
+    for model in members:
+        per, why = per_image_flops(model, config.get("sampling", {}), image_shape)
+        if per is None:
+            return None, why
+        steps = num(row.get("train_steps")) if len(members) == 1 else None
+        if steps is None and model.get("budget", "steps") == "steps":
+            steps = model.get("train_steps")  # a population row records no steps: each member's fixed budget
+        if steps is None:
+            return None, "no train_steps recorded"
+        flops = generation_flops(per, batch_size=model["batch_size"], train_steps=int(steps) if trained else 0,
+                                 images=images / len(members))
+        total = {k: total[k] + flops[k] for k in total}
+    return total, None
+
+
+def chain_summary(run_dir: Path, study_threads: int | None = None) -> dict | None:
+    """One chain's generations computed here (a generation 0 copied from another chain is not), their seconds, its
+    torch threads (run.json's, else the study's, else 1), core-seconds (seconds × threads) and FLOPs; None when it
+    has no metrics.csv."""
+    if not (run_dir / "metrics.csv").exists():
+        return None
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    config, dataset = run.get("config", {}), run.get("dataset", {})
+    shared = json.loads((run_dir / SHARED_FILE).read_text()) if (run_dir / SHARED_FILE).exists() else {}
+    threads = config.get("threads") or study_threads
+    seconds, counted_seconds, flops, counted, generations = 0.0, 0.0, 0.0, 0, 0
+    uncounted: dict[str, int] = {}
+    for row in rows:
+        adopted = shared.get("generation") == int(row["generation"])
+        if adopted and shared.get("shared") == "files":
+            continue  # the source chain computed it
+        generations += 1
+        s = num(row["seconds"]) or 0.0
+        seconds += s
+        if not config or "image_shape" not in dataset:
+            got, why = None, "no run.json config"
+        else:
+            got, why = row_flops(row, config, tuple(dataset["image_shape"]), dataset.get("num_heldout", 0),
+                                 trained=not adopted)
+        if got is None:
+            uncounted[why] = uncounted.get(why, 0) + 1
+        else:
+            counted += 1
+            flops += got["total"]
+            counted_seconds += s
+    return {"run_dir": str(run_dir), "threads": threads, "generations": generations, "seconds": seconds,
+            "core_seconds": seconds * (threads or 1), "flops": flops, "generations_counted": counted,
+            "counted_core_seconds": counted_seconds * (threads or 1), "uncounted": uncounted}
+
+
+def summarize_study(root: Path, probe: dict | None = None, wall_seconds: float | None = None) -> dict:
+    """A finished study dir, from its files alone (nothing reruns): wall seconds (`wall_seconds`, else its runs'
+    seconds in study.json), the chains' compute in core-seconds, the share of core-time left idle, FLOPs per
+    chain-generation, and FLOP/s per core against a core's peak in `probe` (matmul_peak)."""
+    record = json.loads((root / "study.json").read_text())
+    wall = wall_seconds if wall_seconds is not None else sum(r["seconds"] for r in record.get("runs", []))
+    chains = [chain_summary(root / c["run_dir"], record.get("threads")) for c in record.get("chains", [])]
+    missing = sum(c is None for c in chains)
+    chains = [c for c in chains if c is not None]
+    machine = {}
+    for c in chains:  # the machine the study ran on, as its first chain recorded it
+        run_json = Path(c["run_dir"]) / "run.json"
+        if run_json.exists():
+            machine = json.loads(run_json.read_text()).get("invocation", {}).get("machine", {})
+            break
+    cores = machine.get("cpus") or available_cores()
+    out = {"dir": str(root), "wall_seconds": wall, "cores": cores, "machine": machine,
+           # the probe runs here and now: a ratio to it means something only on the machine the study ran on
+           "probe_same_machine": (machine.get("platform") == probe.get("platform") and cores == probe.get("threads")
+                                  if machine and probe else None),
+           "threads": record.get("threads"), "chains": len(chains), "chains_missing": missing,
+           "generations": sum(c["generations"] for c in chains), **account(chains, wall, cores, probe),
+           "per_chain": chains}
+    if (root / "study.csv").exists():
+        out.update(study_times(root))
+    if (root / "claims.json").exists():
+        claims = json.loads((root / "claims.json").read_text())["claims"]
+        out["verdicts"] = {name: c["verdict"] for name, c in claims.items()}
+        out["tests"] = {name: {g["name"]: g["verdict"] for g in c["groups"]} for name, c in claims.items()}
+    return out
+
+
+def account(chains: list[dict], wall: float, cores: int, probe: dict | None) -> dict:
+    """The study's sums over its chains: compute core-seconds, idle share 1 - compute / (wall × cores), FLOPs per
+    counted chain-generation, achieved FLOP/s per core (counted FLOPs / their core-seconds) and its ratio to a
+    core's peak in `probe`."""
+    compute = sum(c["core_seconds"] for c in chains)
+    counted = sum(c["generations_counted"] for c in chains)
+    flops = sum(c["flops"] for c in chains)
+    counted_core_seconds = sum(c["counted_core_seconds"] for c in chains)
+    uncounted: dict[str, int] = {}
+    for c in chains:
+        for why, n in c["uncounted"].items():
+            uncounted[why] = uncounted.get(why, 0) + n
+    achieved = flops / counted_core_seconds / 1e9 if counted and counted_core_seconds else None
+    return {
+        "compute_core_seconds": compute,
+        "idle_share": 1 - compute / (wall * cores) if wall else None,
+        "flops_total": flops if counted else None,
+        "flops_per_chain_generation": flops / counted if counted else None,
+        "generations_flops_counted": counted, "generations_flops_uncounted": uncounted,
+        "achieved_gflops_per_core": achieved,
+        "probe_gflops": probe["gflops"] if probe else None,
+        "peak_share": achieved / probe["peak_gflops_per_core"] if achieved is not None and probe else None,
+    }
+
+
+def bench_study(root: Path, *overrides: str, probe: dict | None = None) -> dict:
+    """`python -m imgcollapse.study OVERRIDES` as a user runs it, into a fresh dir: wall time, then summarize_study
+    (per-arm compute, the time shared generations 0 saved, idle cores, FLOPs, verdicts)."""
     began = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "imgcollapse.study", *overrides, f"study.dir={root}"],
                             capture_output=True, text=True)
     wall = time.perf_counter() - began
     if result.returncode:
         raise RuntimeError(f"study {overrides} failed:\n{result.stderr[-3000:]}")
-    claims = json.loads((root / "claims.json").read_text())
-    return {"overrides": list(overrides), "wall_seconds": wall, **study_times(root),
-            "verdicts": {name: c["verdict"] for name, c in claims["claims"].items()},
-            "tests": {name: {g["name"]: g["verdict"] for g in c["groups"]} for name, c in claims["claims"].items()}}
+    return {"overrides": list(overrides), **summarize_study(root, probe, wall_seconds=wall)}
 
 
 def table_studies(results: dict) -> str:
-    lines = []
+    """The studies as a markdown table, then each study's verdicts."""
+    def fmt(value, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    probe = results.get("probe") or {}
+    lines = [f"fp32 matmul probe ({probe.get('n', '?')}², best of {probe.get('reps', '?')}): "
+             f"{fmt(probe.get('gflops'), '.1f')} GFLOP/s on {probe.get('threads', '?')} threads, "
+             f"{fmt(probe.get('gflops_one_thread'), '.1f')} on one; a core's peak "
+             f"{fmt(probe.get('peak_gflops_per_core'), '.1f')} GFLOP/s (the 'of peak' column's denominator)", "",
+             "| study | wall min | cores | chains | compute core-min | idle share | GFLOP / chain-gen (counted) "
+             "| GFLOP/s a core | of peak | gen 0 shared saved |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, st in results["studies"].items():
-        lines.append(f"study=claims model={name}: {st['wall_seconds'] / 60:.1f} min wall, shared generations 0 saved "
-                     f"{st['shared_gen0_saved_seconds']:.0f} s of compute ({st['shared_gen0_saved_share']:.0%})")
-        lines += [f"  {claim}: {verdict}" for claim, verdict in st["verdicts"].items()]
+        per_gen = st["flops_per_chain_generation"]
+        counted = f"{st['generations_flops_counted']}/{st['generations']}"
+        lines.append(
+            f"| {name} | {st['wall_seconds'] / 60:.1f} | {st['cores']} | {st['chains']} "
+            f"| {st['compute_core_seconds'] / 60:.1f} | {fmt(st['idle_share'], '.0%')} "
+            f"| {fmt(per_gen / 1e9 if per_gen is not None else None, '.1f')} ({counted}) "
+            f"| {fmt(st['achieved_gflops_per_core'], '.2f')} | {fmt(st['peak_share'], '.1%')} "
+            f"| {fmt(st.get('shared_gen0_saved_share'), '.0%')} |")
+    for name, st in results["studies"].items():
+        if st.get("probe_same_machine") is False:
+            lines.append(f"\n{name}: ran on another machine than the probe ({st['machine'].get('platform')}, "
+                         f"{st['cores']} cores): its 'of peak' compares different machines")
+        for why, n in st["generations_flops_uncounted"].items():
+            lines.append(f"\n{name}: {n} generations without a FLOP count ({why})")
+        if st.get("verdicts"):
+            lines.append(f"\n{name} verdicts:")
+            lines += [f"  {claim}: {verdict}" for claim, verdict in st["verdicts"].items()]
     return "\n".join(lines)
 
 
@@ -303,18 +571,19 @@ def table(results: dict) -> str:
     if "optimizations" in results:
         o = results["optimizations"]
         for v in ("channels_last", "bf16", "compile"):
-            add(f"training speed-up from {v}", f"{o[v]['speedup']:.2f}x")
-        add("torch.compile one-off compile seconds", f"{o['compile_seconds']:.0f}")
+            if v in o:
+                add(f"training speed-up from {v}", f"{o[v]['speedup']:.2f}x")
+        if "compile_seconds" in o:
+            add("torch.compile one-off compile seconds", f"{o['compile_seconds']:.0f}")
+        for sk in o.get("skipped", []):
+            add(f"training speed-up from {sk['variant']}", "skipped")
     for q in results.get("sampler_quality", []):
         add(f"FID with {q['sampler']}-{q['steps']} ({q['images_per_s']:.0f} images/s)", f"{q['fid']:.1f}")
-    for name, st in results.get("studies", {}).items():
-        add(f"study {name}: wall minutes", f"{st['wall_seconds'] / 60:.1f}")
-        add(f"study {name}: shared generations 0 saved", f"{st['shared_gen0_saved_share']:.0%}")
-        for claim, verdict in st["verdicts"].items():
-            add(f"  {claim}", verdict)
     if "accumulate_replace_ratio" in results:
         add("accumulate / replace s at the last generation", f"{results['accumulate_replace_ratio']:.3f}")
         add("accumulate / replace s/generation (medians)", f"{results['accumulate_replace_ratio_median']:.3f}")
+    if results.get("studies"):
+        lines += ["", table_studies(results)]
     return "\n".join(lines)
 
 
@@ -324,21 +593,32 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each loop")
     parser.add_argument("--train-steps", type=int, default=60, help="steps per training repetition")
     parser.add_argument("--sample-images", type=int, default=512, help="images per sampling repetition")
-    parser.add_argument("--quick", action="store_true", help="skip the whole-chain runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes: skip the whole-chain runs, the sampler FIDs and the torch.compile "
+                             "variant of the optimizations (its compile takes minutes on CPU; JSON: "
+                             "optimizations.skipped)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the chains' run directories here (figures, metrics) instead of a temp dir")
     parser.add_argument("--studies", default="",
                         help="comma-separated models whose `study=claims` to time, e.g. gmm,vae,ddpm (DDPM: ~1 h)")
     parser.add_argument("--studies-only", action="store_true", help="time the --studies and nothing else")
+    parser.add_argument("--studies-from", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="summarise finished study dirs from their files (wall, core-seconds, idle share, FLOPs "
+                             "against a matmul probe) and nothing else: no study reruns")
     args = parser.parse_args()
-    if args.studies_only:
-        results = {"machine": {"platform": platform.platform(), "cores": os.cpu_count()}, "studies": {}}
+    if args.studies_only or args.studies_from:
+        probe = matmul_peak()
+        results = {"machine": {"platform": platform.platform(), "cores": available_cores(),
+                               "torch": torch.__version__}, "probe": probe, "studies": {}}
+        for root in args.studies_from or []:
+            results["studies"][root.resolve().name] = summarize_study(root.resolve(), probe)
         with tempfile.TemporaryDirectory() as tmp:
             root = args.keep.resolve() if args.keep else Path(tmp)
-            for model in filter(None, args.studies.split(",")):
+            for model in filter(None, args.studies.split(",")) if args.studies_only else []:
                 print(f"study=claims model={model} ...", file=sys.stderr)
-                results["studies"][model] = bench_study(root / f"claims-{model}", "study=claims", f"model={model}")
+                results["studies"][model] = bench_study(root / f"claims-{model}", "study=claims", f"model={model}",
+                                                        probe=probe)
         args.out.write_text(json.dumps(results, indent=2, default=str))
         print(table_studies(results))
         return
@@ -364,7 +644,8 @@ def main() -> None:
     results["sampling_ratio"] = results["sampling"]["ratio"]
 
     print("optimizations ...", file=sys.stderr)
-    results["optimizations"] = bench_optimizations(cfg.model, splits.train, args.train_steps * 2, args.reps)
+    results["optimizations"] = bench_optimizations(cfg.model, splits.train, args.train_steps * 2, args.reps,
+                                                   quick=args.quick)
 
     print("metrics ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -406,8 +687,10 @@ def main() -> None:
         for model in filter(None, args.studies.split(",")):
             print(f"study=claims model={model} ...", file=sys.stderr)
             study_root = args.keep.resolve() if args.keep else Path(tmp)
+            if "probe" not in results:
+                results["probe"] = matmul_peak()
             results.setdefault("studies", {})[model] = bench_study(study_root / f"claims-{model}", "study=claims",
-                                                                   f"model={model}")
+                                                                   f"model={model}", probe=results["probe"])
 
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))

@@ -213,7 +213,11 @@ def shared_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The smoke study, run once for the whole session even under pytest-xdist (the workers share its dir)."""
     from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker of this session
+    # the session's dir, the same for every xdist worker (a worker's base is a child of it); without xdist the base
+    # itself: its parent is shared by every pytest run, and a study left there by older code would be reused
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
     root = base / "shared_study"
     with FileLock(str(base / "shared_study.lock")):
         if not (root / "claims.json").exists():

@@ -136,3 +136,9 @@ def test_recording_a_real_chain_and_study_keeps_their_numbers(shared_study: Path
     both = recorded.verdicts_table([found, {**found, "label": "again"}]).splitlines()
     assert both[0] == ("| claim | smoke (n = 2 seeds, generations 0..1) | again (n = 2 seeds, generations 0..1) |")
     assert len(both) == 2 + len(claims)
+    # a two-sided claim's verdict keeps the word of its direction in the table across models
+    numbers = {"seeds": 3, "generation": 2, "claim.open.verdict": "differs", "claim.open.direction": "faster",
+               "claim.x.verdict": "inconclusive"}
+    two = {"name": "q", "label": "q", "numbers": numbers, "statements": {"open": "Open?", "x": "X"}}
+    assert recorded.verdicts_table([two]).splitlines()[2:] == ["| Open? | **differs** (faster) |",
+                                                             "| X | inconclusive |"]

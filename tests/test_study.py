@@ -245,6 +245,24 @@ def test_a_two_sided_claim_names_its_directions_and_joins_its_tests_as_one_famil
                      {}, {"a": 2, "b": 2})
 
 
+def test_a_study_protocol_by_model_reaches_every_arm_before_its_own_overrides() -> None:
+    from imgcollapse.study import StudyConfig, arms_of, check_study
+
+    study = StudyConfig(name="p", generation=2, overrides_by_model={"ddpm": ["model.init=previous"]}, arms={
+        "a": ["regime=replace"], "b": {"overrides": ["model.init=scratch"], "by_model": {"gmm": ["regime=fresh"]}}})
+    check_study(study)
+    assert {a.name: a.overrides for a in arms_of(study, "ddpm")} == {
+        "a": ["model.init=previous", "regime=replace"], "b": ["model.init=previous", "model.init=scratch"]}
+    assert {a.name: a.overrides for a in arms_of(study, "gmm")} == {"a": ["regime=replace"], "b": ["regime=fresh"]}
+    assert [a.overrides for a in arms_of(study)] == [["regime=replace"], ["model.init=scratch"]]  # model not known
+    study.overrides_by_model = {"dppm": ["model.init=previous"]}
+    with pytest.raises(ConfigError, match=r"study\.overrides_by_model.*dppm.*model kinds"):
+        check_study(study)
+    study.overrides_by_model = {"ddpm": "model.init=previous"}
+    with pytest.raises(ConfigError, match=r"study\.overrides_by_model\.ddpm.*list of overrides"):
+        check_study(study)
+
+
 def test_an_arm_may_have_its_own_horizon_by_model() -> None:
     from imgcollapse.study import StudyConfig, arms_of, check_study
 
@@ -274,13 +292,22 @@ def test_the_claims_study_plans_the_crossed_design_and_long_accumulation_for_eve
             for a in (t["arm"], t.get("vs_arm"), *(t.get("mirror") or {}).values()) if a}
     claims.arms = {k: v for k, v in claims.arms.items() if k in used}
     claims.seeds = [3]
-    assert set(claims.arms) == {"self", "accumulate_growing", "accumulate_fixed", "other_family", "other_self",
-                                "other_via_model", "mixed_pool"}
-    for model, long in (("gmm", 10), ("vae", 10), ("ddpm", 2)):
+    assert set(claims.arms) == {"self", "self_scratch", "accumulate_growing", "accumulate_fixed", "other_family",
+                                "other_self", "other_via_model", "mixed_pool"}
+    for model, long in (("gmm", 20), ("vae", 10), ("ddpm", 5)):
         by_arm = {c.arm: c for c in plan(claims, [f"model={model}"], threads=1)}
         assert by_arm["accumulate_growing"].generation == by_arm["accumulate_fixed"].generation == long
-        assert {by_arm[a].generation for a in ("other_family", "other_self", "other_via_model")} == {2}
-        assert by_arm["self"].generation == (3 if model == "gmm" else 2)
+        assert by_arm["self"].generation == long
+        crossed = ("self_scratch", "other_family", "other_self", "other_via_model", "mixed_pool")
+        assert {by_arm[a].generation for a in crossed} == {2}
+        # the fine-tuning protocol (overrides_by_model) reaches every arm but the crossed design's, which alternate
+        # families and so must train from scratch, as must the own loop they are compared with
+        tuned = "model.init=previous" in by_arm["self"].overrides
+        assert tuned == (model != "gmm")
+        for arm in crossed:
+            assert by_arm[arm].overrides.index("model.init=scratch") > by_arm[arm].overrides.index(
+                "model.init=previous") if tuned else "model.init=scratch" in by_arm[arm].overrides
+        assert by_arm["self_scratch"].shares_with == "self/seed_3"  # init is a later-generations key only
         assert by_arm["other_family"].shares_with == "self/seed_3"  # A via B: A's generation-0 model
         assert by_arm["other_via_model"].shares_with == "other_self/seed_3"  # B via A: B's
         assert by_arm["other_self"].shares_with is None
