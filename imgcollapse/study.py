@@ -51,7 +51,7 @@ from imgcollapse.report.study import build_study_report
 from imgcollapse.resume import fit0_signature, generation0_signature
 from imgcollapse.store import FAILED, RunStore, atomic_write_text, read_failed, to_json
 from imgcollapse.threads import available_cores
-from imgcollapse.verdicts.plan import plan_hash, register_plan
+from imgcollapse.verdicts.plan import plan_hash, plan_keys, register_plan
 from imgcollapse.verdicts.rules import check_claims, check_homes
 
 log = logging.getLogger("imgcollapse.study")
@@ -433,7 +433,7 @@ def run_study(argv: list[str]) -> Path:
     if previous.get("chains") and [c["run_dir"] for c in previous["chains"]] != [c.run_dir for c in chains]:
         log.warning("%s was planned with other arms or seeds; chains that are in both resume", root)
     any_data = any(RunStore(root / c.run_dir).num_done() > 0 for c in chains)
-    plan_record = register_plan(previous, plan_hash(raw, common), any_data)
+    plan_record = register_plan(previous, plan_hash(raw, common, plan_keys(previous)), any_data)
     if plan_record["changes"] and plan_record["changes"][-1]["after_data"]:
         log.warning("%s: the plan (arms, seeds, horizon, claims or rules) changed after chains ran: its verdicts will "
                     "read 're-analysed after the data'", root)

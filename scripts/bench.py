@@ -436,6 +436,18 @@ def chain_summary(run_dir: Path, study_threads: int | None = None) -> dict | Non
             "counted_core_seconds": counted_seconds * (threads or 1), "uncounted": uncounted}
 
 
+def study_cores(record: dict, machine: dict) -> int:
+    """The cores a study's chains could use: joblib's n_jobs × each chain's threads (the basic launcher: its threads),
+    else the machine's CPU count (a cluster's jobs: each its own cores, so the idle share means little there)."""
+    launcher, threads = record.get("launcher") or [], record.get("threads")
+    if threads and launcher and launcher[0] == "hydra/launcher=basic":
+        return int(threads)
+    n_jobs = next((a.split("=", 1)[1] for a in launcher if a.startswith("hydra.launcher.n_jobs=")), None)
+    if threads and n_jobs and n_jobs.isdigit():
+        return int(n_jobs) * int(threads)
+    return machine.get("cpus") or available_cores()
+
+
 def summarize_study(root: Path, probe: dict | None = None, wall_seconds: float | None = None) -> dict:
     """A finished study dir, from its files alone (nothing reruns): wall seconds (`wall_seconds`, else its runs'
     seconds in study.json), the chains' compute in core-seconds, the share of core-time left idle, FLOPs per
@@ -451,7 +463,7 @@ def summarize_study(root: Path, probe: dict | None = None, wall_seconds: float |
         if run_json.exists():
             machine = json.loads(run_json.read_text()).get("invocation", {}).get("machine", {})
             break
-    cores = machine.get("cpus") or available_cores()
+    cores = study_cores(record, machine)
     out = {"dir": str(root), "wall_seconds": wall, "cores": cores, "machine": machine,
            # the probe runs here and now: a ratio to it means something only on the machine the study ran on
            "probe_same_machine": (machine.get("platform") == probe.get("platform") and cores == probe.get("threads")

@@ -22,13 +22,17 @@ export SLURM_CONF=$CONF
 die() { echo "slurm_local: cannot $1: $2" >&2; exit 1; }
 say() { echo "slurm_local: $*"; }
 
+ours() { # ours PID: the process is one this script starts (a pid file under /tmp can outlive a reboot)
+    [[ $(cat "/proc/$1/comm" 2>/dev/null) =~ ^(munged|runuser|slurmctld|slurmd|setsid)$ ]]
+}
+
 alive() { # alive NAME: the daemon this script started is running
     local pid
     pid=$(cat "$DIR/$1.pid" 2>/dev/null) || return 1
-    kill -0 "$pid" 2>/dev/null
+    kill -0 "$pid" 2>/dev/null && ours "$pid"
 }
 
-node_state() { sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1; }
+node_state() { timeout 5 sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1; }
 
 last_line() { # last_line NAME: the daemon's last error (its log, else its output), for one-line messages
     local line
@@ -111,7 +115,7 @@ start() {
         start_daemon munged runuser -u munge -- munged -F
         local i
         for i in $(seq 50); do munge_works && break; sleep 0.2; done
-        munge_works || die start "munged did not start: $(last_line munged)"
+        munge_works || { stop; die start "munged did not start: $(last_line munged)"; }
     fi
     mv "$CONF.new" "$CONF"
     if [[ ! -e $ETC_CONF || -L $ETC_CONF && $(readlink "$ETC_CONF") == "$CONF" ]]; then
@@ -122,18 +126,17 @@ start() {
     fi
     start_daemon slurmctld slurmctld -D -c -f "$CONF"
     start_daemon slurmd slurmd -D -f "$CONF"
-    local waited=0 state=""
-    while ((waited < TIMEOUT * 2)); do
+    local deadline=$((SECONDS + TIMEOUT)) state="" why=""
+    while ((SECONDS < deadline)); do  # a wall-clock bound: each sinfo may itself take seconds
         state=$(node_state)
         [[ $state == idle* ]] && break
-        alive slurmctld || die start "slurmctld exited: $(last_line slurmctld)"
-        alive slurmd || die start "slurmd exited: $(last_line slurmd)"
+        alive slurmctld || { why="slurmctld exited: $(last_line slurmctld)"; break; }
+        alive slurmd || { why="slurmd exited: $(last_line slurmd)"; break; }
         sleep 0.5
-        waited=$((waited + 1))
     done
     if [[ $state != idle* ]]; then
-        stop_slurm
-        die start "node $NODE not idle after ${TIMEOUT}s (state '${state:-none}'); logs in $DIR/log"
+        stop  # never leave half a cluster (or munged) behind a failed start
+        die start "${why:-node $NODE not idle after ${TIMEOUT}s (state '${state:-none}'); logs in $DIR/log}"
     fi
     say "running: node $NODE idle, partition debug ($CONF)"
 }
@@ -141,7 +144,7 @@ start() {
 stop_one() { # stop_one NAME: end the daemon this script started (TERM, then KILL after 10 s)
     local pid i
     pid=$(cat "$DIR/$1.pid" 2>/dev/null) || return 0
-    if kill -0 "$pid" 2>/dev/null; then
+    if kill -0 "$pid" 2>/dev/null && ours "$pid"; then
         kill -TERM "$pid" 2>/dev/null || true
         for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
         kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null

@@ -118,6 +118,11 @@ def test_study_summary_by_hand(bench, study: Path):
     vae_flops = (3 * 768 * 4 * 5 + 592 * 11) + (3 * 768 * 4 * 7 + 592 * 11)  # 52592 + 71024
     assert s["flops_total"] == vae_flops
     assert s["generations_flops_counted"] == 2
+    # the cores are the launcher's: joblib's 3 jobs × 2 threads, not the machine's 4 CPUs
+    record = json.loads((study / "study.json").read_text())
+    record["launcher"] = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    (study / "study.json").write_text(json.dumps(record))
+    assert bench.summarize_study(study, probe)["cores"] == 6
     assert s["flops_per_chain_generation"] == pytest.approx(vae_flops / 2)
     assert sum(s["generations_flops_uncounted"].values()) == 1
     achieved = vae_flops / 60 / 1e9  # over the VAE chain's 30 s × 2 threads only

@@ -221,6 +221,22 @@ def test_the_plan_is_registered_before_the_data_and_a_later_change_is_marked() -
     assert not plan_status({"study": study})[0]  # a study dir from before 0.4: no plan
 
 
+def test_the_protocol_by_model_is_part_of_the_plan_and_an_older_registration_keeps_its_hash() -> None:
+    study = {"seeds": [3], "generation": 2, "arms": {"a": ["regime=replace"]}, "claims": {}, "rule": {}}
+    tuned = {**study, "overrides_by_model": {"ddpm": ["model.init=previous"]}}
+    assert plan_hash({**study, "overrides_by_model": {}}, []) == plan_hash(study, [])  # none: hashed as before
+    assert plan_hash(tuned, []) != plan_hash(study, [])
+    assert plan_hash(tuned, [], keys=1) == plan_hash(study, [])  # a version-1 plan did not hash the protocol
+    record = {"study": tuned, "common_overrides": [], "plan": register_plan({}, plan_hash(tuned, []), False)}
+    assert record["plan"]["keys"] == 2 and plan_status(record)[0]
+    changed = {**tuned, "overrides_by_model": {"ddpm": ["model.init=base"]}}
+    assert not plan_status({**record, "study": changed})[0]  # a changed protocol is a changed plan
+    # a study registered before version 2 (no `keys`) is judged by the keys it was registered under
+    old = {"study": tuned, "common_overrides": [], "plan": {**register_plan({}, plan_hash(study, []), False)}}
+    del old["plan"]["keys"]
+    assert plan_status(old)[0]
+
+
 def test_one_table_of_metric_facts_serves_everyone() -> None:
     from imgcollapse.metrics import CLASS_COLUMNS, SPACE_COLUMNS
     from imgcollapse.metrics.calibration import CHANGES
