@@ -42,6 +42,7 @@ from imgcollapse.models.vae import VAEConfig
 from imgcollapse.regimes import (
     AccumulateConfig,
     AugmentConfig,
+    ContaminatedConfig,
     FreshConfig,
     RealPlusConfig,
     RegimeConfig,
@@ -119,7 +120,7 @@ SCHEMAS = {
                 "cifar10": CIFAR10Config, "folder": FolderConfig},
     "model": {"ddpm": DDPMConfig, "vae": VAEConfig, "gmm": GMMConfig},
     "regime": {"replace": ReplaceConfig, "accumulate": AccumulateConfig, "fresh": FreshConfig,
-               "augment": AugmentConfig, "real_plus": RealPlusConfig},
+               "augment": AugmentConfig, "real_plus": RealPlusConfig, "contaminated": ContaminatedConfig},
 }
 
 

@@ -10,6 +10,10 @@ training set as one function of (real pool, synthetic sets so far, generation, s
   augment     a fixed real subset (drawn once) plus the last samples, at `real_fraction`
   real_plus   the whole real pool plus `synthetic_ratio` x its size of the last samples (Bertrand et al.'s
               mix: all real data, lambda * n synthetic images)
+  contaminated  a pool without provenance, as the web's: the real pool plus `published_fraction` of every
+              generation's samples; a `filter` (none | oracle | detector) removes what it flags as generated, and
+              `subsample` images are drawn from what is left. Rows record the pool's synthetic share and the filter's
+              true- and false-positive rates, measured against the provenance the kit knows
 
 Randomness comes from (seed, generation, purpose) only, where `seed` is the chain's seed: a resumed chain
 builds the same sets, and augment's real subset is the same in every generation.
@@ -48,6 +52,7 @@ from omegaconf import MISSING
 from scipy.stats import ConstantInputWarning, spearmanr
 
 from imgcollapse.data import ImageSet
+from imgcollapse.data.transforms import floor_of
 from imgcollapse.errors import UserError, require
 from imgcollapse.verifier import load_or_train_verifier, training_images
 
@@ -127,6 +132,39 @@ class AccumulateConfig(RegimeConfig):
         require(self.subsample is None or self.subsample <= pool, "regime.subsample", self.subsample,
                 f"null or at most {pool}: generation 1 draws from the real pool's {num_train} images and "
                 f"num_synthetic={num_synthetic} samples")
+
+
+FILTERS = ("none", "oracle", "detector")  # what removes generated images from a contaminated pool
+
+
+@dataclass
+class ContaminatedConfig(AccumulateConfig):
+    _target_: str = "imgcollapse.regimes.Contaminated"
+    published_fraction: float = MISSING  # share of each generation's samples that enter the pool
+    filter: str = MISSING  # FILTERS: none; oracle (knows provenance: the upper bound); detector (learned)
+    detector_fpr: float = MISSING  # filter=detector: the share of real images it may flag (sets its threshold)
+    detector_epochs: int = MISSING  # filter=detector: passes over its training images each generation
+    detector_seed: int = MISSING  # filter=detector: its training seed (conf: ${seed}, the chain's)
+
+    def check(self) -> None:
+        super().check()
+        require(0 < self.published_fraction <= 1, "regime.published_fraction", self.published_fraction,
+                "a fraction in (0, 1]: the share of each generation's samples that enters the pool")
+        require(self.filter in FILTERS, "regime.filter", self.filter, f"one of {list(FILTERS)}")
+        require(0 <= self.detector_fpr < 1, "regime.detector_fpr", self.detector_fpr,
+                "a rate in [0, 1): the share of real images the detector may flag")
+        require(self.detector_epochs >= 1, "regime.detector_epochs", self.detector_epochs, "an integer >= 1")
+        require(self.detector_seed >= 0, "regime.detector_seed", self.detector_seed, "an integer >= 0")
+
+    def check_data(self, *, num_train: int, num_synthetic: int, **chain: Any) -> None:
+        published = max(1, round(self.published_fraction * num_synthetic))
+        super().check_data(num_train=num_train, num_synthetic=published, **chain)
+        model = chain.get("model")
+        if self.filter == "oracle" and self.subsample is not None:
+            require(self.subsample <= num_train, "regime.subsample", self.subsample,
+                    f"null or at most the real pool's {num_train} images: the oracle filter leaves only those")
+        if self.subsample is not None and hasattr(model, "check_training_size"):
+            model.check_training_size("regime.subsample", self.subsample, "every generation trains on that many")
 
 
 @dataclass
@@ -315,6 +353,107 @@ class Accumulate(Regime):
         if self.config.subsample is not None:
             parts = _subsample(parts, self.config.subsample, _rng(seed, generation, 1))
         return parts
+
+
+class Contaminated(Accumulate):
+    """`regime=contaminated`: the real pool and `published_fraction` of every generation's samples mix without
+    provenance; the `filter` removes what it flags, and `subsample` images are drawn from the rest (all: null). With
+    filter=none and published_fraction=1 it is `regime=accumulate` with the same subsample, image for image."""
+
+    Config = ContaminatedConfig
+    kind = "contaminated"
+
+    def __init__(self, config: ContaminatedConfig, num_synthetic: int | None = None) -> None:
+        super().__init__(config, num_synthetic)
+        self.floor: ImageSet | None = None  # filter=detector: its real images (setup)
+        self._stats: dict[str, float | None] = {}
+
+    def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
+              generation: int | None = None, floor: ImageSet | None = None) -> None:
+        super().setup(train, heldout, cache_dir, conditional, generation, floor)
+        self.floor = floor_of(train, heldout, floor)
+
+    def published(self, synthetic: list[ImageSet], seed: int) -> list[ImageSet]:
+        """What of each generation's samples entered the pool: a share drawn once, by the generation that made it."""
+        if self.config.published_fraction == 1:
+            return list(synthetic)
+        out = []
+        for g, s in enumerate(synthetic):
+            count = max(1, round(self.config.published_fraction * len(s)))
+            out.append(s.subset(np.sort(_rng(seed, g, 6).choice(len(s), count, replace=False))))
+        return out
+
+    def flag(self, pool: list[tuple], generation: int, seed: int) -> list[np.ndarray]:
+        """Which of each part's images the filter calls generated (the parts as `_parts` builds them)."""
+        kind = self.config.filter
+        if kind == "none":
+            return [np.zeros(len(s), dtype=bool) for _, s in pool]
+        if kind == "oracle":
+            return [np.full(len(s), source != "real") for source, s in pool]
+        detector, trained_on = self._train_detector(pool, generation, seed)
+        flags = [detector.flags(s.images) for _, s in pool]
+        self._stats.update({"detector_threshold": detector.threshold,
+                            "detector_calibration_fpr": detector.calibration_fpr})
+        generated = [f[~seen] for (source, _), f, seen in zip(pool, flags, trained_on, strict=True)
+                     if source != "real"]
+        held = np.concatenate(generated) if generated else np.zeros(0, dtype=bool)
+        self._stats["detector_tpr_unseen"] = float(held.mean()) if len(held) else None
+        real_flags, real_unseen = flags[0], ~trained_on[0]
+        self._stats["detector_fpr_unseen"] = float(real_flags[real_unseen].mean()) if real_unseen.any() else None
+        return flags
+
+    def _train_detector(self, pool: list[tuple], generation: int, seed: int):
+        """This generation's detector, and per part which images it trained on: half the floor (the other half sets
+        its threshold) against a fixed half of each published set. Imported late: only filter=detector needs it."""
+        from imgcollapse.detector import train_detector
+
+        if self.floor is None:
+            raise ValueError("regime.filter=detector needs Regime.setup to give it the floor split first")
+        c = self.config
+        order = _rng(c.detector_seed, 0, 7).permutation(len(self.floor))
+        half = len(order) // 2
+        real_train, calibration = self.floor.subset(np.sort(order[:half])), self.floor.subset(np.sort(order[half:]))
+        seen, generated = [], []
+        for source, s in pool:
+            mask = np.zeros(len(s), dtype=bool)
+            if source != "real":
+                mask[_rng(seed, source, 7).permutation(len(s))[: len(s) // 2]] = True
+                generated.append(s.subset(np.flatnonzero(mask)))
+            seen.append(mask)
+        # the pool's real images the detector trained on (the floor is drawn from the pool): not "unseen"
+        trained = {bytes(img.numpy()) for img in real_train.images}
+        seen[0] = np.array([bytes(img.numpy()) in trained for img in pool[0][1].images], dtype=bool)
+        detector = train_detector(real_train, ImageSet.concat(generated), calibration, fpr=c.detector_fpr,
+                                  epochs=c.detector_epochs, seed=c.detector_seed * 1000 + generation)
+        return detector, seen
+
+    def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
+        self._stats = {}
+        pool = [("real", real)] + list(enumerate(self.published(synthetic, seed)))
+        flags = self.flag(pool, generation, seed)
+        kept = [(source, s.subset(np.flatnonzero(~f))) for (source, s), f in zip(pool, flags, strict=True)]
+        real_flags = flags[0]
+        synthetic_flags = np.concatenate(flags[1:]) if len(flags) > 1 else np.zeros(0, dtype=bool)
+        pool_size = sum(len(s) for _, s in pool)
+        self._stats.update({
+            "num_pool": pool_size, "pool_synthetic_share": len(synthetic_flags) / pool_size,
+            "num_flagged": int(real_flags.sum() + synthetic_flags.sum()),
+            "filter_tpr": float(synthetic_flags.mean()) if len(synthetic_flags) else None,
+            "filter_fpr": float(real_flags.mean()) if len(real_flags) else None,
+        })
+        if self.config.subsample is None:
+            return kept
+        left = sum(len(s) for _, s in kept)
+        if left < self.config.subsample:
+            log.warning("generation %d: the filter left %d images of the pool's %d, fewer than regime.subsample=%d: "
+                        "it trains on all %d", generation, left, pool_size, self.config.subsample, left)
+            return kept
+        return _subsample(kept, self.config.subsample, _rng(seed, generation, 1))
+
+    def training_set(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int
+                     ) -> tuple[ImageSet, dict[str, float]]:
+        data, composition = super().training_set(real, synthetic, generation, seed)
+        return data, {**composition, **self._stats}
 
 
 class Fresh(Regime):

@@ -83,17 +83,15 @@ def verifier_fingerprint(train: ImageSet, epochs: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_verifier(train: ImageSet, heldout: ImageSet, *, epochs: int, seed: int, batch_size: int = 32,
-                   lr: float = 2e-3) -> Verifier:
-    """Train the verifier on `train` (real images with labels: the floor split); report its held-out accuracy."""
-    if train.labels is None or train.num_classes is None:
-        raise ValueError("the verifier needs a labelled dataset")
+def fit_lenet(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: int, seed: int, batch_size: int = 32,
+              lr: float = 2e-3) -> VerifierNet:
+    """A VerifierNet trained from scratch on float images `x` and class ids `y`: SGD with momentum (not the metrics'
+    Adam recipe), seeded by `seed` alone. The verifier's recipe, and the contamination detector's (detector.py)."""
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = VerifierNet(train.shape[0], train.num_classes, train.shape[1])
-        x, y = to_float(train.images), train.labels
-        optimizer = torch.optim.SGD(net.parameters(), lr=lr * 10, momentum=0.9)  # not the metrics' Adam recipe
+        net = VerifierNet(x.shape[1], num_classes, x.shape[2])
+        optimizer = torch.optim.SGD(net.parameters(), lr=lr * 10, momentum=0.9)
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=g)
             net.train()
@@ -103,6 +101,16 @@ def train_verifier(train: ImageSet, heldout: ImageSet, *, epochs: int, seed: int
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+    return net.eval()
+
+
+def train_verifier(train: ImageSet, heldout: ImageSet, *, epochs: int, seed: int, batch_size: int = 32,
+                   lr: float = 2e-3) -> Verifier:
+    """Train the verifier on `train` (real images with labels: the floor split); report its held-out accuracy."""
+    if train.labels is None or train.num_classes is None:
+        raise ValueError("the verifier needs a labelled dataset")
+    net = fit_lenet(to_float(train.images), train.labels, train.num_classes, epochs=epochs, seed=seed,
+                    batch_size=batch_size, lr=lr)
     verifier = Verifier(net, float("nan"), "")
     if heldout.labels is not None and len(heldout):
         verifier.accuracy = float((verifier(heldout.images).argmax(1) == heldout.labels.numpy()).mean())

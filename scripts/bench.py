@@ -4,6 +4,7 @@
     python scripts/bench.py --out bench.json --quick    # loops, samplers, optimizations but torch.compile, metrics
     python scripts/bench.py --studies-only --studies gmm,vae,ddpm   # `study=claims` per model: the budgets
     python scripts/bench.py --studies-from outputs/study/claims,model=gmm   # summarise finished studies, run nothing
+    python scripts/bench.py --stacked 8 --device cuda --mixed-precision bf16   # 8 chains' fits in one vmapped loop
 
 Loops are measured in one process with the same model config, batch and threads, in interleaved
 repetitions (median and spread reported). Chains run as `python -m imgcollapse.run` subprocesses.
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from diffusers import DDIMPipeline, DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -159,6 +161,37 @@ def bench_optimizations(m: DDPMConfig, pool: ImageSet, steps: int, reps: int, qu
     plain = statistics.median(speeds["plain"])
     return {**out, **{v: {"steps_per_s": spread(x), "speedup": statistics.median(x) / plain}
                       for v, x in speeds.items()}}
+
+
+# Stacked fits: K chains' generations in one vmapped loop (models.stacked) -------------------------------
+def bench_stacked(m: DDPMConfig, sampling: SamplingConfig, pool: ImageSet, fits: int, steps: int, reps: int,
+                  accelerator: Accelerator) -> dict:
+    """K separate `DDPM.fit`s against one `DDPM.fit_stacked` of K, interleaved: fit-steps per second each way,
+    and the training part of a default chain's generations per hour that gives (on this device)."""
+    m = dataclasses.replace(m, train_steps=steps, compile=False)
+    subsets = [ImageSet(pool.images[k::fits], None) for k in range(fits)]  # one training set per chain
+
+    def separate() -> float:
+        models = [DDPM(m, image_shape=pool.shape, sampling=sampling, accelerator=accelerator) for _ in subsets]
+        pairs = enumerate(zip(models, subsets, strict=True))
+        return sum(model.fit(d, seed=k)["train_seconds"] for k, (model, d) in pairs)
+
+    def stacked() -> float:
+        models = [DDPM(m, image_shape=pool.shape, sampling=sampling, accelerator=accelerator) for _ in subsets]
+        return DDPM.fit_stacked(models, subsets, list(range(fits)))[0]["train_seconds"]
+
+    separate(), stacked()  # warm up allocators and kernels (and CUDA's lazy init)
+    times: dict[str, list[float]] = {"separate": [], "stacked": []}
+    for rep in range(reps):
+        for name, run in (("separate", separate), ("stacked", stacked))[:: 1 if rep % 2 == 0 else -1]:
+            times[name].append(fits * steps / run())
+    median = {k: statistics.median(v) for k, v in times.items()}
+    default = default_config().model
+    return {"device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision, "fits": fits,
+            "steps": steps, "batch_size": m.batch_size,
+            **{f"{k}_fit_steps_per_s": spread(v) for k, v in times.items()},
+            "speedup": median["stacked"] / median["separate"],
+            "generation0_fits_per_hour": {k: 3600 * v / default.train_steps for k, v in median.items()}}
 
 
 # Sampling: the kit's sampler vs the diffusers pipeline ----------------------------------------------------
@@ -618,7 +651,31 @@ def main() -> None:
     parser.add_argument("--studies-from", type=Path, nargs="+", default=None, metavar="DIR",
                         help="summarise finished study dirs from their files (wall, core-seconds, idle share, FLOPs "
                              "against a matmul probe) and nothing else: no study reruns")
+    parser.add_argument("--stacked", type=int, default=None, metavar="K",
+                        help="time K separate DDPM fits against one stacked fit of K (models.stacked) and nothing "
+                             "else; with --device and --mixed-precision")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--stacked's device")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
+                        help="--stacked's autocast (accelerate)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.stacked:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here")
+        cfg = default_config()
+        accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
+        results = {"machine": {"platform": platform.platform(), "cores": available_cores(),
+                               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                               "cuda": torch.cuda.get_device_name() if args.device == "cuda" else None},
+                   "stacked": bench_stacked(cfg.model, cfg.sampling, build(cfg.dataset).train, args.stacked,
+                                            args.train_steps, args.reps, accelerator)}
+        args.out.write_text(json.dumps(results, indent=1))
+        r = results["stacked"]
+        print(f"{r['fits']} fits of {r['steps']} steps on {r['device']} ({r['mixed_precision']}): separate "
+              f"{r['separate_fit_steps_per_s']['median']:.1f} fit-steps/s, stacked "
+              f"{r['stacked_fit_steps_per_s']['median']:.1f} ({r['speedup']:.2f}x)")
+        return
     if args.studies_only or args.studies_from:
         probe = matmul_peak()
         results = {"machine": {"platform": platform.platform(), "cores": available_cores(),
@@ -634,8 +691,6 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2, default=str))
         print(table_studies(results))
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     cfg = default_config()
     splits = build(cfg.dataset)

@@ -32,7 +32,7 @@ def build_all(*overrides: str):
 
 def test_the_groups_are_all_here():
     assert set(MODELS) == {p.stem for p in Path(CONF_DIR, "model").glob("*.yaml")}
-    assert REGIMES == ["accumulate", "augment", "fresh", "real_plus", "replace"]
+    assert REGIMES == ["accumulate", "augment", "contaminated", "fresh", "real_plus", "replace"]
     assert len(EXPERIMENTS) >= 11
 
 

@@ -7,8 +7,10 @@ classifier-free guidance (conditions dropped with probability `class_dropout` du
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from imgcollapse import faults
 from imgcollapse.data import ImageSet, to_float, to_uint8
 from imgcollapse.errors import require
 from imgcollapse.models import SamplingConfig, noise, read_model_config, write_model_config
+from imgcollapse.models.stacked import Fit, train_stacked
 from imgcollapse.models.train import TrainingConfig, default_accelerator, train
 
 SCHEDULERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}  # one per name in models.SAMPLERS
@@ -60,6 +63,16 @@ def build_unet(
         attention_head_dim=min(block_out_channels[-1], 64) if attention else None,
         num_class_embeds=num_classes + 1 if num_classes else None,  # the last id is the null class
     )
+
+
+class Noised(NamedTuple):
+    """A training batch as the UNet sees it (DDPM._noised); `y` and `weight` are None where unused."""
+
+    xt: torch.Tensor
+    t: torch.Tensor
+    y: torch.Tensor | None
+    target: torch.Tensor
+    weight: torch.Tensor | None
 
 
 @dataclass
@@ -135,22 +148,32 @@ class DDPM:
                               self.num_classes)
 
     # Training -----------------------------------------------------------------------------------
-    def _loss(self, unet: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
+    def _noised(self, x0: torch.Tensor, y: torch.Tensor | None, g: torch.Generator) -> Noised:
+        """One batch's draws from `g`, in the order every fit makes them (noise, timesteps, dropped conditions),
+        and what they ask of the network: the noised input, its target and the loss weights."""
         eps = torch.randn(x0.shape, generator=g, device=x0.device)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=g, device=x0.device)
         xt = self.scheduler.add_noise(x0, eps, t)
         if self.num_classes:
             drop = torch.rand(len(y), generator=g, device=y.device) < self.config.class_dropout
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        pred = unet(xt, t, class_labels=y).sample
         target = eps if self.config.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, eps, t)
-        gamma = self.config.snr_gamma
-        if not gamma:
-            return F.mse_loss(pred, target)
-        # Min-SNR-gamma weighting (Hang et al. 2023): stop easy, low-noise steps dominating the loss.
-        snr = compute_snr(self.scheduler, t)
-        weight = snr.clamp(max=gamma) / (snr + 1 if self.config.prediction_type == "v_prediction" else snr)
-        return (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
+        gamma, weight = self.config.snr_gamma, None
+        if gamma:  # Min-SNR-gamma weighting (Hang et al. 2023): stop easy, low-noise steps dominating the loss.
+            snr = compute_snr(self.scheduler, t)
+            weight = snr.clamp(max=gamma) / (snr + 1 if self.config.prediction_type == "v_prediction" else snr)
+        return Noised(xt, t, y if self.num_classes else None, target, weight)
+
+    @staticmethod
+    def _noised_loss(unet: Callable, batch: Noised) -> torch.Tensor:
+        """The loss of `unet` (a module, or models.stacked's functional call) on a `_noised` batch."""
+        pred = unet(batch.xt, batch.t, class_labels=batch.y).sample
+        if batch.weight is None:
+            return F.mse_loss(pred, batch.target)
+        return (batch.weight * F.mse_loss(pred, batch.target, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    def _loss(self, unet: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
+        return self._noised_loss(unet, self._noised(x0, y, g))
 
     def fit(self, data: ImageSet, seed: int, init_from: Path | None = None) -> dict[str, float]:
         """Train on `data`: a freshly initialised UNet, or (`init_from`: a saved model's directory) fine-tune its
@@ -172,6 +195,39 @@ class DDPM:
             desc="train ddpm",
         )
         return {"train_loss": result.loss, "train_seconds": result.seconds, "train_steps": result.steps}
+
+    @staticmethod
+    def fit_stacked(models: Sequence[DDPM], data: Sequence[ImageSet], seeds: Sequence[int],
+                    init_from: Sequence[Path | None] | None = None) -> list[dict[str, float]]:
+        """`fit` of K models of one config (K chains' generations) in lock-step in one process (models.stacked):
+        each returns what its own `fit(data[k], seeds[k], init_from[k])` would, to float rounding. No
+        torch.compile; every fit must spend the same steps."""
+        init_from = list(init_from) if init_from is not None else [None] * len(models)
+        if not len(models) == len(data) == len(seeds) == len(init_from):
+            raise ValueError(f"fit_stacked: {len(models)} models, {len(data)} data sets, {len(seeds)} seeds and "
+                             f"{len(init_from)} starting points: one of each per fit")
+        if not models:
+            return []
+        first = models[0]
+        if any(m.config != first.config or m.image_shape != first.image_shape for m in models):
+            raise ValueError("fit_stacked: the models differ in config or image shape; stacked fits share both")
+        budgets = [first.config.fit_budget(len(d), finetune=i is not None)
+                   for d, i in zip(data, init_from, strict=True)]
+        if any(b != budgets[0] for b in budgets):
+            raise ValueError(f"fit_stacked: the fits' budgets differ ({sorted({b.steps for b in budgets})} steps): "
+                             "stacked fits step together")
+        fits = []
+        for model, d, seed, init in zip(models, data, seeds, init_from, strict=True):
+            if first.num_classes and d.labels is None:
+                raise ValueError("a class-conditional DDPM (model.num_classes set) needs labelled training data")
+            model.unet = model._build(seed) if init is None else UNet2DModel.from_pretrained(Path(init) / "unet")
+            fits.append(Fit(model.unet, to_float(d.images), d.labels if first.num_classes else None, seed))
+        c, budget = first.config, budgets[0]
+        results = train_stacked(
+            fits, first._noised, first._noised_loss, steps=budget.steps, batch_size=c.batch_size, lr=budget.lr,
+            warmup_steps=budget.warmup_steps, ema_decay=c.ema_decay, grad_clip=c.grad_clip,
+            device=first.accelerator.device, autocast=first.accelerator.autocast)
+        return [{"train_loss": r.loss, "train_seconds": r.seconds, "train_steps": r.steps} for r in results]
 
     # Sampling -----------------------------------------------------------------------------------
     def _eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
