@@ -160,6 +160,9 @@ class ContaminatedConfig(AccumulateConfig):
         published = max(1, round(self.published_fraction * num_synthetic))
         super().check_data(num_train=num_train, num_synthetic=published, **chain)
         model = chain.get("model")
+        require(self.filter != "detector" or published >= 2, "regime.published_fraction", self.published_fraction,
+                f"at least 2 / num_synthetic={num_synthetic} with regime.filter=detector: it trains on half of each "
+                "generation's published samples")
         if self.filter == "oracle" and self.subsample is not None:
             require(self.subsample <= num_train, "regime.subsample", self.subsample,
                     f"null or at most the real pool's {num_train} images: the oracle filter leaves only those")
@@ -403,14 +406,15 @@ class Contaminated(Accumulate):
         return flags
 
     def _train_detector(self, pool: list[tuple], generation: int, seed: int):
-        """This generation's detector, and per part which images it trained on: half the floor (the other half sets
+        """This generation's detector, and per part which images it has seen: half the floor (the other half sets
         its threshold) against a fixed half of each published set. Imported late: only filter=detector needs it."""
         from imgcollapse.detector import train_detector
 
         if self.floor is None:
-            raise ValueError("regime.filter=detector needs Regime.setup to give it the floor split first")
+            raise ValueError("regime.filter=detector needs Regime.setup to give it the floor split first (it runs in "
+                             "the main process only: the detector filter is refused with several processes)")
         c = self.config
-        order = _rng(c.detector_seed, 0, 7).permutation(len(self.floor))
+        order = _rng(c.detector_seed, 0, 9).permutation(len(self.floor))
         half = len(order) // 2
         real_train, calibration = self.floor.subset(np.sort(order[:half])), self.floor.subset(np.sort(order[half:]))
         seen, generated = [], []
@@ -420,9 +424,10 @@ class Contaminated(Accumulate):
                 mask[_rng(seed, source, 7).permutation(len(s))[: len(s) // 2]] = True
                 generated.append(s.subset(np.flatnonzero(mask)))
             seen.append(mask)
-        # the pool's real images the detector trained on (the floor is drawn from the pool): not "unseen"
-        trained = {bytes(img.numpy()) for img in real_train.images}
-        seen[0] = np.array([bytes(img.numpy()) in trained for img in pool[0][1].images], dtype=bool)
+        # the pool's real images that trained the detector or set its threshold (the floor is drawn from the pool):
+        # its false-positive rate on "unseen" real images is measured on the rest
+        floor = {bytes(img.numpy()) for img in self.floor.images}
+        seen[0] = np.array([bytes(img.numpy()) in floor for img in pool[0][1].images], dtype=bool)
         detector = train_detector(real_train, ImageSet.concat(generated), calibration, fpr=c.detector_fpr,
                                   epochs=c.detector_epochs, seed=c.detector_seed * 1000 + generation)
         return detector, seen

@@ -655,8 +655,8 @@ def main() -> None:
                         help="time K separate DDPM fits against one stacked fit of K (models.stacked) and nothing "
                              "else; with --device and --mixed-precision")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="--stacked's device")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
-                        help="--stacked's autocast (accelerate)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                        help="--stacked's autocast (accelerate; stacked fits have no fp16 loss scaling)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,8 +7,9 @@ import torch
 from conftest import digits, make_model
 
 from imgcollapse.data import ImageSet
+from imgcollapse.errors import TrainingDiverged
 from imgcollapse.models.ddpm import DDPM
-from imgcollapse.models.stacked import Fit, check_stackable, train_stacked
+from imgcollapse.models.stacked import Fit, _clip_each, check_stackable, train_stacked
 
 # float rounding only: vmap sums the grouped convolutions in another order (measured: <= 1.1e-6 after 12 steps,
 # against steps of ~0.016 and 0.6 between two seeds' fits)
@@ -88,18 +89,36 @@ def test_stacked_fits_refuse_what_cannot_step_together():
         check_stackable([torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)])
 
 
-def test_stacked_training_guards_each_fit_against_nan():
+def test_a_nan_in_one_fit_stops_the_stack(caplog):
     nets = [torch.nn.Linear(2, 1) for _ in range(2)]
-    fits = [Fit(net, torch.randn(16, 2), None, seed=k) for k, net in enumerate(nets)]
+    fits = [Fit(net, torch.full((16, 2), float(k)), None, seed=k) for k, net in enumerate(nets)]
 
     def draw(x, y, g):
         return (x,)
 
-    def loss(call, batch):  # NaN from the first step
-        return call(batch[0]).mean() * torch.where(batch[0][0, 0] > 1e9, 1.0, float("nan"))
-
-    from imgcollapse.errors import TrainingDiverged
+    def loss(call, batch):  # the second fit's images are 1s: its loss alone is NaN
+        return call(batch[0]).mean() * torch.where(batch[0][0, 0] > 0.5, float("nan"), 1.0)
 
     with pytest.raises(TrainingDiverged):
         train_stacked(fits, draw, loss, steps=5, batch_size=4, lr=1e-2, warmup_steps=0, ema_decay=None,
                       grad_clip=None, check_every=2)
+    assert "stacked fit 2 of 2 (seed 1) diverged" in caplog.text
+
+
+def test_each_fit_is_clipped_by_its_own_norm():
+    torch.manual_seed(0)
+    stacked = [torch.randn(3, 4, 5, requires_grad=True), torch.randn(3, 7, requires_grad=True)]
+    for p in stacked:
+        p.grad = torch.randn_like(p) * torch.tensor([0.05, 5.0, 50.0]).view(-1, *[1] * (p.dim() - 1))
+    alone = [[p.grad[k].clone().requires_grad_(False) for p in stacked] for k in range(3)]
+    _clip_each(stacked, max_norm=1.0)
+    for k, grads in enumerate(alone):
+        params = [torch.zeros_like(g, requires_grad=True) for g in grads]
+        for param, g in zip(params, grads, strict=True):
+            param.grad = g
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for param, p in zip(params, stacked, strict=True):
+            torch.testing.assert_close(p.grad[k], param.grad)
+    norms = [float(torch.stack([p.grad[k].norm() for p in stacked]).norm()) for k in range(3)]
+    assert norms[0] < 1 and torch.equal(stacked[0].grad[0], alone[0][0])  # under the bound: untouched
+    assert norms[1] == pytest.approx(1.0, rel=1e-5) and norms[2] == pytest.approx(1.0, rel=1e-5)

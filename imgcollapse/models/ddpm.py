@@ -209,6 +209,11 @@ class DDPM:
         if not models:
             return []
         first = models[0]
+        accelerator = first.accelerator
+        if accelerator.num_processes > 1 or accelerator.mixed_precision == "fp16":
+            raise ValueError(f"fit_stacked runs in one process without fp16 (here {accelerator.num_processes} "
+                             f"processes, mixed precision {accelerator.mixed_precision}): it has no gradient sync "
+                             "and no loss scaling; use bf16 or fp32")
         if any(m.config != first.config or m.image_shape != first.image_shape for m in models):
             raise ValueError("fit_stacked: the models differ in config or image shape; stacked fits share both")
         budgets = [first.config.fit_budget(len(d), finetune=i is not None)
@@ -226,7 +231,7 @@ class DDPM:
         results = train_stacked(
             fits, first._noised, first._noised_loss, steps=budget.steps, batch_size=c.batch_size, lr=budget.lr,
             warmup_steps=budget.warmup_steps, ema_decay=c.ema_decay, grad_clip=c.grad_clip,
-            device=first.accelerator.device, autocast=first.accelerator.autocast)
+            device=accelerator.device, autocast=accelerator.autocast)
         return [{"train_loss": r.loss, "train_seconds": r.seconds, "train_steps": r.steps} for r in results]
 
     # Sampling -----------------------------------------------------------------------------------

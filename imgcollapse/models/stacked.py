@@ -2,7 +2,8 @@
 vmapped forward and backward a step (torch.func), so a device trains K chains' generations with the kernel launches
 of one. Each fit draws its batches and noise from its own generator, in the order `train` draws them, and has its
 own gradient clipping, so each result is what a separate `train` call gives, to float rounding (vmap turns the K
-convolutions into one grouped convolution, which sums in another order).
+convolutions into one grouped convolution, which sums in another order; a weight whose true gradient is 0, such
+as an attention key's bias, gets rounding noise that Adam scales to a step either way, so it matches no better).
 
 Written for a GPU, which one 0.7 M-parameter UNet leaves mostly idle. On CPU cores a stacked step costs about what
 K separate steps cost (scripts/bench.py --stacked K measures both on whatever device it runs on).
@@ -11,6 +12,7 @@ K separate steps cost (scripts/bench.py --stacked K measures both on whatever de
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +25,10 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from torch.func import functional_call, stack_module_state, vmap
 
+from imgcollapse.errors import TrainingDiverged
 from imgcollapse.models.train import TrainResult, _check_finite
+
+log = logging.getLogger(__name__)
 
 # draw(images, labels, generator) -> the batch's tensors (a tuple; None where unused), drawn from `generator`
 Draw = Callable[[torch.Tensor, "torch.Tensor | None", torch.Generator], tuple]
@@ -72,8 +77,9 @@ def train_stacked(
     check_every: int = 25,
 ) -> list[TrainResult]:
     """Train every fit's network in place for `steps` steps, as `models.train.train` would train each alone
-    (one process, AdamW without weight decay, cosine schedule with warm-up, EMA, per-fit gradient clipping and
-    NaN guard); each result's seconds are the stacked loop's wall time."""
+    (one process, AdamW without weight decay, cosine schedule with warm-up, EMA, per-fit gradient clipping; a NaN in
+    any fit stops all, naming it). Each result's seconds are the whole stacked loop's wall time (shared: summing
+    them over fits counts it K times). `autocast` must not be fp16's: there is no loss scaling here."""
     if not fits:
         return []
     networks = [f.network for f in fits]
@@ -129,7 +135,12 @@ def train_stacked(
         losses[:, step] = per_fit.detach().float()
         if (step + 1) % check_every == 0 or step + 1 == steps:
             for k in range(len(fits)):
-                _check_finite(losses[k], last_checked, step + 1, lr)
+                try:
+                    _check_finite(losses[k], last_checked, step + 1, lr)
+                except TrainingDiverged:  # the fits step together: one fit's NaN stops them all
+                    log.error("stacked fit %d of %d (seed %d) diverged; the other fits stop with it", k + 1,
+                              len(fits), fits[k].seed)
+                    raise
             last_checked = step + 1
     seconds = time.perf_counter() - start
 
@@ -147,7 +158,7 @@ def train_stacked(
 def _clip_each(leaves: list[torch.Tensor], max_norm: float) -> None:
     """torch.nn.utils.clip_grad_norm_ for each fit alone: the norm over one slice of every stacked gradient."""
     grads = [p.grad for p in leaves if p.grad is not None]
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)  # (K,)
+    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grads], dim=1).norm(dim=1)  # (K,)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype))
