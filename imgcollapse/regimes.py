@@ -370,6 +370,7 @@ class Contaminated(Accumulate):
         super().__init__(config, num_synthetic)
         self.floor: ImageSet | None = None  # filter=detector: its real images (setup)
         self._stats: dict[str, float | None] = {}
+        self._floor_mask: np.ndarray | None = None  # filter=detector: which real pool images are the floor's
 
     def setup(self, train: ImageSet, heldout: ImageSet, cache_dir: Path, conditional: bool,
               generation: int | None = None, floor: ImageSet | None = None) -> None:
@@ -424,13 +425,19 @@ class Contaminated(Accumulate):
                 mask[_rng(seed, source, 7).permutation(len(s))[: len(s) // 2]] = True
                 generated.append(s.subset(np.flatnonzero(mask)))
             seen.append(mask)
-        # the pool's real images that trained the detector or set its threshold (the floor is drawn from the pool):
-        # its false-positive rate on "unseen" real images is measured on the rest
-        floor = {bytes(img.numpy()) for img in self.floor.images}
-        seen[0] = np.array([bytes(img.numpy()) in floor for img in pool[0][1].images], dtype=bool)
+        seen[0] = self._floor_in(pool[0][1])
         detector = train_detector(real_train, ImageSet.concat(generated), calibration, fpr=c.detector_fpr,
                                   epochs=c.detector_epochs, seed=c.detector_seed * 1000 + generation)
         return detector, seen
+
+    def _floor_in(self, real: ImageSet) -> np.ndarray:
+        """Which of the pool's real images are the floor's, which trained the detector or set its threshold (the
+        floor is drawn from the pool): its "unseen" false-positive rate is measured on the rest. The same pool every
+        generation, so matched once."""
+        if self._floor_mask is None or len(self._floor_mask) != len(real):
+            floor = {bytes(img.numpy()) for img in self.floor.images}
+            self._floor_mask = np.array([bytes(img.numpy()) in floor for img in real.images], dtype=bool)
+        return self._floor_mask
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         self._stats = {}

@@ -175,15 +175,19 @@ class DDPM:
     def _loss(self, unet: torch.nn.Module, x0: torch.Tensor, y: torch.Tensor | None, g: torch.Generator):
         return self._noised_loss(unet, self._noised(x0, y, g))
 
-    def fit(self, data: ImageSet, seed: int, init_from: Path | None = None) -> dict[str, float]:
-        """Train on `data`: a freshly initialised UNet, or (`init_from`: a saved model's directory) fine-tune its
-        weights, for the budget `model.budget` sets (TrainingConfig.fit_budget)."""
+    def _start(self, data: ImageSet, seed: int, init_from: Path | None) -> None:
+        """The UNet a fit starts from: new weights seeded by `seed`, or those saved at `init_from`."""
         if self.num_classes and data.labels is None:
             raise ValueError("a class-conditional DDPM (model.num_classes set) needs labelled training data")
         if init_from is None:
             self.unet = self._build(seed)
         else:  # the weights on disk, so a resumed chain starts from the same bits as one run straight through
             self.unet = UNet2DModel.from_pretrained(Path(init_from) / "unet")
+
+    def fit(self, data: ImageSet, seed: int, init_from: Path | None = None) -> dict[str, float]:
+        """Train on `data`: a freshly initialised UNet, or (`init_from`: a saved model's directory) fine-tune its
+        weights, for the budget `model.budget` sets (TrainingConfig.fit_budget)."""
+        self._start(data, seed, init_from)
         c = self.config
         budget = c.fit_budget(len(data), finetune=init_from is not None)
         # torch.compile shares the UNet's parameters: what it trains is what `self.unet` samples with
@@ -223,9 +227,7 @@ class DDPM:
                              "stacked fits step together")
         fits = []
         for model, d, seed, init in zip(models, data, seeds, init_from, strict=True):
-            if first.num_classes and d.labels is None:
-                raise ValueError("a class-conditional DDPM (model.num_classes set) needs labelled training data")
-            model.unet = model._build(seed) if init is None else UNet2DModel.from_pretrained(Path(init) / "unet")
+            model._start(d, seed, init)
             fits.append(Fit(model.unet, to_float(d.images), d.labels if first.num_classes else None, seed))
         c, budget = first.config, budgets[0]
         results = train_stacked(
