@@ -11,9 +11,9 @@ training set as one function of (real pool, synthetic sets so far, generation, s
   real_plus   the whole real pool plus `synthetic_ratio` x its size of the last samples (Bertrand et al.'s
               mix: all real data, lambda * n synthetic images)
   contaminated  a pool without provenance, as the web's: the real pool plus `published_fraction` of every
-              generation's samples; a `filter` (none | oracle | detector) removes what it flags as generated, and
-              `subsample` images are drawn from what is left. Rows record the pool's synthetic share and the filter's
-              true- and false-positive rates, measured against the provenance the kit knows
+              generation's samples; a `filter` (none | oracle | detector | watermark) removes what it flags as
+              generated, and `subsample` images are drawn from what is left. Rows record the pool's synthetic
+              share and the filter's true- and false-positive rates, measured against the provenance the kit knows
 
 Randomness comes from (seed, generation, purpose) only, where `seed` is the chain's seed: a resumed chain
 builds the same sets, and augment's real subset is the same in every generation.
@@ -55,6 +55,9 @@ from imgcollapse.data import ImageSet
 from imgcollapse.data.transforms import floor_of
 from imgcollapse.errors import UserError, require
 from imgcollapse.verifier import load_or_train_verifier, training_images
+from imgcollapse.watermark import calibrate as calibrate_watermark
+from imgcollapse.watermark import embed, robustness, scores
+from imgcollapse.watermark import key as watermark_key
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +137,20 @@ class AccumulateConfig(RegimeConfig):
                 f"num_synthetic={num_synthetic} samples")
 
 
-FILTERS = ("none", "oracle", "detector")  # what removes generated images from a contaminated pool
+FILTERS = ("none", "oracle", "detector", "watermark")  # what removes generated images from a contaminated pool
 
 
 @dataclass
 class ContaminatedConfig(AccumulateConfig):
     _target_: str = "imgcollapse.regimes.Contaminated"
     published_fraction: float = MISSING  # share of each generation's samples that enter the pool
-    filter: str = MISSING  # FILTERS: none; oracle (knows provenance: the upper bound); detector (learned)
-    detector_fpr: float = MISSING  # filter=detector: the share of real images it may flag (sets its threshold)
+    filter: str = MISSING  # FILTERS: none; oracle (knows provenance: the upper bound); detector (learned); watermark
+    detector_fpr: float = MISSING  # filter=detector|watermark: the share of real images it may flag (its threshold)
     detector_epochs: int = MISSING  # filter=detector: passes over its training images each generation
     detector_seed: int = MISSING  # filter=detector: its training seed (conf: ${seed}, the chain's)
+    watermark_strength: float = 24.0  # filter=watermark: grey levels (of 255) the mark adds or takes
+    watermark_block: int = 1  # filter=watermark: the key's tiles, block x block pixels
+    watermark_seed: int = 0  # filter=watermark: the provider's secret key (conf: ${seed}, the chain's)
 
     def check(self) -> None:
         super().check()
@@ -155,6 +161,10 @@ class ContaminatedConfig(AccumulateConfig):
                 "a rate in [0, 1): the share of real images the detector may flag")
         require(self.detector_epochs >= 1, "regime.detector_epochs", self.detector_epochs, "an integer >= 1")
         require(self.detector_seed >= 0, "regime.detector_seed", self.detector_seed, "an integer >= 0")
+        require(0 < self.watermark_strength <= 255, "regime.watermark_strength", self.watermark_strength,
+                "grey levels in (0, 255]: how deep the mark is added")
+        require(self.watermark_block >= 1, "regime.watermark_block", self.watermark_block, "an integer >= 1")
+        require(self.watermark_seed >= 0, "regime.watermark_seed", self.watermark_seed, "an integer >= 0")
 
     def check_data(self, *, num_train: int, num_synthetic: int, **chain: Any) -> None:
         published = max(1, round(self.published_fraction * num_synthetic))
@@ -229,6 +239,24 @@ class FreshConfig(MixConfig):
 @dataclass
 class AugmentConfig(MixConfig):
     _target_: str = "imgcollapse.regimes.Augment"
+    train_size: int | None = None  # images in each training set after generation 0 (None: the last samples' count)
+
+    def check(self) -> None:
+        super().check()
+        require(self.train_size is None or self.train_size > 0, "regime.train_size", self.train_size,
+                "null (the last samples' count, num_synthetic) or an integer > 0")
+
+    def training_size(self, num_synthetic: int) -> tuple[str, int] | None:
+        return ("num_synthetic", num_synthetic) if self.train_size is None else ("regime.train_size", self.train_size)
+
+    def check_data(self, *, num_train: int, num_synthetic: int, **chain: Any) -> None:
+        super().check_data(num_train=num_train, num_synthetic=num_synthetic, **chain)
+        if self.train_size is None:
+            return
+        synthetic = self.train_size - min(num_train, round(self.real_fraction * self.train_size))
+        require(synthetic <= num_synthetic, "regime.train_size", self.train_size,
+                f"at most what the real pool's {num_train} images and num_synthetic={num_synthetic} samples fill at "
+                f"real_fraction={self.real_fraction}: it takes {synthetic} samples")
 
 
 class Regime:
@@ -377,15 +405,23 @@ class Contaminated(Accumulate):
         super().setup(train, heldout, cache_dir, conditional, generation, floor)
         self.floor = floor_of(train, heldout, floor)
 
-    def published(self, synthetic: list[ImageSet], seed: int) -> list[ImageSet]:
-        """What of each generation's samples entered the pool: a share drawn once, by the generation that made it."""
-        if self.config.published_fraction == 1:
-            return list(synthetic)
-        out = []
-        for g, s in enumerate(synthetic):
-            count = max(1, round(self.config.published_fraction * len(s)))
-            out.append(s.subset(np.sort(_rng(seed, g, 6).choice(len(s), count, replace=False))))
+    def published(self, synthetic: list[ImageSet], seed: int, marked: bool = True) -> list[ImageSet]:
+        """What of each generation's samples entered the pool: a share drawn once, by the generation that made it;
+        with filter=watermark, marked as the provider publishes them (`marked=False`: before the mark)."""
+        out = list(synthetic)
+        if self.config.published_fraction < 1:
+            out = []
+            for g, s in enumerate(synthetic):
+                count = max(1, round(self.config.published_fraction * len(s)))
+                out.append(s.subset(np.sort(_rng(seed, g, 6).choice(len(s), count, replace=False))))
+        if self.config.filter == "watermark" and marked:
+            out = [ImageSet(embed(s.images, self._pattern(s), self.config.watermark_strength), s.labels,
+                            s.class_names) for s in out]
         return out
+
+    def _pattern(self, images: ImageSet) -> Any:
+        """The watermark's key for images of this shape."""
+        return watermark_key(tuple(images.images.shape[1:]), self.config.watermark_seed, self.config.watermark_block)
 
     def flag(self, pool: list[tuple], generation: int, seed: int) -> list[np.ndarray]:
         """Which of each part's images the filter calls generated (the parts as `_parts` builds them)."""
@@ -394,6 +430,8 @@ class Contaminated(Accumulate):
             return [np.zeros(len(s), dtype=bool) for _, s in pool]
         if kind == "oracle":
             return [np.full(len(s), source != "real") for source, s in pool]
+        if kind == "watermark":
+            return self._watermark_flags(pool)
         detector, trained_on = self._train_detector(pool, generation, seed)
         flags = [detector.flags(s.images) for _, s in pool]
         self._stats.update({"detector_threshold": detector.threshold,
@@ -404,6 +442,19 @@ class Contaminated(Accumulate):
         self._stats["detector_tpr_unseen"] = float(held.mean()) if len(held) else None
         real_flags, real_unseen = flags[0], ~trained_on[0]
         self._stats["detector_fpr_unseen"] = float(real_flags[real_unseen].mean()) if real_unseen.any() else None
+        return flags
+
+    def _watermark_flags(self, pool: list[tuple]) -> list[np.ndarray]:
+        """Which images carry the mark: correlation with the key above a threshold that flags at most detector_fpr
+        of the floor's real images; its false-positive rate on the pool's other real images is recorded apart."""
+        if self.floor is None:
+            raise ValueError("regime.filter=watermark needs Regime.setup to give it the floor split first")
+        pattern = self._pattern(pool[0][1] if len(pool[0][1]) else self.floor)
+        threshold, calibration_fpr = calibrate_watermark(self.floor.images, pattern, self.config.detector_fpr)
+        flags = [scores(s.images, pattern) > threshold for _, s in pool]
+        unseen = ~self._floor_in(pool[0][1])
+        self._stats.update({"watermark_threshold": threshold, "watermark_calibration_fpr": calibration_fpr,
+                            "watermark_fpr_unseen": float(flags[0][unseen].mean()) if unseen.any() else None})
         return flags
 
     def _train_detector(self, pool: list[tuple], generation: int, seed: int):
@@ -443,6 +494,10 @@ class Contaminated(Accumulate):
         self._stats = {}
         pool = [("real", real)] + list(enumerate(self.published(synthetic, seed)))
         flags = self.flag(pool, generation, seed)
+        if self.config.filter == "watermark":  # what survives what may happen to the newest published images
+            newest = self.published(synthetic, seed, marked=False)[-1]
+            self._stats.update(robustness(newest.images, self._pattern(newest), self.config.watermark_strength,
+                                          self._stats["watermark_threshold"]))
         kept = [(source, s.subset(np.flatnonzero(~f))) for (source, s), f in zip(pool, flags, strict=True)]
         real_flags = flags[0]
         synthetic_flags = np.concatenate(flags[1:]) if len(flags) > 1 else np.zeros(0, dtype=bool)
@@ -504,10 +559,14 @@ class Fresh(Regime):
         reused = used[_rng(seed, generation, 2).choice(len(used), need, replace=False)] if need else used[:0]
         return np.concatenate([fresh, reused]), need
 
+    def _size(self, num_samples: int) -> int:
+        """Each training set's size: the last samples' count (augment: `train_size` where it is set)."""
+        return getattr(self.config, "train_size", None) or num_samples
+
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         last = synthetic[-1]
-        size = len(last)
-        sizes = [self._num_real(real, len(s)) for s in synthetic]
+        size = self._size(len(last))
+        sizes = [self._num_real(real, self._size(len(s))) for s in synthetic]
         real_idx, self._reused = self._real_index(len(real), sizes, generation, seed)
         syn_idx = _rng(seed, generation, 3).choice(len(last), size - sizes[-1], replace=False)
         return [("real", real.subset(np.sort(real_idx))), (generation - 1, last.subset(np.sort(syn_idx)))]

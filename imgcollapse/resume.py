@@ -49,8 +49,10 @@ ADDED = {
     "model.init": "scratch", "model.finetune_steps": None, "model.finetune_lr": None,  # kit 0.3: fine-tuning
     "model.budget": "steps", "model.epochs": None, "model.finetune_epochs": None,  # kit 0.3: compute budgets
     "model.estimator": "mle", "model.float_samples": False,  # kit 0.3: the Gaussian theory check
+    "dataset.pool_size": None,  # kit 0.6: the scaling study's cut pool (absent: the whole pool)
     "dataset.tail_seed": None,  # kit 0.5: the long tail's rare classes drawn by a seed (absent: by class index)
     "regime.first_real": None,  # kit 0.3: fresh means fresh
+    "regime.train_size": None,  # kit 0.6: augment's training set size (absent: the last samples' count)
     "chain.models": None, "chain.population": None,  # kit 0.3: model families in turn, or side by side
     "regime.verify_threshold": 0.0, "regime.verifier_seed": 1, "regime.verifier_epochs": 20,  # kit 0.3: verify
 }
@@ -62,6 +64,7 @@ LATER_ONLY = ("model.init", "model.finetune_steps", "model.finetune_lr", "model.
 # Regime keys generation 0 reads: its curation (the samples it keeps for generation 1), and fresh's first draw
 CURATION_KEYS = ("regime.curation", "regime.keep_fraction", "regime.verify_threshold", "regime.verifier_seed",
                  "regime.verifier_epochs")
+WATERMARK_KEYS = ("regime.watermark_strength", "regime.watermark_block", "regime.watermark_seed")  # filter=watermark
 VERIFY_KEYS = ("regime.verify_threshold", "regime.verifier_seed", "regime.verifier_epochs")  # curation=verify only
 SHARED_FILE = "shared_gen0.json"  # in an adopting run dir: where its generation 0 came from
 
@@ -94,6 +97,11 @@ def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> di
             old.pop(key, None), new.pop(key, None)
     if not (old.get("dataset.long_tail") or new.get("dataset.long_tail")):  # which classes are rare: no tail, unread
         old.pop("dataset.tail_seed", None), new.pop("dataset.tail_seed", None)
+    if "watermark" not in (old.get("regime.filter"), new.get("regime.filter")):  # the mark's keys are unread
+        for k in WATERMARK_KEYS:
+            old.pop(k, None), new.pop(k, None)
+    if old.get("dataset.pool_size") is None and new.get("dataset.pool_size") is None:  # the whole pool: seed unread
+        old.pop("dataset.pool_seed", None), new.pop("dataset.pool_seed", None)
     keys = [k for k in old if not is_ignored(k)]
     keys += [k for k in new if k not in old and not is_ignored(k)]
     differences = {k: (old.get(k, ABSENT), new.get(k, ABSENT)) for k in keys}

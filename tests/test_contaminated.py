@@ -8,10 +8,12 @@ import torch
 from conftest import compose_config, digits, run_chain
 from test_regimes import REAL, SYN, chain_sets, ids, make_regime, sources
 
+from imgcollapse import watermark
 from imgcollapse.config import validate
 from imgcollapse.data import ImageSet
 from imgcollapse.detector import Detector, threshold_for
 from imgcollapse.errors import ConfigError
+from imgcollapse.resume import config_differences
 
 
 def test_no_filter_is_accumulate_image_for_image():
@@ -47,8 +49,13 @@ def test_the_filter_and_its_keys_are_checked():
         validate(compose_config("model=gmm", "regime=contaminated", *overrides))
 
     check()
-    with pytest.raises(ConfigError, match=r"regime.filter.*watermark.*\['none', 'oracle', 'detector'\]"):
-        check("regime.filter=watermark")
+    check("regime.filter=watermark")
+    with pytest.raises(ConfigError, match=r"regime.filter.*stamp.*\['none', 'oracle', 'detector', 'watermark'\]"):
+        check("regime.filter=stamp")
+    with pytest.raises(ConfigError, match="regime.watermark_strength"):
+        check("regime.filter=watermark", "regime.watermark_strength=0")
+    with pytest.raises(ConfigError, match="regime.watermark_block"):
+        check("regime.filter=watermark", "regime.watermark_block=0")
     with pytest.raises(ConfigError, match="regime.published_fraction"):
         check("regime.published_fraction=0")
     with pytest.raises(ConfigError, match="regime.detector_fpr"):
@@ -115,3 +122,63 @@ def test_an_oracle_chain_trains_on_real_images_only(tmp_path):
     assert [r["num_synthetic"] for r in rows] == [0, 0, 0]
     assert [r["num_real"] for r in rows[1:]] == [600, 600]
     assert rows[2]["pool_synthetic_share"] > rows[1]["pool_synthetic_share"] > 0
+
+
+def test_a_watermark_key_is_signs_on_tiles_drawn_by_its_seed():
+    k = watermark.key((1, 8, 8), seed=3, block=2)
+    assert set(k.unique().tolist()) == {-1.0, 1.0} and k.shape == (1, 8, 8)
+    assert torch.equal(k[:, ::2, ::2], k[:, 1::2, 1::2])  # constant on 2x2 tiles
+    assert torch.equal(k, watermark.key((1, 8, 8), seed=3, block=2))
+    assert not torch.equal(k, watermark.key((1, 8, 8), seed=4, block=2))
+
+
+def test_a_watermark_is_found_in_marked_images_and_not_in_real_ones():
+    splits = digits()
+    k = watermark.key((1, 8, 8), seed=0, block=1)
+    threshold, calibration_fpr = watermark.calibrate(splits.floor.images, k, 0.05)
+    assert calibration_fpr <= 0.05
+    real = watermark.scores(splits.heldout.images, k) > threshold
+    assert real.mean() < 0.12  # other real images: about the 5% target
+    found = [(watermark.scores(watermark.embed(splits.heldout.images, k, s), k) > threshold).mean() for s in
+             (2, 24, 96)]
+    assert found[0] < 0.2 < 0.7 < found[1] < found[2] and found[2] > 0.99  # deeper marks are found more often
+    assert watermark.scores(torch.full((1, 1, 8, 8), 7, dtype=torch.uint8), k)[0] == 0  # a flat image: no evidence
+    r = watermark.robustness(splits.heldout.images, k, 24, threshold)
+    assert r["watermark_tpr_float"] >= found[1] - 0.05 and r["watermark_tpr_resized"] < r["watermark_tpr_float"]
+    exact = 10 * np.log10(255**2 / 24**2)  # every pixel moved by exactly 24 where nothing clips
+    grey = torch.full((4, 1, 8, 8), 128, dtype=torch.uint8)
+    assert watermark.robustness(grey, k, 24, threshold)["watermark_psnr"] == pytest.approx(exact, abs=1e-9)
+    assert exact < r["watermark_psnr"] < exact + 3  # the digits' black and white pixels clip half the mark
+
+
+def watermark_sets(strength: float) -> tuple:
+    """A contaminated regime with filter=watermark set up on the digits; samples stand in as held-out real digits,
+    so the mark is the only thing that tells them apart."""
+    splits = digits()
+    regime = make_regime("contaminated", filter="watermark", subsample=None, watermark_seed=0,
+                         watermark_strength=strength)
+    regime.setup(splits.train, splits.heldout, cache_dir=None, conditional=False, floor=splits.floor)
+    synthetic = [splits.heldout.subset(np.arange(g * 200, g * 200 + 200)) for g in range(2)]
+    return regime, splits.train, synthetic
+
+
+def test_a_watermark_filter_removes_marked_samples_and_records_its_rates():
+    regime, real, synthetic = watermark_sets(64)
+    _, row = regime.training_set(real, synthetic, 2, seed=0)
+    assert row["filter_tpr"] > 0.98 and row["num_synthetic"] < 8  # of 400 marked samples
+    assert row["watermark_calibration_fpr"] <= 0.05 and row["watermark_fpr_unseen"] < 0.12
+    assert row["filter_fpr"] < 0.12 and row["num_real"] > 0.85 * len(real)
+    assert 0 <= row["watermark_tpr_resized"] <= 1 and row["watermark_tpr_reloaded"] > 0.9
+    # a mark too faint to find leaves the pool about as it is: the only samples removed are false positives
+    regime, real, synthetic = watermark_sets(1)
+    _, row = regime.training_set(real, synthetic, 2, seed=0)
+    assert row["filter_tpr"] < 0.15
+
+
+def test_a_chain_resumes_across_the_watermark_keys_unless_it_uses_them():
+    base = {"regime": {"filter": "detector", "watermark_strength": 24, "watermark_seed": 0}}
+    other = {"regime": {"filter": "detector", "watermark_strength": 8, "watermark_seed": 5}}
+    assert config_differences(base, other) == {}
+    marked = {"regime": {**base["regime"], "filter": "watermark"}}
+    assert set(config_differences(marked, {"regime": {**other["regime"], "filter": "watermark"}})) == {
+        "regime.watermark_strength", "regime.watermark_seed"}

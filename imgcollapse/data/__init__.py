@@ -45,6 +45,8 @@ class DatasetConfig:
     split_seed: int = MISSING
     long_tail: float = MISSING
     tail_seed: int | None = MISSING  # which classes the long tail makes rare (transforms.tail_order); None: by index
+    pool_size: int | None = None  # the training pool cut to this many images, nested across sizes (None: all)
+    pool_seed: int = 0  # which images a cut pool keeps (conf: ${seed}, the chain's)
 
     def check(self) -> None:
         """The shared keys; a dataset's own keys are checked by its subclass."""
@@ -55,3 +57,6 @@ class DatasetConfig:
         require(0 <= self.split_seed < 2**32, "dataset.split_seed", self.split_seed, "an integer in [0, 2**32)")
         require(self.tail_seed is None or 0 <= self.tail_seed < 2**32, "dataset.tail_seed", self.tail_seed,
                 "null (the class index is the rank) or an integer in [0, 2**32)")
+        require(self.pool_size is None or self.pool_size >= 2, "dataset.pool_size", self.pool_size,
+                "null (the whole training pool) or an integer >= 2")
+        require(0 <= self.pool_seed < 2**32, "dataset.pool_seed", self.pool_seed, "an integer in [0, 2**32)")

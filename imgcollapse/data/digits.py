@@ -38,4 +38,5 @@ def load_digits(config: DigitsConfig) -> Splits:
     data = ImageSet(images, labels, [str(int(n)) for n in bunch.target_names])
     splits = split(data, config.num_heldout, config.split_seed)
     return finish(splits, config.long_tail, config.split_seed, {"source": "sklearn digits"},
-                  tail_seed=config.tail_seed)
+                  tail_seed=config.tail_seed,
+                  pool_size=config.pool_size, pool_seed=config.pool_seed)

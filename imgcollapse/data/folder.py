@@ -193,4 +193,5 @@ def load_folder(config: FolderConfig) -> Splits:
                         f"Images per class: {counts}") from e
     info = {"source": "folder", "path": str(root), "num_files": len(data) + len(bad), "skipped_files": len(bad),
             "skipped_examples": list(bad)[:SHOW_BAD]}
-    return finish(splits, config.long_tail, split_seed, info, tail_seed=config.tail_seed)
+    return finish(splits, config.long_tail, split_seed, info, tail_seed=config.tail_seed, pool_size=config.pool_size,
+                  pool_seed=config.pool_seed)

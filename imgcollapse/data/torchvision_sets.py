@@ -195,7 +195,8 @@ def load_torchvision(config: TorchvisionConfig) -> Splits:
     log.info("dataset=%s from %s: %d training, %d held-out images", name, root_path / layout(name).folder,
              len(parts["train"]), len(parts["heldout"]))
     info = {"source": f"torchvision {NAMES[name].__name__}", "root": str(root_path)}
-    return finish(Splits(parts["train"], parts["heldout"]), long_tail, split_seed, info, tail_seed=config.tail_seed)
+    return finish(Splits(parts["train"], parts["heldout"]), long_tail, split_seed, info, tail_seed=config.tail_seed,
+                  pool_size=config.pool_size, pool_seed=config.pool_seed)
 
 
 @dataclass

@@ -128,14 +128,44 @@ def long_tail_splits(splits: Splits, exponent: float, seed: int, tail_seed: int 
                   ruler_pool=splits.train)
 
 
-def finish(splits: Splits, exponent: float, seed: int, info: dict, tail_seed: int | None = None) -> Splits:
-    """Every loader's last step: the optional long tail, then what run.json should say about the data."""
+def nested_take(data: ImageSet, size: int, seed: int) -> ImageSet:
+    """`size` images drawn by `seed`, each class keeping its share (largest remainders), such that a smaller size's
+    images are among a larger one's: a scaling curve's pools are nested, so its points differ by data added only."""
+    if size >= len(data):
+        return data
+    order = np.random.default_rng(np.random.SeedSequence([seed, 11])).permutation(len(data))
+    if data.labels is None:
+        return data.subset(np.sort(order[:size]))
+    labels = data.labels.numpy()
+    counts = np.bincount(labels)
+    quota = counts * size / len(data)
+    keep = np.floor(quota).astype(int)
+    keep[np.argsort(-(quota - keep), kind="stable")[: size - keep.sum()]] += 1
+    ranked = labels[order]
+    rank_in_class = np.empty(len(order), dtype=int)
+    for k in range(len(counts)):
+        rank_in_class[ranked == k] = np.arange(counts[k])
+    return data.subset(np.sort(order[rank_in_class < keep[ranked]]))
+
+
+def finish(splits: Splits, exponent: float, seed: int, info: dict, tail_seed: int | None = None,
+           pool_size: int | None = None, pool_seed: int = 0) -> Splits:
+    """Every loader's last step: the optional long tail, the optional cut of the pool to `pool_size` images, then
+    what run.json should say about the data. The floor, the held-out split and the metrics classifier's pool are
+    drawn before either, so one ruler scores every tail and every pool size."""
     if exponent and splits.train.labels is None:
         raise UserError(f"dataset.long_tail={exponent} needs class labels, and this dataset has none "
                         "(a folder gets labels from class subfolders); set dataset.long_tail=0")
     splits.floor = floor_split(splits.train, len(splits.heldout), seed)
     splits = long_tail_splits(splits, exponent, seed, tail_seed)
-    splits.info = {**info, "long_tail": exponent}
+    if pool_size is not None:
+        if pool_size > len(splits.train):
+            raise UserError(f"dataset.pool_size={pool_size} is larger than the training pool's {len(splits.train)} "
+                            "images: null (all of them) or at most that many")
+        ruler = splits.ruler_pool if splits.ruler_pool is not None else splits.train
+        splits = Splits(nested_take(splits.train, pool_size, pool_seed), splits.heldout, splits.info, splits.floor,
+                        ruler_pool=ruler)
+    splits.info = {**info, "long_tail": exponent, **({"pool_size": pool_size} if pool_size is not None else {})}
     if exponent:
         splits.info["tail_order"] = tail_order(splits.train.num_classes, tail_seed)  # type: ignore[arg-type]
     if splits.train.labels is not None:

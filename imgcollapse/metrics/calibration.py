@@ -118,7 +118,8 @@ def apply_change(change: str, strength: float, base: ImageSet, train: ImageSet, 
     elif change == "duplicate":
         count = round(strength * len(base))
         where = rng.choice(len(base), count, replace=False)
-        copies = train.images[torch.from_numpy(rng.choice(len(train), count, replace=False))]
+        # a pool cut smaller than the floor (dataset.pool_size) repeats its images rather than fail
+        copies = train.images[torch.from_numpy(rng.choice(len(train), count, replace=count > len(train)))]
         images = base.images.clone()
         images[torch.from_numpy(where)] = copies
         return ImageSet(images, base.labels, base.class_names)

@@ -18,7 +18,7 @@ SPACES = metric_facts.SPACES
 Info = metric_facts.Fact
 METRICS = metric_facts.FACTS
 HOUSEKEEPING_PREFIXES = ("num_", "share_gen_", "model_train_loss_",  # training-set sizes and sources, members' losses,
-                         "pool_", "filter_", "detector_")  # a contaminated pool's make-up and its filter's rates
+                         "pool_", "filter_", "detector_", "watermark_")  # a contaminated pool and its filter
 HOUSEKEEPING = ("train_loss", "model_floor_coordinates")
 MEMBER_COLUMNS = metric_facts.MEMBER_COLUMNS  # a population member's own panels in the run report
 

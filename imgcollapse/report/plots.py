@@ -18,7 +18,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from imgcollapse.metric_facts import badness, worse
 from imgcollapse.report.metric_info import MEMBER_COLUMNS
@@ -362,6 +362,84 @@ def calibration_figure(result: Mapping[str, Any]) -> Figure:
                 ax.text(j, i, mark, ha="center", va="center", fontsize=8, color="white" if strong else "black")
         ax.set_title(f"response to the strongest change, in noise sd toward worse (✓ sees it; n = {result['size']})")
         fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
+    return fig
+
+
+def scaling_figure(curves: Mapping[str, Mapping[str, Mapping[str, Any]]], generation: int,
+                   width: float | None = None, colors: Mapping[str, str] | None = None) -> Figure:
+    """One log-log panel per metric: excess error over the real floor against the real pool's size, a line per curve
+    (geometric mean across seeds) with its 95% band (a t-interval of log excess), each seed a thin line behind it,
+    and the legend giving each curve's power-law exponent b (mean and 95% interval across seeds).
+
+    `curves[metric][label] = {"sizes": (k,), "excess": (seeds, k), "exponent": per-seed b}`; `width`: inches, for
+    a paper (3.5: one column, panels stacked); `colors[label]`: a curve's colour in every figure."""
+    from scipy import stats as st
+
+    metrics = list(curves)
+    if not metrics:
+        raise ValueError("no scaling curves to draw")
+    columns = min(len(metrics), 3 if width is None or width > 5 else 1)
+    with matplotlib.rc_context(STYLE):
+        w, h = panel_grid_pixels(len(metrics), columns)
+        size = (1.25 * w / DPI, 1.35 * h / DPI) if width is None else (width, width / columns * 0.8
+                                                                        * math.ceil(len(metrics) / columns) + 0.4)
+        fig = Figure(figsize=size, dpi=DPI)
+        for ax, metric in zip(_panel_axes(fig, len(metrics), columns, 0.45, 0.6), metrics, strict=True):
+            for k, (label, curve) in enumerate(curves[metric].items()):
+                color = (colors or {}).get(label, f"C{k % 10}")
+                sizes, excess = np.asarray(curve["sizes"], float), np.asarray(curve["excess"], float)
+                logs = np.log(np.where(excess > 0, excess, np.nan))
+                for row in excess:
+                    ax.plot(sizes, np.where(row > 0, row, np.nan), lw=0.5, alpha=0.4, color=color, zorder=1)
+                n = np.sum(np.isfinite(logs), axis=0)
+                mean = np.nanmean(logs, axis=0)
+                sd = np.nanstd(logs, axis=0, ddof=1) if len(logs) > 1 else np.zeros_like(mean)
+                half = np.where(n > 1, st.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1)), 0)
+                b = np.array([x for x in curve["exponent"] if x is not None and math.isfinite(x)], float)
+                text = "b ?"
+                if len(b) > 1:
+                    q = st.t.ppf(0.975, len(b) - 1) * b.std(ddof=1) / math.sqrt(len(b))
+                    text = f"b = {b.mean():.2f} [{b.mean() - q:.2f}, {b.mean() + q:.2f}]"
+                elif len(b):
+                    text = f"b = {b[0]:.2f}"
+                ax.plot(sizes, np.exp(mean), marker="o", ms=3, lw=1.3, color=color, zorder=3,
+                        label=f"{label}: {text} (n={int(n.min()) if len(n) else 0})")
+                ax.fill_between(sizes, np.exp(mean - half), np.exp(mean + half), color=color, alpha=0.2, lw=0,
+                                zorder=2)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # 6x10^-1 on every minor tick buries the curves
+            ax.set_title(f"{metric_title(metric)}: excess over the real floor, gen {generation}")
+            ax.set_xlabel("real pool size (images)")
+            ax.legend(loc="best", frameon=False)
+    return fig
+
+
+def filter_figure(points: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]]) -> Figure:
+    """Collapse against the filter's recall: one panel per metric, one point per chain (x: the share of the pool's
+    generated images its filter removed, averaged over generations; y: the metric at the last generation), an arm's
+    mean with a cross of its seeds' spread.
+
+    `points[metric][arm] = [(recall, value) per seed]`."""
+    metrics = list(points)
+    if not metrics:
+        raise ValueError("no filter rates to draw")
+    with matplotlib.rc_context(STYLE):
+        w, h = panel_grid_pixels(len(metrics), min(len(metrics), 3))
+        fig = Figure(figsize=(1.25 * w / DPI, 1.35 * h / DPI), dpi=DPI)
+        for ax, metric in zip(_panel_axes(fig, len(metrics), min(len(metrics), 3), 0.45, 0.6), metrics, strict=True):
+            for k, (arm, xy) in enumerate(points[metric].items()):
+                xy_arr = np.asarray(xy, dtype=float).reshape(-1, 2)
+                color = f"C{k % 10}"
+                ax.scatter(xy_arr[:, 0], xy_arr[:, 1], s=8, color=color, alpha=0.5, lw=0)
+                mx, my = xy_arr.mean(0)
+                ax.errorbar(mx, my, xerr=xy_arr[:, 0].std(), yerr=xy_arr[:, 1].std(), fmt="o", ms=4, color=color,
+                            lw=1, label=f"{arm} (n={len(xy_arr)})")
+            ax.set_xlim(-0.05, 1.05)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6))  # a share, not a generation: not integers
+            ax.set_title(f"{metric_title(metric)} at the last generation")
+            ax.set_xlabel("filter recall: share of generated images removed")
+            ax.legend(loc="best", frameon=False)
     return fig
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from imgcollapse.report import metric_info, page
-from imgcollapse.report.plots import save_figure, save_paper_figures, sweep_figure
+from imgcollapse.report.plots import filter_figure, save_figure, save_paper_figures, scaling_figure, sweep_figure
 from imgcollapse.store import RunStore, atomic_write_text, csv_text, read_failed, to_json
 from imgcollapse.verdicts.judge import judge, number, reading, series, t_interval
 from imgcollapse.verdicts.plan import plan_status
@@ -207,9 +208,63 @@ def level_text(claim: Mapping[str, Any]) -> str:
 
 
 def _claim_arms(claim: Mapping[str, Any]) -> list[str]:
-    """The arms a claim's tests read, in order (a crossed design's four)."""
+    """The arms a claim's tests read, in order (a crossed design's four, a scaling test's curves)."""
     return list(dict.fromkeys(a for t in claim["tests"] for a in (t["arm"], t["vs_arm"], *(t.get("mirror") or {})
-                                                                   .values())))
+                                                                   .values(), *t.get("arms", []),
+                                                                   *t.get("vs_arms", []))))
+
+
+def curve_label(arms: Sequence[str]) -> str:
+    """A scaling curve's name: the parts of its arms' names (split at `_`) that every arm shares (`n87_p50`,
+    `n175_p50`: `p50`), else its first and last arm."""
+    shared = [part for part in arms[0].split("_") if all(part in arm.split("_") for arm in arms[1:])]
+    return "_".join(shared) or f"{arms[0]}..{arms[-1]}"
+
+
+def scaling_curves(claim: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{metric: {curve label: sizes, per-seed excess, per-seed exponent}} of a claim's scaling tests, for the
+    figure (plots.scaling_figure); each curve once."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for t in claim["tests"]:
+        if t.get("kind") != "scaling":
+            continue
+        for key in ("arms", "vs_arms"):
+            label = curve_label(t[key])
+            if label in out.get(t["metric"], {}):
+                continue
+            seeds = [str(s) for s in t["seeds"]]
+            points = [{k: {str(s): v for s, v in p[k].items()} for k in ("size", "excess")}
+                      for p in (t["points"][arm] for arm in t[key])]
+            sizes = [next(iter(p["size"].values()), float("nan")) for p in points]
+            excess = [[p["excess"].get(s) if p["excess"].get(s) is not None else np.nan for p in points]
+                      for s in seeds]
+            exponents = {str(s): b for s, b in t["exponents"][key].items()}
+            out.setdefault(t["metric"], {})[label] = {"sizes": sizes, "excess": excess,
+                                                      "exponent": [exponents.get(s) for s in seeds]}
+    return {m: dict(sorted(by_label.items(), key=lambda kv: _natural(kv[0]))) for m, by_label in out.items()}
+
+
+def _natural(text: str) -> list:
+    """A sort key that puts p5 before p50 and n87 before n175."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def filter_points(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], metrics: Sequence[str]
+                  ) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{metric: {arm: [(the filter's recall averaged over generations, the metric at the chain's last generation)
+    per seed]}} for arms whose rows record filter_tpr (regime=contaminated)."""
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for metric in metrics:
+        for arm in arms:
+            recall, values = series(rows, arm, "filter_tpr"), series(rows, arm, metric)
+            xy = []
+            for seed, by_g in recall.items():
+                if by_g and values.get(seed):
+                    last = max(values[seed])
+                    xy.append((float(np.mean(list(by_g.values()))), values[seed][last]))
+            if xy:
+                out.setdefault(metric, {})[arm] = xy
+    return out
 
 
 def _claim_metrics(claim: Mapping[str, Any]) -> list[str]:
@@ -244,6 +299,9 @@ def _claim_section(root: Path, name: str, claim: Mapping[str, Any], rows: Sequen
             arm += " (changes since gen 0)"
         elif t.get("kind") == "deceleration":
             arm, vs = f"{t['arm']} step {t['generation'] - 1}→{t['generation']}", f"{t['arm']} step 0→1"
+        elif t.get("kind") == "scaling":  # d: the vs curve's exponent less the arm curve's
+            arm = f"{curve_label(t['arms'])} curve ({len(t['arms'])} sizes) gen {t['generation']}"
+            vs = f"{curve_label(t['vs_arms'])} curve"
         expect = t["expect"] + (f" (two-sided: d > 0 {t['words'][0]}, d < 0 {t['words'][1]})" if t.get("words")
                                 else "")
         test_rows.append({
@@ -311,12 +369,22 @@ def build_study_report(root: Path) -> dict[str, Any]:
     sections = [("Claims", _claims_table(result))]
     arm_names = list(dict.fromkeys(c["arm"] for c in record["chains"]))
     colors = {arm: f"C{k % 10}" for k, arm in enumerate(arm_names)}  # an arm has one colour in every figure
+    labels = sorted({label for claim in result["claims"].values() for by_label in scaling_curves(claim).values()
+                     for label in by_label}, key=_natural)
+    curve_colors = {label: f"C{k % 10}" for k, label in enumerate(labels)}  # a curve's colour in every figure
     for name, claim in result["claims"].items():
         arms = _claim_arms(claim)
         metrics = _claim_metrics(claim)
         bands = {m: b for m in metrics if (b := arm_bands(rows, arms, m))}
         figure = None
-        if bands:
+        curves = scaling_curves(claim)
+        if curves:  # a scaling claim: its curves against pool size, not its arms against generation
+            generation = next(t["generation"] for t in claim["tests"] if t.get("kind") == "scaling")
+            figure = root / f"claim_{name}.png"
+            save_figure(scaling_figure(curves, generation, colors=curve_colors), figure)
+            save_paper_figures(lambda width, c=curves, g=generation: scaling_figure(c, g, width, curve_colors),
+                               figure.with_suffix(""))
+        elif bands:
             figure = root / f"claim_{name}.png"
             save_figure(sweep_figure(bands, colors), figure)
             save_paper_figures(lambda width, b=bands: sweep_figure(b, colors, width), figure.with_suffix(""))
@@ -327,6 +395,11 @@ def build_study_report(root: Path) -> dict[str, Any]:
         save_paper_figures(lambda width: sweep_figure(headline, colors, width), root / "study")
         sections.append(("Every arm (mean and 95% interval across seeds)", page.embedded_image(root / "study.png",
                                                                                            "every arm")))
+    filtered = filter_points(rows, arm_names, [m for m in HEADLINE if any(m in r for r in rows)])
+    if filtered:
+        save_figure(filter_figure(filtered), root / "filter_recall.png")
+        sections.append(("Collapse against the filter's recall (one point per chain; an arm's mean ± its seeds' "
+                         "sd)", page.embedded_image(root / "filter_recall.png", "collapse against filter recall")))
     sections.append(("Arms", _arms_table(root, record, rows)))
     intro = page.bullet_list([
         f"{len(arm_names)} arm(s) × {len(result['seeds'])} seed(s) ({', '.join(map(str, result['seeds']))}); "
@@ -456,7 +529,7 @@ def _markdown_interval(st: Mapping[str, Any]) -> str:
 def _arms_text(test: Mapping[str, Any]) -> str:
     """`self gen 2 vs self gen 0`, or `longtail gen 2: recall_tail vs recall_head` for a comparison of two metrics; a
     crossed design's four arms, a deceleration's two steps."""
-    if test.get("kind") in ("crossed", "deceleration"):
+    if test.get("kind") in ("crossed", "deceleration", "scaling"):
         return test["arms_text"]
     if test["vs_metric"] != test["metric"] and test["vs_arm"] == test["arm"]:
         return f"{test['arm']} gen {test['generation']}: {test['metric']} vs {test['vs_metric']}"

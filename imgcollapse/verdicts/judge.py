@@ -9,7 +9,8 @@ the whole's (stats.split_levels: Bonferroni on the side where one part suffices)
 calibration, on real images alone, before any generation is looked at.
 
 A test's d per seed is of its kind (rules.TEST_KINDS): a difference of two values, a crossed design's interaction
-(stats.interaction) or a curve's deceleration (stats.deceleration); a two-sided claim's verdicts read "differs".
+(stats.interaction), a curve's deceleration (stats.deceleration) or the difference of two scaling curves' power-law
+exponents (stats.power_law); a two-sided claim's verdicts read "differs".
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from imgcollapse.verdicts.rules import (
     crossed_arms,
     evaluate_rule,
     kind_of,
+    lead_arms,
     member_label,
     parse_rule,
     reads,
@@ -247,6 +249,58 @@ def _deceleration(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], me
             "arms_text": f"{arm} steps 0→1 vs {g_last - 1}→{g_last}"}
 
 
+def _pool_size(rows: Sequence[Mapping[str, Any]], arm: str) -> dict[int, float]:
+    """{seed: the real pool's size} of an arm: what its generation 0 trained on (num_real), as its rows record it."""
+    out = {}
+    for row in rows:
+        if row["arm"] == arm and int(row["generation"]) == 0 and (n := number(row.get("num_real"))):
+            out[int(row["seed"])] = n
+    return out
+
+
+def _scaling(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric: str, generations: Mapping[str, int],
+             floors: Mapping[tuple[str, int], Mapping[str, float]]) -> dict[str, Any]:
+    """Two scaling curves' d per seed: the power-law exponent of excess error over the real floor against the real
+    pool's size (stats.power_law) of `vs_arms` less that of `arms`, at a generation: d > 0 where `arms`' curve is the
+    flatter (more data helps it less). A seed with an excess <= 0 at some size has no exponent."""
+    g_last = test_generation(test, generations)
+    curves = {key: [(arm, series(rows, arm, metric), _pool_size(rows, arm)) for arm in test[key]]
+              for key in ("arms", "vs_arms")}
+    seeds = sorted(set.intersection(*(set(values) for c in curves.values() for _, values, _ in c)))
+
+    def excess(arm: str, values: Mapping[int, Mapping[int, float]], seed: int, g: int) -> float | None:
+        v, floor = values.get(seed, {}).get(g), floors.get((arm, seed), {}).get(metric)
+        return None if v is None or floor is None else badness(metric, v) - badness(metric, floor)
+
+    def exponent(key: str, seed: int, g: int) -> float | None:
+        points = [(size.get(seed), excess(arm, values, seed, g)) for arm, values, size in curves[key]]
+        if any(n is None or e is None for n, e in points) or len({n for n, _ in points}) < 2:
+            return None
+        b, _ = stats.power_law(np.array([n for n, _ in points]), np.array([e for _, e in points]))
+        return float(b) if math.isfinite(b) else None
+
+    def d_at(seed: int, g: int) -> float | None:
+        mine, theirs = exponent("arms", seed, g), exponent("vs_arms", seed, g)
+        return None if mine is None or theirs is None else theirs - mine
+
+    gens = range(1, g_last + 1)
+    curve = []
+    for s in seeds:
+        per = [d_at(s, g) for g in gens]
+        curve.append(float(np.mean(per)) if per and None not in per else None)
+    points = {arm: {"size": size, "excess": {s: excess(arm, values, s, g_last) for s in seeds}}
+              for c in curves.values() for arm, values, size in c}
+    exponents = {key: {s: exponent(key, s, g_last) for s in seeds} for key in curves}
+    arm, vs_arm = lead_arms(test)
+    return {"kind": "scaling", "arm": arm, "vs_arm": vs_arm, "arms": list(test["arms"]),
+            "vs_arms": list(test["vs_arms"]), "metric": metric, "vs_metric": metric, "generation": g_last,
+            "vs_generation": g_last, "expect": "flatter", "sign": 1, "change": False, "relative": False,
+            "seeds": seeds, "per_seed": [d_at(s, g_last) for s in seeds], "per_seed_curve": curve,
+            "steps": [(g, [d_at(s, g) for s in seeds]) for g in gens], "points": points, "exponents": exponents,
+            "difference": f"{metric} scaling exponent (vs_arms − arms)",
+            "arms_text": f"{'/'.join(test['arms'])} vs {'/'.join(test['vs_arms'])} at gen {g_last}"}
+
+
 def _summary(values: Sequence[float | None], level_s: float, level_c: float) -> dict[str, Any]:
     x = np.asarray([v for v in values if v is not None], dtype=float)
     keys = ("mean", "sd", "lo", "hi", "lo95", "hi95", "p", "p_claim", "p_against", "p_sign_claim", "p_sign_against")
@@ -269,6 +323,8 @@ def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
         found = _crossed(rows, test, metric, generations, floors or {})
     elif kind == "deceleration":
         found = _deceleration(rows, test, metric, generations)
+    elif kind == "scaling":
+        found = _scaling(rows, test, metric, generations, floors or {})
     else:
         found = _differences(rows, test, metric, generations, first_free, model)
     level_s, level_c = levels
@@ -351,9 +407,10 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
         how = claim_combine(claim)
         plans = []
         for index, test in enumerate(claim["tests"]):  # which metrics vote: the calibration's, before any outcome
-            if test["arm"] not in calibrations:
-                calibrations[test["arm"]] = read_calibration(Path(root) / first_seed[test["arm"]])
-            calibration = calibrations[test["arm"]]
+            lead, lead_vs = lead_arms(test)
+            if lead not in calibrations:
+                calibrations[lead] = read_calibration(Path(root) / first_seed[lead])
+            calibration = calibrations[lead]
             rule = rule_of(study.get("rule"), claim, test)
             metrics = test.get("metrics") or [test["metric"]]
             metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -373,7 +430,7 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
             controlled = controlled and controls_level(rule) and rule["alpha"] == alpha
             voting = sum(t[0] is not False for t in trusts.values())
             levels = stats.split_levels(claim_s, claim_c, voting, rule["combine"])
-            first_free = _first_free(record, test["arm"], test.get("vs_arm", test["arm"]))
+            first_free = _first_free(record, lead, lead_vs)
             rows_of_test = [run_test(rows, test, m, generations, rule, levels, len(seeds), first_free, trusts[m],
                                      by_chain, model) for m in metrics]
             for row in rows_of_test:

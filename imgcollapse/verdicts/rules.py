@@ -6,9 +6,11 @@ A rule is a comparison of RULE_NAMES and numbers (with + - * /), joined by and/o
 of that form (or `p_claim < level_supported`) has the family-wise level `alpha` the engine states; any other rule is
 the user's, and its level is reported as not stated.
 
-A test is of one of three kinds (`kind`): `difference` (the default: an arm against another arm, generation or
+A test is of one of four kinds (`kind`): `difference` (the default: an arm against another arm, generation or
 metric, paired by seed), `crossed` (a crossed design of two families, source × learner: the interaction of four
-chains) and `deceleration` (one arm's excess error: its first step's increment less its last one's). A claim with
+chains), `deceleration` (one arm's excess error: its first step's increment less its last one's) and `scaling` (two
+curves of excess error against the real pool's size, `arms` against `vs_arms`: the difference of their power-law
+exponents, stats.power_law). A claim with
 `two_sided: [word for d > 0, word for d < 0]` asks an open question: its tests join as one family, Bonferroni both
 ways, and it reads "differs" (with the word of d's sign) or inconclusive.
 """
@@ -32,9 +34,9 @@ TEST_COMBINE = {"any": "any", "all": "and", "or": "any", "and": "and"}  # a test
 RULE_NAMES = ("mean", "lo", "hi", "p", "p_claim", "p_against", "p_sign_claim", "p_sign_against", "n", "curve_mean",
               "curve_lo", "curve_hi", "curve_p", "margin", "level_supported", "level_contradicted")
 EXPECT = ("worse", "better", "higher", "lower")
-TEST_KEYS = {"name", "kind", "arm", "vs_arm", "mirror", "member", "metric", "metrics", "vs_metric", "generation",
-             "vs_generation", "change", "expect", "relative", "margin", "trusted_for", "rule"}
-TEST_KINDS = ("difference", "crossed", "deceleration")
+TEST_KEYS = {"name", "kind", "arm", "vs_arm", "arms", "vs_arms", "mirror", "member", "metric", "metrics", "vs_metric",
+             "generation", "vs_generation", "change", "expect", "relative", "margin", "trusted_for", "rule"}
+TEST_KINDS = ("difference", "crossed", "deceleration", "scaling")
 # the keys only a difference reads: a crossed design's and a deceleration's d is fixed by their kind
 DIFFERENCE_ONLY = ("vs_generation", "vs_metric", "change", "relative", "member", "expect")
 CLAIM_KEYS = {"statement", "source", "tests", "rule", "note", "combine", "two_sided"}
@@ -151,8 +153,16 @@ def claim_combine(claim: Mapping[str, Any]) -> str:
 
 
 def kind_of(test: Mapping[str, Any]) -> str:
-    """A test's kind: difference (default), crossed or deceleration."""
+    """A test's kind: difference (default), crossed, deceleration or scaling."""
     return str(test.get("kind", "difference"))
+
+
+def lead_arms(test: Mapping[str, Any]) -> tuple[str, str]:
+    """(arm, vs_arm) that stand for a test where one arm is named (its calibration, its label): a scaling test's
+    largest pools, the last of `arms` and of `vs_arms`."""
+    if kind_of(test) == "scaling":
+        return test["arms"][-1], test["vs_arms"][-1]
+    return test["arm"], test.get("vs_arm", test["arm"])
 
 
 def crossed_arms(test: Mapping[str, Any]) -> tuple[str, str, str, str]:
@@ -171,6 +181,8 @@ def test_generation(test: Mapping[str, Any], generations: Mapping[str, int]) -> 
     kind = kind_of(test)
     if kind == "crossed":
         return min(generations.get(a, 0) for a in crossed_arms(test))
+    if kind == "scaling":
+        return min(generations.get(a, 0) for a in (*test["arms"], *test["vs_arms"]))
     g = generations.get(test["arm"], 0)
     vs_arm = test.get("vs_arm", test["arm"])
     if kind == "difference" and test.get("vs_generation") is None and vs_arm != test["arm"]:
@@ -187,6 +199,8 @@ def compared(test: Mapping[str, Any], generations: Mapping[str, int]) -> list[tu
         return [(arm, g, "generation") for arm in crossed_arms(test)]
     if kind == "deceleration":
         return [(test["arm"], x, "generation") for x in sorted({1, g - 1, g}) if x > 0]
+    if kind == "scaling":
+        return [(arm, g, "generation") for arm in (*test["arms"], *test["vs_arms"])]
     vs_arm = test.get("vs_arm", test["arm"])
     vs_g = test.get("vs_generation")
     vs_g = generations.get(vs_arm, 0) if vs_g == "last" else g if vs_g is None else int(vs_g)
@@ -286,8 +300,13 @@ def _check_test(test: Mapping[str, Any], at: str, arms: Mapping[str, int], names
     if kind not in TEST_KINDS:
         raise ConfigError(f"{at}.kind", kind, f"one of {list(TEST_KINDS)}")
     _check_rule_keys(test.get("rule"), f"{at}.rule")
-    if "arm" not in test:
+    if kind == "scaling":
+        _check_scaling(test, at, arms, names)
+    elif "arm" not in test:
         raise ConfigError(f"{at}.arm", None, f"one of the study's arms {names}")
+    elif given := [k for k in ("arms", "vs_arms") if k in test]:
+        raise ConfigError(f"{at}.{given[0]}", test[given[0]], "absent unless kind: scaling (a test of another kind "
+                          "names its arms by arm and vs_arm)")
     if kind != "difference" and (given := [k for k in DIFFERENCE_ONLY if k in test]):
         raise ConfigError(f"{at}.{given[0]}", test[given[0]], f"absent in a test of kind {kind}: its d is fixed "
                           "(docs/STUDIES.md \"Test kinds\")")
@@ -347,9 +366,8 @@ def _check_test(test: Mapping[str, Any], at: str, arms: Mapping[str, int], names
                           "the last, (e_1 - e_0) - (e_G - e_G-1)")
     if kind == "crossed" and g < 1:
         raise ConfigError(f"{at}.generation", g, "a generation >= 1 that every arm's home family trained")
-    vs_arm = test.get("vs_arm", test["arm"])
-    if kind == "difference" and vs_arm == test["arm"] and "vs_generation" not in test and not test.get("vs_metric") \
-            and "member" not in test:
+    if kind == "difference" and test.get("vs_arm", test["arm"]) == test["arm"] and "vs_generation" not in test \
+            and not test.get("vs_metric") and "member" not in test:
         raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
                           "(vs_generation) or another metric (vs_metric); this one is always 0")
     trusted = test.get("trusted_for")
@@ -414,6 +432,25 @@ def _check_crossed(test: Mapping[str, Any], at: str, label: str, turns: Mapping[
             raise ConfigError(f"{at}.{key}", arm, f"{label}: an alternation that starts with {home} (the home of its "
                               f"own loop beside it) and takes turns with {other}; arm {arm}'s families take turns "
                               f"{turns[arm]}")
+
+
+def _check_scaling(test: Mapping[str, Any], at: str, arms: Mapping[str, int], names: list[str]) -> None:
+    """A scaling test's two curves: `arms` and `vs_arms`, each >= 2 arms of the study (one per pool size, the
+    smallest first), and no single arm or vs_arm."""
+    for key in ("arm", "vs_arm"):
+        if key in test:
+            raise ConfigError(f"{at}.{key}", test[key], "absent in a test of kind scaling: it reads two curves, "
+                              "arms and vs_arms (one arm per real pool size, smallest first)")
+    for key in ("arms", "vs_arms"):
+        value = test.get(key)
+        if not (isinstance(value, (list, tuple)) and len(value) >= 2 and all(isinstance(a, str) for a in value)
+                and len(set(value)) == len(value)):
+            raise ConfigError(f"{at}.{key}", value, "a list of >= 2 different arms, one per real pool size (smallest "
+                              "first): the curve whose power-law exponent the test reads")
+        if bad := [a for a in value if a not in arms]:
+            raise ConfigError(f"{at}.{key}", bad, f"arms of the study {names}")
+    if set(test["arms"]) & set(test["vs_arms"]):
+        raise ConfigError(f"{at}.vs_arms", test["vs_arms"], "arms other than `arms`: two different curves")
 
 
 def _check_rule_keys(rule: Any, key: str) -> None:

@@ -130,3 +130,18 @@ def deceleration(curve: np.ndarray) -> np.ndarray:
     if curve.shape[-1] < 3:
         raise ValueError(f"deceleration needs generations 0..G with G >= 2 (got {curve.shape[-1]} generations)")
     return (curve[..., 1] - curve[..., 0]) - (curve[..., -1] - curve[..., -2])
+
+
+def power_law(sizes: np.ndarray, excess: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(exponent b, amplitude a) of excess ≈ a·size^-b, the least-squares line through (log size, log excess) (last
+    axis the sizes). A curve with an excess <= 0 or not finite has no fit: NaN."""
+    x = np.log(np.asarray(sizes, dtype=np.float64))
+    e = np.asarray(excess, dtype=np.float64)
+    if x.shape[-1] < 2 or len(set(x.tolist())) < 2:
+        raise ValueError(f"a power law needs >= 2 different sizes (got {np.exp(x).tolist()})")
+    ok = np.all(np.isfinite(e) & (e > 0), axis=-1)
+    y = np.log(np.where(e > 0, e, 1.0))
+    xc = x - x.mean()
+    slope = (y * xc).sum(-1) / (xc**2).sum()
+    intercept = y.mean(-1) - slope * x.mean()
+    return np.where(ok, -slope, np.nan), np.where(ok, np.exp(intercept), np.nan)
