@@ -253,7 +253,12 @@ class AugmentConfig(MixConfig):
         super().check_data(num_train=num_train, num_synthetic=num_synthetic, **chain)
         if self.train_size is None:
             return
-        synthetic = self.train_size - min(num_train, round(self.real_fraction * self.train_size))
+        wanted = round(self.real_fraction * self.train_size)
+        require(wanted <= num_train, "regime.train_size", self.train_size,
+                f"at most {math.floor(num_train / self.real_fraction) if self.real_fraction else num_train} here: "
+                f"real_fraction={self.real_fraction} of it is {wanted} real images, and the real pool holds "
+                f"{num_train} (set regime.train_size with dataset.pool_size)")
+        synthetic = self.train_size - wanted
         require(synthetic <= num_synthetic, "regime.train_size", self.train_size,
                 f"at most what the real pool's {num_train} images and num_synthetic={num_synthetic} samples fill at "
                 f"real_fraction={self.real_fraction}: it takes {synthetic} samples")

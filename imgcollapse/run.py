@@ -158,9 +158,9 @@ def _wire(cfg: DictConfig, config: Config, run_dir: Path) -> list[dict]:
     make_model = functools.partial(build, config.model, image_shape=splits.train.shape, sampling=config.sampling,
                                    accelerator=accelerator)
     regime = build(config.regime, num_synthetic=config.num_synthetic)  # the regime's sample count
-    if accelerator.num_processes > 1 and getattr(config.regime, "filter", None) == "detector":
-        # the detector is set up on the main process only, and every process builds its own training set
-        raise UserError(f"regime.filter=detector runs in one process, not {accelerator.num_processes}: use "
+    if accelerator.num_processes > 1 and (kind := getattr(config.regime, "filter", None)) in ("detector", "watermark"):
+        # its floor split is handed over on the main process only, and every process builds its own training set
+        raise UserError(f"regime.filter={kind} runs in one process, not {accelerator.num_processes}: use "
                         "regime.filter=oracle|none, or a single process")
     family_for = _families(config, splits, accelerator)
     # the verifier learns from the floor split, which the metrics classifier never sees (a user's regime written

@@ -129,23 +129,24 @@ def long_tail_splits(splits: Splits, exponent: float, seed: int, tail_seed: int 
 
 
 def nested_take(data: ImageSet, size: int, seed: int) -> ImageSet:
-    """`size` images drawn by `seed`, each class keeping its share (largest remainders), such that a smaller size's
-    images are among a larger one's: a scaling curve's pools are nested, so its points differ by data added only."""
+    """`size` images drawn by `seed`, each class keeping its share (within two images), such that a smaller size's
+    images are among a larger one's: a scaling curve's pools are nested, so its points differ by data added only.
+    One seeded order serves every size (its first `size`): within a class the images come in a random order, and
+    the classes interleave by the share of their images already taken, so every prefix is stratified."""
     if size >= len(data):
         return data
-    order = np.random.default_rng(np.random.SeedSequence([seed, 11])).permutation(len(data))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    order = rng.permutation(len(data))
     if data.labels is None:
         return data.subset(np.sort(order[:size]))
-    labels = data.labels.numpy()
+    labels = data.labels.numpy()[order]
     counts = np.bincount(labels)
-    quota = counts * size / len(data)
-    keep = np.floor(quota).astype(int)
-    keep[np.argsort(-(quota - keep), kind="stable")[: size - keep.sum()]] += 1
-    ranked = labels[order]
-    rank_in_class = np.empty(len(order), dtype=int)
+    rank = np.empty(len(order), dtype=float)
     for k in range(len(counts)):
-        rank_in_class[ranked == k] = np.arange(counts[k])
-    return data.subset(np.sort(order[rank_in_class < keep[ranked]]))
+        rank[labels == k] = np.arange(counts[k])
+    offset = rng.random(len(counts))  # where in its stride each class starts, so ties fall a different way per seed
+    position = (rank + offset[labels]) / np.maximum(counts[labels], 1)
+    return data.subset(np.sort(order[np.argsort(position, kind="stable")[:size]]))
 
 
 def finish(splits: Splits, exponent: float, seed: int, info: dict, tail_seed: int | None = None,

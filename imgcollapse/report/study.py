@@ -225,17 +225,26 @@ def scaling_curves(claim: Mapping[str, Any]) -> dict[str, dict[str, dict[str, An
     """{metric: {curve label: sizes, per-seed excess, per-seed exponent}} of a claim's scaling tests, for the
     figure (plots.scaling_figure); each curve once."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
+    seen: dict[tuple[str, str], tuple[str, ...]] = {}
     for t in claim["tests"]:
         if t.get("kind") != "scaling":
             continue
         for key in ("arms", "vs_arms"):
             label = curve_label(t[key])
+            if seen.setdefault((t["metric"], label), tuple(t[key])) != tuple(t[key]):
+                label = f"{label} ({t[key][0]}..{t[key][-1]})"  # another curve's name: name this one by its arms
             if label in out.get(t["metric"], {}):
                 continue
             seeds = [str(s) for s in t["seeds"]]
             points = [{k: {str(s): v for s, v in p[k].items()} for k in ("size", "excess")}
                       for p in (t["points"][arm] for arm in t[key])]
-            sizes = [next(iter(p["size"].values()), float("nan")) for p in points]
+            sizes = []
+            for arm, p in zip(t[key], points, strict=True):
+                found = {p["size"].get(s) for s in seeds} - {None}
+                if len(found) > 1:  # one x per point: the test itself reads each seed's own size
+                    log.warning("arm %s: the real pool's size differs by seed (%s): drawn at their mean", arm,
+                                sorted(found))
+                sizes.append(float(np.mean(list(found))) if found else float("nan"))
             excess = [[p["excess"].get(s) if p["excess"].get(s) is not None else np.nan for p in points]
                       for s in seeds]
             exponents = {str(s): b for s, b in t["exponents"][key].items()}
@@ -251,17 +260,18 @@ def _natural(text: str) -> list:
 
 def filter_points(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], metrics: Sequence[str]
                   ) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """{metric: {arm: [(the filter's recall averaged over generations, the metric at the chain's last generation)
-    per seed]}} for arms whose rows record filter_tpr (regime=contaminated)."""
+    """{metric: {arm: [(the filter's recall averaged over generations, the metric at the last generation every seed
+    of the arm reached) per seed]}} for arms whose rows record filter_tpr (regime=contaminated)."""
     out: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for metric in metrics:
         for arm in arms:
             recall, values = series(rows, arm, "filter_tpr"), series(rows, arm, metric)
             xy = []
+            common = [set(v) for v in values.values() if v]
+            last = max(set.intersection(*common)) if common else None  # one generation for every seed of the arm
             for seed, by_g in recall.items():
-                if by_g and values.get(seed):
-                    last = max(values[seed])
-                    xy.append((float(np.mean(list(by_g.values()))), values[seed][last]))
+                if by_g and last is not None and last in values.get(seed, {}):
+                    xy.append((float(np.mean([v for g, v in by_g.items() if g <= last])), values[seed][last]))
             if xy:
                 out.setdefault(metric, {})[arm] = xy
     return out

@@ -291,12 +291,16 @@ def _scaling(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
     points = {arm: {"size": size, "excess": {s: excess(arm, values, s, g_last) for s in seeds}}
               for c in curves.values() for arm, values, size in c}
     exponents = {key: {s: exponent(key, s, g_last) for s in seeds} for key in curves}
+    # a seed with an excess <= 0 somewhere has no exponent; which seeds drop depends on their curves (a steep one
+    # reaches the floor first), so the test says so and its verdict is read with that in mind
+    dropped = [s for s in seeds if None in (exponents["arms"][s], exponents["vs_arms"][s])]
     arm, vs_arm = lead_arms(test)
     return {"kind": "scaling", "arm": arm, "vs_arm": vs_arm, "arms": list(test["arms"]),
             "vs_arms": list(test["vs_arms"]), "metric": metric, "vs_metric": metric, "generation": g_last,
             "vs_generation": g_last, "expect": "flatter", "sign": 1, "change": False, "relative": False,
             "seeds": seeds, "per_seed": [d_at(s, g_last) for s in seeds], "per_seed_curve": curve,
             "steps": [(g, [d_at(s, g) for s in seeds]) for g in gens], "points": points, "exponents": exponents,
+            "dropped_seeds": dropped,
             "difference": f"{metric} scaling exponent (vs_arms − arms)",
             "arms_text": f"{'/'.join(test['arms'])} vs {'/'.join(test['vs_arms'])} at gen {g_last}"}
 
@@ -337,7 +341,16 @@ def run_test(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
             separates = {"generation": g, "direction": "as claimed" if st["lo"] > 0 else "against the claim"}
             break
     votes, why = trusted
-    if not last["n"]:
+    if found.get("dropped_seeds"):
+        dropped = found["dropped_seeds"]
+        note = (f"seed(s) {', '.join(map(str, dropped))} of {len(found['seeds'])} have no exponent (an excess at or "
+                "below the real floor at some size, or fewer than 2 sizes): judged on the rest, which leaves out the "
+                "curves that reached the floor")
+        why = f"{why}; {note}".strip("; ")
+        if not last["n"]:
+            votes = False
+            log.warning("test %r: %s: it cannot vote", test.get("name") or metric, note)
+    if not last["n"] and not found.get("dropped_seeds"):
         arms = found.get("mirror", {}).values() if kind == "crossed" else []
         votes, why = False, f"no rows with {found['metric']}" + (f" and {found['vs_metric']}" if found["vs_metric"]
                                                                  != found["metric"] else "") + \
@@ -430,7 +443,7 @@ def judge(rows: Sequence[Mapping[str, Any]], record: Mapping[str, Any], root: Pa
             controlled = controlled and controls_level(rule) and rule["alpha"] == alpha
             voting = sum(t[0] is not False for t in trusts.values())
             levels = stats.split_levels(claim_s, claim_c, voting, rule["combine"])
-            first_free = _first_free(record, lead, lead_vs)
+            first_free = _first_free(record, *lead_arms(test))
             rows_of_test = [run_test(rows, test, m, generations, rule, levels, len(seeds), first_free, trusts[m],
                                      by_chain, model) for m in metrics]
             for row in rows_of_test:

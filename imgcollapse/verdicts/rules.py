@@ -366,6 +366,9 @@ def _check_test(test: Mapping[str, Any], at: str, arms: Mapping[str, int], names
                           "the last, (e_1 - e_0) - (e_G - e_G-1)")
     if kind == "crossed" and g < 1:
         raise ConfigError(f"{at}.generation", g, "a generation >= 1 that every arm's home family trained")
+    if kind == "scaling" and g < 1:
+        raise ConfigError(f"{at}.generation", g, "a generation >= 1: at generation 0 both curves are the same "
+                          "clean fits, and d is 0")
     if kind == "difference" and test.get("vs_arm", test["arm"]) == test["arm"] and "vs_generation" not in test \
             and not test.get("vs_metric") and "member" not in test:
         raise ConfigError(at, test, "a comparison of two things: another arm (vs_arm), another generation "
