@@ -132,9 +132,11 @@ def test_subsample_too_large_fails_before_training(tmp_path):
 
 
 # One preset chain per (model, regime) pair no other test runs: ddpm/augment, ddpm/fresh, vae/accumulate,
-# vae/augment. Every preset composes, validates and builds in tests/test_configs.py; ddpm/replace (the shared
-# smoke chain), vae/replace, conditional ddpm and the GMM under every regime run in this file and test_faults.py.
-PRESET_RUNS = ["mad_augment", "mad_fresh", "gerstgrasser_accumulate", "shumailov_real10", "bertrand_real_fraction"]
+# vae/augment, vae/contaminated (its learned detector too). Every preset composes, validates and builds in
+# tests/test_configs.py; ddpm/replace (the shared smoke chain), vae/replace, conditional ddpm and the GMM under every
+# regime run in this file and test_faults.py.
+PRESET_RUNS = ["mad_augment", "mad_fresh", "gerstgrasser_accumulate", "shumailov_real10", "bertrand_real_fraction",
+               "contaminated_pool"]
 REGIME_CLASSES = ("Replace", "Accumulate", "Fresh", "Augment", "RealPlus")
 # smoke makes 64 samples a generation: real_plus can take 0.04 x 1,397 = 56 of them
 PRESET_SMOKE = {"bertrand_real_fraction": ("regime.synthetic_ratio=0.04",)}
@@ -160,9 +162,13 @@ def test_every_preset_runs_under_smoke(tmp_path, experiment):
     rows = run_chain(tmp_path, f"experiment={experiment}", *SMOKE, *extra, "generation=1")
     assert [r["generation"] for r in rows] == [0, 1]
     kind = get_object(config.regime._target_).kind
-    expected_real = {"replace": 0, "accumulate": REAL, "fresh": 32, "augment": 32, "real_plus": REAL}[kind]
+    expected_real = {"replace": 0, "accumulate": REAL, "fresh": 32, "augment": 32, "real_plus": REAL,
+                     "contaminated": REAL}[kind]
     if kind in ("fresh", "augment"):
         expected_real = round(config.regime.real_fraction * 64)
     if config.regime.get("subsample") is None:
         assert rows[1]["num_real"] == expected_real
+    if kind == "contaminated":  # the pool, and the filter's rates against the provenance the kit knows
+        assert rows[1]["pool_synthetic_share"] == pytest.approx(64 / (REAL + 64))
+        assert 0 <= rows[1]["filter_tpr"] <= 1 and rows[1]["detector_calibration_fpr"] <= 0.05
     assert len(samples(tmp_path, 1)) == 64
