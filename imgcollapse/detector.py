@@ -50,6 +50,13 @@ def threshold_for(real_scores: np.ndarray, fpr: float) -> float:
     return float(ordered[len(ordered) - allowed - 1])
 
 
+def calibrated(real_scores: np.ndarray, fpr: float) -> tuple[float, float]:
+    """(threshold_for(real_scores, fpr), the share of those real scores it flags): a filter's threshold and the
+    false-positive rate it has on the real images that set it (the detector's and the watermark's)."""
+    threshold = threshold_for(real_scores, fpr)
+    return threshold, float((real_scores > threshold).mean())
+
+
 def train_detector(real: ImageSet, generated: ImageSet, calibration: ImageSet, *, fpr: float, epochs: int,
                    seed: int) -> Detector:
     """Train on `real` (label 0) against `generated` (label 1, subsampled to the real count so the classes balance)
@@ -63,6 +70,5 @@ def train_detector(real: ImageSet, generated: ImageSet, calibration: ImageSet, *
     y = torch.cat([torch.zeros(len(real), dtype=torch.long), torch.ones(len(generated), dtype=torch.long)])
     detector = Detector(fit_lenet(x, y, 2, epochs=epochs, seed=seed), float("nan"), float("nan"))
     calibration_scores = detector.scores(calibration.images)
-    detector.threshold = threshold_for(calibration_scores, fpr)
-    detector.calibration_fpr = float((calibration_scores > detector.threshold).mean())
+    detector.threshold, detector.calibration_fpr = calibrated(calibration_scores, fpr)
     return detector

@@ -410,19 +410,23 @@ class Contaminated(Accumulate):
         super().setup(train, heldout, cache_dir, conditional, generation, floor)
         self.floor = floor_of(train, heldout, floor)
 
-    def published(self, synthetic: list[ImageSet], seed: int, marked: bool = True) -> list[ImageSet]:
-        """What of each generation's samples entered the pool: a share drawn once, by the generation that made it;
-        with filter=watermark, marked as the provider publishes them (`marked=False`: before the mark)."""
-        out = list(synthetic)
-        if self.config.published_fraction < 1:
-            out = []
-            for g, s in enumerate(synthetic):
-                count = max(1, round(self.config.published_fraction * len(s)))
-                out.append(s.subset(np.sort(_rng(seed, g, 6).choice(len(s), count, replace=False))))
-        if self.config.filter == "watermark" and marked:
-            out = [ImageSet(embed(s.images, self._pattern(s), self.config.watermark_strength), s.labels,
-                            s.class_names) for s in out]
+    def published(self, synthetic: list[ImageSet], seed: int) -> list[ImageSet]:
+        """What of each generation's samples entered the pool: a share drawn once, by the generation that made it
+        (with filter=watermark: before the provider marks it, `_marked`)."""
+        if self.config.published_fraction == 1:
+            return list(synthetic)
+        out = []
+        for g, s in enumerate(synthetic):
+            count = max(1, round(self.config.published_fraction * len(s)))
+            out.append(s.subset(np.sort(_rng(seed, g, 6).choice(len(s), count, replace=False))))
         return out
+
+    def _marked(self, published: list[ImageSet]) -> list[ImageSet]:
+        """The published images as they reach the pool: with filter=watermark, marked by the provider."""
+        if self.config.filter != "watermark":
+            return published
+        return [ImageSet(embed(s.images, self._pattern(s), self.config.watermark_strength), s.labels, s.class_names)
+                for s in published]
 
     def _pattern(self, images: ImageSet) -> Any:
         """The watermark's key for images of this shape."""
@@ -454,7 +458,7 @@ class Contaminated(Accumulate):
         of the floor's real images; its false-positive rate on the pool's other real images is recorded apart."""
         if self.floor is None:
             raise ValueError("regime.filter=watermark needs Regime.setup to give it the floor split first")
-        pattern = self._pattern(pool[0][1] if len(pool[0][1]) else self.floor)
+        pattern = self._pattern(self.floor)
         threshold, calibration_fpr = calibrate_watermark(self.floor.images, pattern, self.config.detector_fpr)
         flags = [scores(s.images, pattern) > threshold for _, s in pool]
         unseen = ~self._floor_in(pool[0][1])
@@ -497,12 +501,12 @@ class Contaminated(Accumulate):
 
     def _parts(self, real: ImageSet, synthetic: list[ImageSet], generation: int, seed: int) -> list[tuple]:
         self._stats = {}
-        pool = [("real", real)] + list(enumerate(self.published(synthetic, seed)))
+        published = self.published(synthetic, seed)
+        pool = [("real", real)] + list(enumerate(self._marked(published)))
         flags = self.flag(pool, generation, seed)
         if self.config.filter == "watermark":  # what survives what may happen to the newest published images
-            newest = self.published(synthetic, seed, marked=False)[-1]
-            self._stats.update(robustness(newest.images, self._pattern(newest), self.config.watermark_strength,
-                                          self._stats["watermark_threshold"]))
+            self._stats.update(robustness(published[-1].images, self._pattern(published[-1]),
+                                          self.config.watermark_strength, self._stats["watermark_threshold"]))
         kept = [(source, s.subset(np.flatnonzero(~f))) for (source, s), f in zip(pool, flags, strict=True)]
         real_flags = flags[0]
         synthetic_flags = np.concatenate(flags[1:]) if len(flags) > 1 else np.zeros(0, dtype=bool)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcollapse.data.transforms import resize, to_channels
-from imgcollapse.detector import threshold_for
+from imgcollapse.detector import calibrated
 
 
 def key(shape: tuple[int, ...], seed: int, block: int) -> torch.Tensor:
@@ -50,9 +50,7 @@ def scores(images: torch.Tensor, pattern: torch.Tensor) -> np.ndarray:
 def calibrate(real: torch.Tensor, pattern: torch.Tensor, fpr: float) -> tuple[float, float]:
     """(threshold, the share of `real` it flags): the least threshold that flags at most `fpr` of these real
     images (flagged: score > threshold)."""
-    real_scores = scores(real, pattern)
-    threshold = threshold_for(real_scores, fpr)
-    return threshold, float((real_scores > threshold).mean())
+    return calibrated(scores(real, pattern), fpr)
 
 
 def _half_and_back(images: torch.Tensor) -> torch.Tensor:

@@ -279,18 +279,20 @@ def _scaling(rows: Sequence[Mapping[str, Any]], test: Mapping[str, Any], metric:
         b, _ = stats.power_law(np.array([n for n, _ in points]), np.array([e for _, e in points]))
         return float(b) if math.isfinite(b) else None
 
+    gens = range(1, g_last + 1)
+    fits = {g: {key: {s: exponent(key, s, g) for s in seeds} for key in curves} for g in gens}  # each fit once
+
     def d_at(seed: int, g: int) -> float | None:
-        mine, theirs = exponent("arms", seed, g), exponent("vs_arms", seed, g)
+        mine, theirs = fits[g]["arms"][seed], fits[g]["vs_arms"][seed]
         return None if mine is None or theirs is None else theirs - mine
 
-    gens = range(1, g_last + 1)
     curve = []
     for s in seeds:
         per = [d_at(s, g) for g in gens]
         curve.append(float(np.mean(per)) if per and None not in per else None)
     points = {arm: {"size": size, "excess": {s: excess(arm, values, s, g_last) for s in seeds}}
               for c in curves.values() for arm, values, size in c}
-    exponents = {key: {s: exponent(key, s, g_last) for s in seeds} for key in curves}
+    exponents = fits[g_last]
     # a seed with an excess <= 0 somewhere has no exponent; which seeds drop depends on their curves (a steep one
     # reaches the floor first), so the test says so and its verdict is read with that in mind
     dropped = [s for s in seeds if None in (exponents["arms"][s], exponents["vs_arms"][s])]
