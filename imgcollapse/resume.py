@@ -100,6 +100,9 @@ def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> di
     if "watermark" not in (old.get("regime.filter"), new.get("regime.filter")):  # the mark's keys are unread
         for k in WATERMARK_KEYS:
             old.pop(k, None), new.pop(k, None)
+    if old.get("model.init", "scratch") == new.get("model.init", "scratch") == "scratch":  # no fine-tune: its
+        for key in LATER_ONLY[1:]:  # budget is unread (study=families' chains began in kit 0.4's study=claims)
+            old.pop(key, None), new.pop(key, None)
     if old.get("dataset.pool_size") is None and new.get("dataset.pool_size") is None:  # the whole pool: seed unread
         old.pop("dataset.pool_seed", None), new.pop("dataset.pool_seed", None)
     keys = [k for k in old if not is_ignored(k)]

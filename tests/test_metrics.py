@@ -119,6 +119,26 @@ def test_prdc_with_too_few_points_is_empty_not_an_error():
     assert all(np.isnan(v) for v in prdc(rng.standard_normal((6, 4)), rng.standard_normal((50, 4)), 5).values())
 
 
+def test_prdc_read_from_shared_distances_equals_prdcs_own_on_every_draw(monkeypatch: pytest.MonkeyPatch):
+    """Known answer: compute_prdc on each draw. Equal-size draws of samples and reference (sets score 1,400 samples
+    against 400 held-out, classes 20 of each), the draw-by-draw path beyond SharedDistances.MAX_ENTRIES, too few."""
+    from imgcollapse.metrics.resampling import equal_subsets, paired
+    from imgcollapse.metrics.scores import SharedDistances, prdc_draws
+
+    rng = np.random.default_rng(0)
+    for n_fake, n_real, size, dim in ((1400, 400, 400, 24), (140, 40, 20, 16), (400, 900, 400, 8)):
+        fake, real = rng.standard_normal((n_fake, dim)), 1.1 * rng.standard_normal((n_real, dim)) + 0.2
+        pairs = paired(equal_subsets(n_fake, size, 6, rng), equal_subsets(n_real, size, 6, rng))
+        shared = prdc_draws(fake, real, pairs, 5)
+        assert shared == [prdc(fake[i], real[r], 5) for i, r in pairs]  # exactly, not approximately
+        assert len({round(d["recall"], 6) for d in shared}) > 1  # the draws differ: each is read from its own rows
+    assert not SharedDistances.fits(1800, 400)
+    monkeypatch.setattr(SharedDistances, "MAX_ENTRIES", 10)
+    assert prdc_draws(fake, real, pairs, 5) == shared  # draw by draw: the same numbers
+    few = prdc_draws(fake[:6], real, [(np.arange(6), np.arange(6))], 5)[0]
+    assert all(np.isnan(v) for v in few.values())
+
+
 def test_fast_frechet_terms_add_up_to_clean_fids_fid():
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((300, 24)) @ rng.standard_normal((24, 24))

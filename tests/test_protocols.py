@@ -109,6 +109,16 @@ def test_runs_from_before_the_new_keys_resume_under_their_defaults():
     assert "model.init" in config_differences(before, {"model": {"lr": 1.0, "init": "base"}})
 
 
+def test_a_fine_tunes_budget_is_unread_while_every_generation_trains_from_scratch():
+    scratch = {"model": {"init": "scratch", "finetune_steps": 100, "finetune_lr": 1e-3}}
+    assert config_differences(scratch, {"model": {"init": "scratch", "finetune_steps": None}}) == {}
+    tuned = {"model": {"init": "previous", "finetune_steps": 100}}
+    assert set(config_differences(tuned, {"model": {"init": "previous", "finetune_steps": 50}})) == {
+        "model.finetune_steps"}
+    assert set(config_differences(scratch, {"model": {"init": "base", "finetune_steps": 100}})) == {
+        "model.init", "model.finetune_lr"}
+
+
 # Compute budgets -------------------------------------------------------------------------------------------
 def test_epochs_budget_grows_with_the_training_set():
     config = make_model("vae", budget="epochs", epochs=2.0, batch_size=16).config

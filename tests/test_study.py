@@ -229,10 +229,12 @@ def test_the_claims_study_shares_generation_0_where_it_is_the_same_fit() -> None
     assert "regime=accumulate" in by_arm["accumulate_growing"].overrides
     assert by_arm["accumulate_growing"].shares_with == "self/seed_3"
     assert by_arm["real10"].shares_with == by_arm["accumulate_fixed"].shares_with == "self/seed_3"
-    # curated arms and the alternation train the same model at generation 0: they adopt it and sample their own
-    assert by_arm["verify"].shares_with == by_arm["reward"].shares_with == by_arm["other_family"].shares_with \
-        == "self/seed_3"
+    # curated arms train the same model at generation 0: they adopt it and sample their own
+    assert by_arm["verify"].shares_with == by_arm["reward"].shares_with == "self/seed_3"
     assert by_arm["longtail"].shares_with is None  # other data
+    # the open question is its own study (its arms train from scratch): no arm of it is left here
+    assert set(by_arm) == {"self", "real10", "accumulate_growing", "accumulate_fixed", "verify", "reward", "longtail"}
+    assert not {"other_family", "other_family_pool"} & set(claims.claims)
 
 
 def test_a_two_sided_claim_names_its_directions_and_joins_its_tests_as_one_family() -> None:
@@ -280,44 +282,37 @@ def test_an_arm_may_have_its_own_horizon_by_model() -> None:
         check_study(study)
 
 
-def test_the_claims_study_plans_the_crossed_design_and_long_accumulation_for_every_model() -> None:
-    """The claims study's arms for other_family, other_family_pool and accumulation_avoids, planned for each model:
-    the horizons, the shared generations 0 (B via A adopts B's own loop's model), and the home-family check."""
+def test_the_claims_and_families_studies_plan_their_horizons_and_protocols_for_every_model() -> None:
+    """study=claims' long arms and study=families' crossed design, planned for each model: the horizons, the
+    protocol (claims fine-tune, families train from scratch), the shared generations 0 (B via A adopts B's own
+    loop's model), the population's families and the home-family check."""
+    from imgcollapse.config import compose, validate
     from imgcollapse.study import families_in_turn, load_study, plan
 
     claims, _ = load_study(["study=claims"])
-    wanted = ("other_family", "other_family_pool", "accumulation_avoids")
-    claims.claims = {k: v for k, v in claims.claims.items() if k in wanted}
-    used = {a for c in claims.claims.values() for t in c["tests"]
-            for a in (t["arm"], t.get("vs_arm"), *(t.get("mirror") or {}).values()) if a}
-    claims.arms = {k: v for k, v in claims.arms.items() if k in used}
-    claims.seeds = [3]
-    assert set(claims.arms) == {"self", "self_scratch", "accumulate_growing", "accumulate_fixed", "other_family",
-                                "other_self", "other_via_model", "mixed_pool"}
+    families, _ = load_study(["study=families"])
+    claims.seeds = families.seeds = [3]
+    assert set(families.claims) == {"other_family", "other_family_pool"}
+    crossed = ("self_scratch", "other_family", "other_self", "other_via_model", "mixed_pool")
+    assert set(families.arms) == set(crossed)
     for model, long in (("gmm", 20), ("vae", 10), ("ddpm", 5)):
         by_arm = {c.arm: c for c in plan(claims, [f"model={model}"], threads=1)}
-        assert by_arm["accumulate_growing"].generation == by_arm["accumulate_fixed"].generation == long
-        assert by_arm["self"].generation == long
-        crossed = ("self_scratch", "other_family", "other_self", "other_via_model", "mixed_pool")
+        assert {c.generation for c in by_arm.values()} == {long}
+        # the fine-tuning protocol (overrides_by_model) reaches every arm of the claims
+        assert all(("model.init=previous" in c.overrides) == (model != "gmm") for c in by_arm.values())
+        by_arm = {c.arm: c for c in plan(families, [f"model={model}"], threads=1)}
         assert {by_arm[a].generation for a in crossed} == {2}
-        # the fine-tuning protocol (overrides_by_model) reaches every arm but the crossed design's, which alternate
-        # families and so must train from scratch, as must the own loop they are compared with
-        tuned = "model.init=previous" in by_arm["self"].overrides
-        assert tuned == (model != "gmm")
-        for arm in crossed:
-            assert by_arm[arm].overrides.index("model.init=scratch") > by_arm[arm].overrides.index(
-                "model.init=previous") if tuned else "model.init=scratch" in by_arm[arm].overrides
-        assert by_arm["self_scratch"].shares_with == "self/seed_3"  # init is a later-generations key only
-        assert by_arm["other_family"].shares_with == "self/seed_3"  # A via B: A's generation-0 model
+        # families that alternate cannot start from each other's weights: every arm from scratch
+        assert all("model.init=scratch" in by_arm[a].overrides and "model.init=previous" not in by_arm[a].overrides
+                   for a in crossed)
+        assert by_arm["other_family"].shares_with == "self_scratch/seed_3"  # A via B: A's generation-0 model
         assert by_arm["other_via_model"].shares_with == "other_self/seed_3"  # B via A: B's
-        assert by_arm["other_self"].shares_with is None
-        from imgcollapse.config import compose, validate
-
-        pool = validate(compose(*claims.overrides, *claims.arms["mixed_pool"]["by_model"].get(
-            model, claims.arms["mixed_pool"]["overrides"]), f"model={model}"))
+        assert by_arm["self_scratch"].shares_with is by_arm["other_self"].shares_with is None
+        pool = validate(compose(*families.overrides, *families.arms["mixed_pool"]["by_model"].get(
+            model, families.arms["mixed_pool"]["overrides"]), f"model={model}"))
         assert families_in_turn(pool) == (["population"], [model, "other"])  # the test reads fid_<model>
-        other = validate(compose(*claims.overrides, *claims.arms["other_via_model"]["by_model"].get(
-            model, claims.arms["other_via_model"]["overrides"]), f"model={model}"))
+        other = validate(compose(*families.overrides, *families.arms["other_via_model"]["by_model"].get(
+            model, families.arms["other_via_model"]["overrides"]), f"model={model}"))
         assert families_in_turn(other)[0] == ["other", model]
 
 
