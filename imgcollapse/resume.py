@@ -60,7 +60,8 @@ ADDED = {
 NUMERIC_SETTINGS = ("threads", "mixed_precision", "device", "num_processes")
 ABSENT = "(absent)"
 # Keys generation 0 never reads: where each later generation starts and how long it fine-tunes
-LATER_ONLY = ("model.init", "model.finetune_steps", "model.finetune_lr", "model.finetune_epochs")
+FINETUNE_KEYS = ("model.finetune_steps", "model.finetune_lr", "model.finetune_epochs")  # read by a fine-tune only
+LATER_ONLY = ("model.init", *FINETUNE_KEYS)
 # Regime keys generation 0 reads: its curation (the samples it keeps for generation 1), and fresh's first draw
 CURATION_KEYS = ("regime.curation", "regime.keep_fraction", "regime.verify_threshold", "regime.verifier_seed",
                  "regime.verifier_epochs")
@@ -101,7 +102,7 @@ def config_differences(started: Mapping[str, Any], now: Mapping[str, Any]) -> di
         for k in WATERMARK_KEYS:
             old.pop(k, None), new.pop(k, None)
     if old.get("model.init", "scratch") == new.get("model.init", "scratch") == "scratch":  # no fine-tune: its
-        for key in LATER_ONLY[1:]:  # budget is unread (study=families' chains began in kit 0.4's study=claims)
+        for key in FINETUNE_KEYS:  # budget is unread (study=families' chains began in kit 0.4's study=claims)
             old.pop(key, None), new.pop(key, None)
     if old.get("dataset.pool_size") is None and new.get("dataset.pool_size") is None:  # the whole pool: seed unread
         old.pop("dataset.pool_seed", None), new.pop("dataset.pool_seed", None)

@@ -126,7 +126,7 @@ def test_prdc_read_from_shared_distances_equals_prdcs_own_on_every_draw(monkeypa
     from imgcollapse.metrics.scores import SharedDistances, prdc_draws
 
     rng = np.random.default_rng(0)
-    for n_fake, n_real, size, dim in ((1400, 400, 400, 24), (140, 40, 20, 16), (400, 900, 400, 8)):
+    for n_fake, n_real, size, dim in ((1400, 400, 400, 24), (140, 40, 20, 128), (400, 900, 400, 8)):
         fake, real = rng.standard_normal((n_fake, dim)), 1.1 * rng.standard_normal((n_real, dim)) + 0.2
         pairs = paired(equal_subsets(n_fake, size, 6, rng), equal_subsets(n_real, size, 6, rng))
         shared = prdc_draws(fake, real, pairs, 5)

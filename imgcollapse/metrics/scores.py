@@ -106,7 +106,7 @@ class SharedDistances:
     draw (per-class scores 0.127 -> 0.047 s a digits generation). Draws without repeats only: a bootstrap's
     repeated row would sit off the diagonal at round-off distance instead of exactly 0."""
 
-    MAX_ENTRIES = 4_000_000  # 32 MB of float64: beyond it (10,000 samples) each draw computes its own, far fewer
+    MAX_ENTRIES = 4_000_000  # 32 MB of float64: beyond ~2,000 images in the two sets each draw computes its own
 
     def __init__(self, features: np.ndarray, ref: np.ndarray, nearest_k: int) -> None:
         self.k = nearest_k
